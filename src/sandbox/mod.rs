@@ -1,0 +1,1 @@
+//! Throwaway PostgreSQL clusters and certificates for the demo, tests and benchmarks.
