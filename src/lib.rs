@@ -1,6 +1,29 @@
 //! pgtier: a TLS-terminating PostgreSQL wire-protocol proxy that enforces
 //! per-tenant tiers (connection caps, idle timeouts, …) in front of one
 //! shared, multi-tenant PostgreSQL cluster.
+//!
+//! A session's way through, one module per phase:
+//! [`server`] accepts → [`startup`] (TLS, SSLRequest, cancel) →
+//! [`session`] resolves the tenant → [`cluster`] connects → [`auth`] relays
+//! the login and takes a [`tenants::Slot`] → [`pump`] passes bytes both ways
+//! → the slot guard gives the slot back on drop.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod auth;
+pub mod cancel;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod protocol;
+pub mod pump;
 pub mod sandbox;
+pub mod server;
+pub mod session;
+pub mod sessions;
+pub mod shutdown;
+pub mod startup;
+pub mod stream;
+pub mod tenants;
+pub mod tls;

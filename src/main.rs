@@ -1,1 +1,47 @@
-fn main() {}
+//! The `pgtier` command: a thin CLI over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// pgtier: a TLS-terminating PostgreSQL proxy that enforces each tenant's
+/// tier (connection cap, idle timeout, …) in front of a shared cluster.
+#[derive(Debug, Parser)]
+#[command(name = "pgtier", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Keys can be overridden by PGTIER_* variables,
+    /// e.g. PGTIER_CLUSTER__PORT=5433.
+    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no command is given). SIGINT/SIGTERM
+    /// drain and stop it; SIGHUP reloads the configuration.
+    Run,
+    /// Validate a configuration file (and its TLS files) and print what is
+    /// wrong, with line and key. Exits 0 when valid, 2 when not.
+    Check,
+    /// Start a throwaway PostgreSQL cluster with two tenants (one free, one
+    /// standard), a self-signed certificate and the proxy in front, and print
+    /// psql URLs. Ctrl-C removes it all.
+    Demo {
+        /// Address the demo proxy listens on.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    pgtier::app::init_logging();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => pgtier::app::run(&cli.config),
+        Command::Check => pgtier::app::check(&cli.config),
+        Command::Demo { listen } => pgtier::app::demo(listen),
+    }
+}

@@ -1,0 +1,169 @@
+//! What the `pgtier` command does, kept out of `main.rs` so that it stays a
+//! thin CLI: logging set-up, running with signals, checking a config.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::server::{Proxy, ProxyHandle};
+
+/// Exit code for an invalid configuration.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// Loads the config and its TLS files; one line per problem.
+fn load_checked(path: &Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        if config.tls.mode != crate::config::ClientTlsMode::Disable {
+            crate::tls::load_certified_key(cert, key).map_err(|e| e.to_string())?;
+        }
+    }
+    crate::tls::cluster_client_config(config.cluster.ca.as_deref()).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// `pgtier check`.
+pub fn check(path: &Path) -> ExitCode {
+    match load_checked(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {}", warning.0);
+            }
+            println!(
+                "{}: ok ({} tiers, {} tenants listed, listening on {})",
+                path.display(),
+                config.tiers.len(),
+                config.tenants.len(),
+                config.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+/// `pgtier run`: the proxy until SIGINT/SIGTERM.
+pub fn run(path: &Path) -> ExitCode {
+    let config = match load_checked(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = path.to_owned();
+    rt.block_on(async move {
+        let proxy = match Proxy::bind(config).await {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let handle = proxy.handle();
+        tokio::spawn(handle_signals(handle, Some(path)));
+        match proxy.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Reloads the configuration from `path` into the running proxy. On any
+/// error the old configuration stays in force.
+pub fn reload(handle: &ProxyHandle, path: &Path) -> Result<(), String> {
+    let config = load_checked(path)?;
+    for warning in config.warnings() {
+        tracing::warn!("{}", warning.0);
+    }
+    handle
+        .shared()
+        .apply_config(config)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(config = %path.display(), "configuration reloaded");
+    Ok(())
+}
+
+/// SIGINT/SIGTERM: drain and stop (a second one closes sessions at once);
+/// SIGHUP: reload the configuration from `path`.
+pub async fn handle_signals(handle: ProxyHandle, path: Option<std::path::PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut stops = 0;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {
+                match &path {
+                    Some(path) => {
+                        if let Err(e) = reload(&handle, path) {
+                            tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
+                        }
+                    }
+                    None => tracing::info!("SIGHUP ignored: no configuration file"),
+                }
+                continue;
+            }
+        }
+        stops += 1;
+        if stops == 1 {
+            tracing::info!("shutdown requested; send the signal again to close sessions now");
+            handle.shutdown();
+        } else {
+            handle.close_now();
+        }
+    }
+}
+
+/// `pgtier demo`.
+pub fn demo(listen: std::net::SocketAddr) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::demo::run(listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Relaying the login: the cluster authenticates the client, the proxy passes
+//! the exchange through, and takes the tenant's slot the moment the cluster
+//! says AuthenticationOk.
+//!
+//! Two things are changed on the way: `SCRAM-SHA-256-PLUS` is removed from the
+//! mechanisms the cluster offers (the client's TLS ends at the proxy, so it
+//! cannot bind to the cluster's channel), and BackendKeyData gets the proxy's
+//! own secret (see [`crate::cancel`]).
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::cancel::{CancelKeys, CancelRegistration};
+use crate::protocol::error::sqlstate_of;
+use crate::protocol::frame::{put_frame, FrameHeader};
+use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::protocol::{sqlstate, ErrorFields};
+use crate::stream::Stream;
+use crate::tenants::{AtCapacity, Slot, Tenant};
+
+/// Larger authentication-phase messages than this are refused: real ones are
+/// a few hundred bytes.
+const MAX_LOGIN_FRAME: usize = 64 * 1024;
+
+const AUTH_OK: u32 = 0;
+const AUTH_CLEARTEXT: u32 = 3;
+const AUTH_MD5: u32 = 5;
+const AUTH_SASL: u32 = 10;
+const AUTH_SASL_CONTINUE: u32 = 11;
+const AUTH_SASL_FINAL: u32 = 12;
+
+const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+
+/// A session that has logged in: the cluster connection, the slot it holds,
+/// and any bytes either side sent beyond the login.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub slot: Slot,
+    pub cancel: Option<CancelRegistration>,
+    pub backend_pid: Option<i32>,
+    pub client_pending: BytesMut,
+    pub cluster_pending: BytesMut,
+}
+
+/// Why a login did not finish.
+#[derive(Debug, Error)]
+pub enum LoginError {
+    /// The cluster refused (wrong password, no such database, …); its own
+    /// ErrorResponse has been relayed to the client.
+    #[error("cluster refused the login with SQLSTATE {0}")]
+    ClusterRefused(String),
+    /// The proxy refuses; `error` is still to be sent to the client.
+    #[error("{error}")]
+    Refused {
+        error: ErrorFields,
+        reason: &'static str,
+    },
+    #[error("client went away during login")]
+    ClientGone,
+    #[error("cluster connection lost during login: {0}")]
+    ClusterIo(io::Error),
+    #[error("client connection failed during login: {0}")]
+    ClientIo(io::Error),
+}
+
+/// What the relay needs to know about the tenant.
+pub struct Admission<'a> {
+    pub tenant: &'a Arc<Tenant>,
+    pub max_connections: u32,
+    pub tier: &'a str,
+    pub cancel_keys: &'a Arc<CancelKeys>,
+}
+
+/// Runs the login from the StartupMessage to the first ReadyForQuery.
+pub async fn relay(
+    client: &mut Stream,
+    cluster: &mut Stream,
+    startup: &StartupMessage,
+    admission: Admission<'_>,
+) -> Result<LoggedIn, LoginError> {
+    cluster
+        .write_all(&startup.encode_v3())
+        .await
+        .map_err(LoginError::ClusterIo)?;
+
+    let mut from_cluster = BytesMut::with_capacity(1024);
+    let mut from_client = BytesMut::new();
+    let mut to_client = BytesMut::with_capacity(1024);
+    let mut slot = None;
+    let mut cancel = None;
+    let mut backend_pid = None;
+
+    loop {
+        let header = read_frame(cluster, &mut from_cluster)
+            .await
+            .map_err(|e| match e {
+                ReadError::Io(e) => LoginError::ClusterIo(e),
+                ReadError::Protocol(message) => LoginError::Refused {
+                    error: ErrorFields::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("the database cluster sent an invalid message: {message}"),
+                    ),
+                    reason: "cluster_error",
+                },
+            })?;
+        let frame = from_cluster.split_to(header.frame_len);
+        let body = &frame[5..];
+        match header.tag {
+            b'R' => {
+                let code = body.get(..4).map(|mut b| b.get_u32()).unwrap_or(u32::MAX);
+                match code {
+                    AUTH_OK => {
+                        match admission.tenant.try_take_slot(admission.max_connections) {
+                            Ok(taken) => slot = Some(taken),
+                            Err(AtCapacity { limit }) => {
+                                                                let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+                                return Err(LoginError::Refused {
+                                    error: ErrorFields::fatal(
+                                        sqlstate::TOO_MANY_CONNECTIONS,
+                                        format!(
+                                            "too many connections for database \"{}\": the {} tier allows {}",
+                                            admission.tenant.name(),
+                                            admission.tier,
+                                            limit
+                                        ),
+                                    )
+                                    .with_hint("Close an idle connection (check your pool size) or upgrade the database's tier."),
+                                    reason: "max_connections",
+                                });
+                            }
+                        }
+                        to_client.extend_from_slice(&frame);
+                    }
+                    AUTH_SASL => {
+                        let rewritten = without_scram_plus(body).ok_or_else(|| {
+                            LoginError::Refused {
+                                error: ErrorFields::fatal(
+                                    sqlstate::FEATURE_NOT_SUPPORTED,
+                                    "the database cluster offers only SCRAM-SHA-256-PLUS, which cannot pass through the proxy",
+                                ),
+                                reason: "auth_unsupported",
+                            }
+                        })?;
+                        to_client.extend_from_slice(&rewritten);
+                        answer_from_client(client, cluster, &mut to_client, &mut from_client)
+                            .await?;
+                    }
+                    AUTH_CLEARTEXT | AUTH_MD5 | AUTH_SASL_CONTINUE => {
+                        to_client.extend_from_slice(&frame);
+                        answer_from_client(client, cluster, &mut to_client, &mut from_client)
+                            .await?;
+                    }
+                    AUTH_SASL_FINAL => to_client.extend_from_slice(&frame),
+                    other => {
+                        let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+                        return Err(LoginError::Refused {
+                            error: ErrorFields::fatal(
+                                sqlstate::FEATURE_NOT_SUPPORTED,
+                                format!("authentication method {other} is not supported by the proxy"),
+                            ),
+                            reason: "auth_unsupported",
+                        });
+                    }
+                }
+            }
+            b'K' if body.len() == 8 => {
+                let mut b = body;
+                let cluster_key = CancelKey {
+                    pid: b.get_i32(),
+                    secret: b.get_i32(),
+                };
+                let registration = admission.cancel_keys.register(cluster_key);
+                let mut key = BytesMut::with_capacity(8);
+                key.put_i32(registration.client_key.pid);
+                key.put_i32(registration.client_key.secret);
+                put_frame(&mut to_client, b'K', &key);
+                backend_pid = Some(cluster_key.pid);
+                cancel = Some(registration);
+            }
+            b'Z' => {
+                to_client.extend_from_slice(&frame);
+                flush_to(client, &mut to_client).await?;
+                let Some(slot) = slot else {
+                    return Err(LoginError::Refused {
+                        error: ErrorFields::fatal(
+                            sqlstate::CONNECTION_FAILURE,
+                            "the database cluster became ready before authenticating the client",
+                        ),
+                        reason: "cluster_error",
+                    });
+                };
+                return Ok(LoggedIn {
+                    slot,
+                    cancel,
+                    backend_pid,
+                    client_pending: from_client,
+                    cluster_pending: from_cluster,
+                });
+            }
+            b'E' => {
+                to_client.extend_from_slice(&frame);
+                flush_to(client, &mut to_client).await?;
+                let code = sqlstate_of(body).unwrap_or("XX000").to_owned();
+                return Err(LoginError::ClusterRefused(code));
+            }
+            // ParameterStatus, NoticeResponse, NegotiateProtocolVersion:
+            // the client needs them as they are.
+            _ => to_client.extend_from_slice(&frame),
+        }
+    }
+}
+
+/// Sends what is pending to the client, then relays its one answer (a
+/// PasswordMessage / SASL response) to the cluster.
+async fn answer_from_client(
+    client: &mut Stream,
+    cluster: &mut Stream,
+    to_client: &mut BytesMut,
+    from_client: &mut BytesMut,
+) -> Result<(), LoginError> {
+    flush_to(client, to_client).await?;
+    let header = match read_frame(client, from_client).await {
+        Ok(h) => h,
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(LoginError::ClientGone)
+        }
+        Err(ReadError::Io(e)) => return Err(LoginError::ClientIo(e)),
+        Err(ReadError::Protocol(message)) => {
+            return Err(LoginError::Refused {
+                error: ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, message),
+                reason: "bad_startup",
+            })
+        }
+    };
+    if header.tag == b'X' {
+        return Err(LoginError::ClientGone);
+    }
+    if header.tag != b'p' {
+        return Err(LoginError::Refused {
+            error: ErrorFields::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "expected password response, got message type {}",
+                    header.tag
+                ),
+            ),
+            reason: "bad_startup",
+        });
+    }
+    let frame = from_client.split_to(header.frame_len);
+    cluster
+        .write_all(&frame)
+        .await
+        .map_err(LoginError::ClusterIo)
+}
+
+async fn flush_to(client: &mut Stream, pending: &mut BytesMut) -> Result<(), LoginError> {
+    client
+        .write_all(pending)
+        .await
+        .map_err(LoginError::ClientIo)?;
+    client.flush().await.map_err(LoginError::ClientIo)?;
+    pending.clear();
+    Ok(())
+}
+
+enum ReadError {
+    Io(io::Error),
+    Protocol(String),
+}
+
+/// Reads until `buf` starts with one whole frame of at most
+/// [`MAX_LOGIN_FRAME`] bytes and returns its header.
+async fn read_frame(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Result<FrameHeader, ReadError> {
+    loop {
+        match FrameHeader::parse(buf) {
+            Err(e) => return Err(ReadError::Protocol(e.to_string())),
+            Ok(Some(h)) if h.frame_len > MAX_LOGIN_FRAME => {
+                return Err(ReadError::Protocol(format!(
+                    "message type {:?} of {} bytes is too long for the login phase",
+                    h.tag as char, h.frame_len
+                )))
+            }
+            Ok(Some(h)) if buf.len() >= h.frame_len => return Ok(h),
+            _ => {}
+        }
+        buf.reserve(4096);
+        let n = stream.read_buf(buf).await.map_err(ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+/// Rebuilds an AuthenticationSASL message without `SCRAM-SHA-256-PLUS`.
+/// `None` if nothing would be left to offer.
+fn without_scram_plus(body: &[u8]) -> Option<BytesMut> {
+    let list = body.get(4..)?;
+    let mut kept = BytesMut::with_capacity(list.len());
+    kept.put_u32(AUTH_SASL);
+    for mechanism in list.split(|&b| b == 0).filter(|m| !m.is_empty()) {
+        if mechanism != SCRAM_PLUS {
+            kept.put_slice(mechanism);
+            kept.put_u8(0);
+        }
+    }
+    if kept.len() == 4 {
+        return None;
+    }
+    kept.put_u8(0);
+    let mut out = BytesMut::with_capacity(kept.len() + 5);
+    put_frame(&mut out, b'R', &kept);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_plus_is_removed_and_the_rest_kept() {
+        let mut body = AUTH_SASL.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let out = without_scram_plus(&body).unwrap();
+        let mut expected = BytesMut::new();
+        let mut want = AUTH_SASL.to_be_bytes().to_vec();
+        want.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        put_frame(&mut expected, b'R', &want);
+        assert_eq!(out, expected);
+
+        let mut only_plus = AUTH_SASL.to_be_bytes().to_vec();
+        only_plus.extend_from_slice(b"SCRAM-SHA-256-PLUS\0\0");
+        assert!(without_scram_plus(&only_plus).is_none());
+        assert!(without_scram_plus(b"\0\0").is_none());
+    }
+}

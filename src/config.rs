@@ -1,0 +1,516 @@
+//! `proxy.toml`: what an operator can tune, how it is loaded and checked, and
+//! the effective limits of each tenant.
+//!
+//! The file is TOML; any key can be overridden from the environment as
+//! `PGTIER_<KEY>` with `__` between nesting levels (`PGTIER_CLUSTER__PORT=5433`,
+//! `PGTIER_TIERS__FREE__MAX_CONNECTIONS=3`). The TOML is parsed directly (not
+//! through a layered config library) so that every error can name the line,
+//! column and key it is about, and so that tenant names (database names,
+//! which are case-sensitive) are never case-folded.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "PGTIER_";
+
+/// Why a configuration was rejected. Each variant renders as one line.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Client-side TLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// Plaintext logins are refused with SQLSTATE 28000.
+    #[default]
+    Require,
+    /// TLS is offered; plaintext is accepted.
+    Prefer,
+    /// TLS is never offered (`N` to SSLRequest).
+    Disable,
+}
+
+/// TLS on the proxy's own link to the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterTlsMode {
+    /// Plaintext (the default: pass-through SCRAM only works this way).
+    #[default]
+    Disable,
+    /// TLS if the cluster offers it.
+    Prefer,
+    /// TLS or no connection.
+    Require,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain presented to clients.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default = "default_cluster_host")]
+    pub host: String,
+    #[serde(default = "default_cluster_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: ClusterTlsMode,
+    /// CA bundle to verify the cluster's certificate with. Without it a TLS
+    /// link to the cluster is encrypted but not authenticated, as libpq's
+    /// `sslmode=require`.
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            host: default_cluster_host(),
+            port: default_cluster_port(),
+            tls: ClusterTlsMode::default(),
+            ca: None,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// The limits a tier sets. `0` means unlimited (or never, for timeouts).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    #[serde(default)]
+    pub max_connections: u32,
+    /// How long a session may sit idle (between ReadyForQuery and the
+    /// client's next message) before it is closed with 57P05.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A separate, usually shorter, limit for idling inside a transaction;
+    /// `idle_timeout` applies when absent.
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+/// A tenant listed by name; any tier key can be overridden.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub tier: Option<String>,
+    pub max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+/// The whole of `proxy.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Tier of every database not listed under `[tenants]`.
+    #[serde(default = "default_tier")]
+    pub default_tier: String,
+    /// From accept to the first ReadyForQuery.
+    #[serde(default = "default_login_timeout", with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// How long shutdown waits for sessions to end on their own.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Operator API and metrics; absent = off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token required by every admin endpoint but `/health`.
+    pub admin_token: Option<String>,
+    /// Where state that survives restarts (last activity) is kept.
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6432))
+}
+fn default_tier() -> String {
+    "free".to_owned()
+}
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_cluster_host() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_cluster_port() -> u16 {
+    5432
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The tiers that exist even when `proxy.toml` does not mention them. A
+/// `[tiers.NAME]` table replaces the built-in of that name as a whole.
+pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
+    BTreeMap::from([
+        (
+            "free".to_owned(),
+            TierConfig {
+                max_connections: 2,
+                idle_timeout: Duration::from_secs(300),
+                idle_in_transaction_timeout: None,
+            },
+        ),
+        ("standard".to_owned(), TierConfig::default()),
+    ])
+}
+
+/// The limits in force for one tenant, tier and overrides combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub tier: String,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    /// Zero = never.
+    pub idle_timeout: Duration,
+    pub idle_in_transaction_timeout: Duration,
+}
+
+/// Something worth telling the operator that does not stop the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning(pub String);
+
+impl Config {
+    /// Reads `path`, applies `PGTIER_` overrides from the process environment
+    /// and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_with_env(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses and validates TOML text (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_with_env(text, "config", std::iter::empty())
+    }
+
+    /// Parses `text` (named `origin` in errors), overlays the `PGTIER_`
+    /// variables among `env`, and validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // First the file alone, so errors carry its line and column.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: one_line(&e),
+        })?;
+        let _: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: one_line(&e),
+        })?;
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, key, &value);
+                overridden.push(name);
+            }
+        }
+        let config: Config = if overridden.is_empty() {
+            toml::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: origin.to_owned(),
+                message: one_line(&e),
+            })?
+        } else {
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                origin: format!("{origin} with {}", overridden.join(", ")),
+                message: one_line(&e),
+            })?
+        };
+        config.validated(origin)
+    }
+
+    fn validated(mut self, origin: &str) -> Result<Config, ConfigError> {
+        for (name, tier) in builtin_tiers() {
+            self.tiers.entry(name).or_insert(tier);
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(invalid(format!(
+                "default_tier = {:?} names no tier (known: {})",
+                self.default_tier,
+                self.tier_names()
+            )));
+        }
+        for (tenant, t) in &self.tenants {
+            if let Some(tier) = &t.tier {
+                if !self.tiers.contains_key(tier) {
+                    return Err(invalid(format!(
+                        "tenants.{tenant}.tier = {tier:?} names no tier (known: {})",
+                        self.tier_names()
+                    )));
+                }
+            }
+        }
+        if self.tls.mode != ClientTlsMode::Disable {
+            if self.tls.cert.is_none() {
+                return Err(invalid(format!(
+                    "tls.cert is required when tls.mode = {:?} (set tls.mode = \"disable\" to run without TLS)",
+                    mode_name(self.tls.mode)
+                )));
+            }
+            if self.tls.key.is_none() {
+                return Err(invalid(format!(
+                    "tls.key is required when tls.mode = {:?}",
+                    mode_name(self.tls.mode)
+                )));
+            }
+        }
+        if self.login_timeout.is_zero() {
+            return Err(invalid("login_timeout must be greater than zero".to_owned()));
+        }
+        if self.cluster.connect_timeout.is_zero() {
+            return Err(invalid(
+                "cluster.connect_timeout must be greater than zero".to_owned(),
+            ));
+        }
+        Ok(self)
+    }
+
+    fn tier_names(&self) -> String {
+        self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// The effective limits of the tenant (database) `name`.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        let tenant = self.tenants.get(name);
+        let tier_name = tenant
+            .and_then(|t| t.tier.as_deref())
+            .unwrap_or(&self.default_tier);
+        // Validation guarantees the tier exists; an empty tier is the safe
+        // reading should it ever not.
+        let tier = self.tiers.get(tier_name).cloned().unwrap_or_default();
+        let idle_timeout = tenant
+            .and_then(|t| t.idle_timeout)
+            .unwrap_or(tier.idle_timeout);
+        Limits {
+            tier: tier_name.to_owned(),
+            max_connections: tenant
+                .and_then(|t| t.max_connections)
+                .unwrap_or(tier.max_connections),
+            idle_timeout,
+            idle_in_transaction_timeout: tenant
+                .and_then(|t| t.idle_in_transaction_timeout)
+                .or(tier.idle_in_transaction_timeout)
+                .unwrap_or(idle_timeout),
+        }
+    }
+
+    /// Advice for the operator about a valid configuration.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let mut out = Vec::new();
+        if self.cluster.tls != ClusterTlsMode::Disable {
+            out.push(Warning(format!(
+                "cluster.tls = {:?}: with pass-through authentication, libpq clients using SCRAM over TLS \
+                 fail with \"SCRAM channel binding negotiation error\" when the cluster link is TLS too \
+                 (the cluster offers SCRAM-SHA-256-PLUS, the client signed that it saw no channel binding); \
+                 use cluster.tls = \"disable\" on a private network, or md5/trust auth on the cluster",
+                match self.cluster.tls {
+                    ClusterTlsMode::Prefer => "prefer",
+                    _ => "require",
+                }
+            )));
+        }
+        if self.tls.mode != ClientTlsMode::Require {
+            out.push(Warning(format!(
+                "tls.mode = {:?}: clients may log in without TLS, sending passwords in the clear",
+                mode_name(self.tls.mode)
+            )));
+        }
+        out
+    }
+}
+
+fn mode_name(mode: ClientTlsMode) -> &'static str {
+    match mode {
+        ClientTlsMode::Require => "require",
+        ClientTlsMode::Prefer => "prefer",
+        ClientTlsMode::Disable => "disable",
+    }
+}
+
+/// Sets `key` (`a__b__c`, lower-cased) in `table` to `value`, read as a TOML
+/// value where it parses as one (numbers, booleans) and as a string otherwise.
+fn apply_override(table: &mut toml::Table, key: &str, value: &str) {
+    let path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(last.clone(), parsed);
+}
+
+/// toml's errors span several lines (a source excerpt); keep them readable
+/// in one log line while keeping the line/column and the offending line.
+fn one_line(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let head = lines.next().unwrap_or_default().to_owned();
+    let mut source = None;
+    let mut message = Vec::new();
+    for line in lines {
+        if let Some((number, code)) = line.split_once(" | ") {
+            if number.trim().chars().all(|c| c.is_ascii_digit()) {
+                source = Some(code.trim().to_owned());
+                continue;
+            }
+        }
+        if !line.starts_with('|') {
+            message.push(line);
+        }
+    }
+    let mut out = head;
+    if !message.is_empty() {
+        out.push_str(": ");
+        out.push_str(&message.join("; "));
+    }
+    if let Some(source) = source {
+        out.push_str(&format!(" (in `{source}`)"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        listen = "127.0.0.1:6432"
+        [tls]
+        mode = "disable"
+    "#;
+
+    #[test]
+    fn tiers_and_overrides_combine() {
+        let text = format!(
+            "{BASE}\n[tenants.acme]\ntier = \"standard\"\n[tenants.hobby]\nmax_connections = 3\n"
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        assert_eq!(config.limits_for("acme").max_connections, 0);
+        assert_eq!(config.limits_for("hobby").max_connections, 3);
+        assert_eq!(config.limits_for("hobby").tier, "free");
+        let other = config.limits_for("someone");
+        assert_eq!(other.max_connections, 2);
+        assert_eq!(other.idle_timeout, Duration::from_secs(300));
+        assert_eq!(other.idle_in_transaction_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let err = Config::from_toml_str("listen = \"127.0.0.1:6432\"\nlogin_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("login_timeout"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+
+        let err = Config::from_toml_str("[tiers.free]\nmax_conections = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+
+        let err = Config::from_toml_str(&format!("{BASE}\n[tenants.x]\ntier = \"gold\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenants.x.tier"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key_unless_disabled() {
+        let err = Config::from_toml_str("[tls]\nmode = \"require\"\n").unwrap_err();
+        assert!(err.to_string().contains("tls.cert"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let env = vec![
+            ("PGTIER_CLUSTER__PORT".to_owned(), "5433".to_owned()),
+            ("PGTIER_TIERS__FREE__MAX_CONNECTIONS".to_owned(), "7".to_owned()),
+            ("PGTIER_DEFAULT_TIER".to_owned(), "standard".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        let config = Config::from_toml_with_env(BASE, "t", env).unwrap();
+        assert_eq!(config.cluster.port, 5433);
+        assert_eq!(config.tiers["free"].max_connections, 7);
+        assert_eq!(config.default_tier, "standard");
+
+        let bad = vec![("PGTIER_CLUSTER__PORT".to_owned(), "many".to_owned())];
+        let err = Config::from_toml_with_env(BASE, "t", bad).unwrap_err().to_string();
+        assert!(err.contains("PGTIER_CLUSTER__PORT"), "{err}");
+    }
+
+    #[test]
+    fn cluster_tls_warns_about_scram() {
+        let config =
+            Config::from_toml_str(&format!("{BASE}\n[cluster]\ntls = \"require\"\n")).unwrap();
+        assert!(config
+            .warnings()
+            .iter()
+            .any(|w| w.0.contains("channel binding")));
+    }
+}

@@ -1,0 +1,59 @@
+//! Fleet-wide figures that do not belong to one tenant. Per-tenant figures
+//! live as atomics on [`Tenant`](crate::tenants::Tenant) and are read when
+//! metrics are scraped, so the hot path never touches a metrics registry.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::tenants::Tenant;
+
+/// Buckets for login durations: TLS + SCRAM on a loaded machine takes
+/// milliseconds to tens of milliseconds; anything past a second is trouble.
+const LOGIN_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub login_duration: Histogram,
+    /// Refusals before a tenant was known (bad startup, TLS required, …).
+    unattributed_rejections: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            login_duration: Histogram::new(LOGIN_BUCKETS),
+            unattributed_rejections: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a refused connection or login under `reason`.
+    pub fn rejected(&self, tenant: Option<&Tenant>, reason: &'static str) {
+        match tenant {
+            Some(t) => t.note_rejected(reason),
+            None => {
+                if let Ok(mut map) = self.unattributed_rejections.lock() {
+                    *map.entry(reason).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    pub fn unattributed_rejections(&self) -> BTreeMap<&'static str, u64> {
+        self.unattributed_rejections
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records how long a successful login took, accept to ReadyForQuery.
+    pub fn login(&self, took: Duration) {
+        self.login_duration.observe(took.as_secs_f64());
+    }
+}

@@ -1,0 +1,24 @@
+//! SQLSTATE codes the proxy speaks itself (PostgreSQL's Appendix A).
+//!
+//! Everything the cluster says reaches the client verbatim; these are only for
+//! the situations where the proxy has to answer on the cluster's behalf.
+
+/// `too_many_connections`: a tenant is at its tier's connection cap.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// `idle_session_timeout`: a session sat idle past its tier's limit.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// `admin_shutdown`: an operator disconnect or the proxy shutting down.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `invalid_authorization_specification`: plaintext where TLS is required.
+pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+/// `protocol_violation`: malformed or oversized startup, login timeout.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// `connection_failure`: the cluster could not be reached.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// `feature_not_supported`: e.g. an unsupported protocol major version or
+/// authentication method.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// `program_limit_exceeded`: a row quota is exhausted.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "53400";
+/// `insufficient_privilege`: a statement kind the tier denies.
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";

@@ -1,0 +1,272 @@
+//! The untyped packets a client may send before its session starts: the
+//! StartupMessage and the special requests (SSL, GSS encryption, cancel) that
+//! share its framing (a length, then a 32-bit code, no tag byte).
+
+use bytes::{BufMut, BytesMut};
+use thiserror::Error;
+
+/// PostgreSQL's own limit on a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
+/// The length field plus the code.
+pub const MIN_STARTUP_PACKET_LEN: usize = 8;
+
+const SSL_REQUEST_CODE: u32 = 80_877_103;
+const GSSENC_REQUEST_CODE: u32 = 80_877_104;
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// Protocol 3.0, the only version the proxy speaks.
+pub const PROTOCOL_3_0: u32 = 3 << 16;
+
+/// Why a startup packet is refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StartupError {
+    #[error("invalid length of startup packet")]
+    BadLength,
+    #[error("invalid startup packet layout: expected terminator as last byte")]
+    MissingTerminator,
+    #[error("invalid startup packet layout: parameter name or value is not valid UTF-8")]
+    NotUtf8,
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
+    UnsupportedVersion { major: u16, minor: u16 },
+    #[error("invalid length of cancel request packet")]
+    BadCancel,
+}
+
+/// A cancel key as a client presents it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CancelKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+impl CancelKey {
+    /// The 16-byte CancelRequest packet carrying this key.
+    pub fn request_packet(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&16u32.to_be_bytes());
+        out[4..8].copy_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+        out[8..12].copy_from_slice(&self.pid.to_be_bytes());
+        out[12..].copy_from_slice(&self.secret.to_be_bytes());
+        out
+    }
+}
+
+/// A decoded StartupMessage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupMessage {
+    pub minor_version: u16,
+    /// Parameters in the order the client sent them, `_pq_.` options removed.
+    pub params: Vec<(String, String)>,
+    /// `_pq_.` protocol options the client asked for; the proxy supports none.
+    pub unsupported_options: Vec<String>,
+}
+
+impl StartupMessage {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn user(&self) -> &str {
+        self.param("user").unwrap_or_default()
+    }
+
+    /// The database, which names the tenant. PostgreSQL's default applies:
+    /// the user name when `database` is absent or empty.
+    pub fn database(&self) -> &str {
+        match self.param("database") {
+            Some(db) if !db.is_empty() => db,
+            _ => self.user(),
+        }
+    }
+
+    /// True when PostgreSQL would answer NegotiateProtocolVersion.
+    pub fn needs_negotiation(&self) -> bool {
+        self.minor_version > 0 || !self.unsupported_options.is_empty()
+    }
+
+    /// The StartupMessage to send to the cluster: protocol 3.0 and the
+    /// client's parameters, protocol options removed.
+    pub fn encode_v3(&self) -> BytesMut {
+        let mut body = BytesMut::with_capacity(128);
+        body.put_u32(PROTOCOL_3_0);
+        for (k, v) in &self.params {
+            body.put_slice(k.as_bytes());
+            body.put_u8(0);
+            body.put_slice(v.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut out = BytesMut::with_capacity(body.len() + 4);
+        out.put_u32((body.len() + 4) as u32);
+        out.put_slice(&body);
+        out
+    }
+}
+
+/// The packets that may open a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel(CancelKey),
+    Startup(StartupMessage),
+}
+
+/// Checks the length field that starts every startup packet.
+pub fn check_length(len: u32) -> Result<usize, StartupError> {
+    let len = len as usize;
+    if !(MIN_STARTUP_PACKET_LEN..=MAX_STARTUP_PACKET_LEN).contains(&len) {
+        return Err(StartupError::BadLength);
+    }
+    Ok(len)
+}
+
+/// Decodes a startup packet from its body (everything after the length).
+pub fn decode(body: &[u8]) -> Result<StartupPacket, StartupError> {
+    let Some((code, rest)) = body.split_first_chunk::<4>() else {
+        return Err(StartupError::BadLength);
+    };
+    match u32::from_be_bytes(*code) {
+        SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
+        GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => Err(StartupError::BadLength),
+        CANCEL_REQUEST_CODE => {
+            let key: [u8; 8] = rest.try_into().map_err(|_| StartupError::BadCancel)?;
+            Ok(StartupPacket::Cancel(CancelKey {
+                pid: i32::from_be_bytes([key[0], key[1], key[2], key[3]]),
+                secret: i32::from_be_bytes([key[4], key[5], key[6], key[7]]),
+            }))
+        }
+        version => {
+            let (major, minor) = ((version >> 16) as u16, version as u16);
+            if major != 3 {
+                return Err(StartupError::UnsupportedVersion { major, minor });
+            }
+            decode_params(minor, rest).map(StartupPacket::Startup)
+        }
+    }
+}
+
+fn decode_params(minor_version: u16, rest: &[u8]) -> Result<StartupMessage, StartupError> {
+    // The list ends with an empty name, i.e. the packet's last byte is NUL.
+    let Some((&0, list)) = rest.split_last() else {
+        return Err(StartupError::MissingTerminator);
+    };
+    let mut strings = Vec::new();
+    let mut remaining = list;
+    while !remaining.is_empty() {
+        let end = remaining
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(StartupError::MissingTerminator)?;
+        let s = std::str::from_utf8(&remaining[..end]).map_err(|_| StartupError::NotUtf8)?;
+        strings.push(s.to_owned());
+        remaining = &remaining[end + 1..];
+    }
+    if strings.len() % 2 != 0 {
+        return Err(StartupError::MissingTerminator);
+    }
+    let mut params = Vec::with_capacity(strings.len() / 2);
+    let mut unsupported_options = Vec::new();
+    let mut iter = strings.into_iter();
+    while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+        if k.starts_with("_pq_.") {
+            unsupported_options.push(k);
+        } else {
+            params.push((k, v));
+        }
+    }
+    let msg = StartupMessage {
+        minor_version,
+        params,
+        unsupported_options,
+    };
+    if msg.user().is_empty() {
+        return Err(StartupError::NoUser);
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup_body(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = version.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn database_defaults_to_user() {
+        let body = startup_body(PROTOCOL_3_0, &[("user", "alice")]);
+        let StartupPacket::Startup(msg) = decode(&body).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(msg.database(), "alice");
+        assert!(!msg.needs_negotiation());
+    }
+
+    #[test]
+    fn protocol_options_and_newer_minor_need_negotiation() {
+        let body = startup_body(
+            PROTOCOL_3_0 + 2,
+            &[("user", "a"), ("database", "d"), ("_pq_.x", "1")],
+        );
+        let StartupPacket::Startup(msg) = decode(&body).unwrap() else {
+            panic!("not a startup")
+        };
+        assert!(msg.needs_negotiation());
+        assert_eq!(msg.unsupported_options, vec!["_pq_.x".to_owned()]);
+        // The cluster gets 3.0 without the options.
+        let encoded = msg.encode_v3();
+        assert_eq!(
+            decode(&encoded[4..]).unwrap(),
+            StartupPacket::Startup(StartupMessage {
+                minor_version: 0,
+                params: msg.params.clone(),
+                unsupported_options: vec![],
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_errors_not_panics() {
+        assert_eq!(decode(&[]), Err(StartupError::BadLength));
+        assert_eq!(decode(&[0, 3, 0, 0]), Err(StartupError::MissingTerminator));
+        assert_eq!(decode(&[0, 3, 0, 0, b'u', 0]), Err(StartupError::MissingTerminator));
+        assert_eq!(
+            decode(&startup_body(PROTOCOL_3_0, &[("database", "x")])),
+            Err(StartupError::NoUser)
+        );
+        assert_eq!(
+            decode(&startup_body(2 << 16, &[("user", "x")])),
+            Err(StartupError::UnsupportedVersion { major: 2, minor: 0 })
+        );
+        assert!(check_length(7).is_err());
+        assert!(check_length(10_001).is_err());
+        // Every prefix of a valid packet decodes to something or an error.
+        let body = startup_body(PROTOCOL_3_0, &[("user", "alice"), ("database", "db")]);
+        for cut in 0..body.len() {
+            let _ = decode(&body[..cut]);
+        }
+    }
+
+    #[test]
+    fn cancel_request_round_trips() {
+        let key = CancelKey { pid: 42, secret: -7 };
+        let packet = key.request_packet();
+        assert_eq!(decode(&packet[4..]), Ok(StartupPacket::Cancel(key)));
+    }
+}

@@ -1,0 +1,301 @@
+//! The passthrough: after login, bytes flow both ways untouched while the
+//! proxy watches a few message types go by.
+//!
+//! Each direction is its own loop (so a client that pipelines writes while
+//! the cluster streams results can never deadlock the pair): read what has
+//! arrived, walk the complete frame headers, let the hooks see the few tags
+//! they care about, write the whole batch with one write. Frames are never
+//! decoded or copied, and a frame larger than the buffer streams through in
+//! pieces, so memory per session stays bounded by the read size.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::protocol::frame::{FrameError, Interest, Scanner, Step};
+use crate::protocol::{sqlstate, ErrorFields};
+use crate::sessions::{KillReason, SessionControl};
+use crate::stream::Stream;
+
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 64 * 1024;
+/// A buffer this large is given back to the allocator when it empties, so
+/// that an idle session holds no read buffer.
+const KEEP_CAPACITY: usize = 8 * 1024;
+/// How long the proxy's own last words (an error, a Terminate) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after a kill request a session stuck in a write is cut off.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the pump stopped.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client closed its connection without Terminate.
+    ClientClosed,
+    /// The cluster closed the connection (after a FATAL it sent, a crash, …).
+    ClusterClosed,
+    /// The proxy ended the session: idle timeout, operator, shutdown.
+    Killed(KillReason),
+    ClientIo(io::Error),
+    ClusterIo(io::Error),
+    ClientProtocol(FrameError),
+    ClusterProtocol(FrameError),
+}
+
+impl PumpEnd {
+    /// A short label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PumpEnd::ClientTerminated => "client_terminated",
+            PumpEnd::ClientClosed => "client_closed",
+            PumpEnd::ClusterClosed => "cluster_closed",
+            PumpEnd::Killed(reason) => reason.as_str(),
+            PumpEnd::ClientIo(_) => "client_error",
+            PumpEnd::ClusterIo(_) => "cluster_error",
+            PumpEnd::ClientProtocol(_) => "client_protocol_error",
+            PumpEnd::ClusterProtocol(_) => "cluster_protocol_error",
+        }
+    }
+}
+
+/// Bytes moved by a session.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub from_client: u64,
+    pub to_client: u64,
+}
+
+/// Where a direction stood when the pump stopped.
+#[derive(Debug)]
+struct Progress {
+    bytes: u64,
+    /// True between the start and the end of a write: the peer may have part
+    /// of a message.
+    mid_write: bool,
+    /// True when everything written ends on a message boundary.
+    at_boundary: bool,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            bytes: 0,
+            mid_write: false,
+            at_boundary: true,
+        }
+    }
+}
+
+impl Progress {
+    /// True when a message of the proxy's own can follow what was written.
+    fn clean(&self) -> bool {
+        !self.mid_write && self.at_boundary
+    }
+}
+
+/// Runs the session until either side ends it or the proxy does.
+pub async fn run(
+    client: Stream,
+    cluster: Stream,
+    client_pending: BytesMut,
+    cluster_pending: BytesMut,
+    control: &SessionControl,
+) -> (PumpEnd, Traffic) {
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut cluster_rx, mut cluster_tx) = tokio::io::split(cluster);
+    let mut up = Progress::default();
+    let mut down = Progress::default();
+
+    let end = {
+        let upstream = client_to_cluster(
+            &mut client_rx,
+            &mut cluster_tx,
+            client_pending,
+            control,
+            &mut up,
+        );
+        let downstream = cluster_to_client(
+            &mut cluster_rx,
+            &mut client_tx,
+            cluster_pending,
+            control,
+            &mut down,
+        );
+        let stuck = async {
+            control.killed().await;
+            tokio::time::sleep(KILL_DEADLINE).await;
+        };
+        tokio::select! {
+            end = upstream => end,
+            end = downstream => end,
+            _ = stuck => PumpEnd::Killed(control.kill_reason().unwrap_or(KillReason::Shutdown)),
+        }
+    };
+
+    let mut client = client_rx.unsplit(client_tx);
+    let mut cluster = cluster_rx.unsplit(cluster_tx);
+    let goodbye = async {
+        if let PumpEnd::Killed(reason) = &end {
+            if down.clean() && control.announce_once() {
+                let _ = client.write_all(&kill_message(*reason).to_bytes()).await;
+            }
+        }
+        // Tell the cluster the session is over unless the client did, so it
+        // logs a clean disconnect rather than an unexpected EOF.
+        if !matches!(end, PumpEnd::ClientTerminated | PumpEnd::ClusterClosed) && up.clean() {
+            let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+        }
+        let _ = client.shutdown().await;
+        let _ = cluster.shutdown().await;
+    };
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+    (
+        end,
+        Traffic {
+            from_client: up.bytes,
+            to_client: down.bytes,
+        },
+    )
+}
+
+/// The FATAL a client receives when the proxy ends its session.
+pub fn kill_message(reason: KillReason) -> ErrorFields {
+    match reason {
+        KillReason::IdleTimeout => ErrorFields::fatal(
+            sqlstate::IDLE_SESSION_TIMEOUT,
+            "terminating connection due to idle-session timeout",
+        ),
+        KillReason::AdminDisconnect | KillReason::Shutdown => ErrorFields::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        ),
+    }
+}
+
+async fn client_to_cluster(
+    rx: &mut ReadHalf<Stream>,
+    tx: &mut WriteHalf<Stream>,
+    mut buf: BytesMut,
+    control: &SessionControl,
+    progress: &mut Progress,
+) -> PumpEnd {
+    let mut scanner = Scanner::default();
+    loop {
+        let mut requests = 0u64;
+        let mut terminate = false;
+        // Only headers matter here: count the messages that each earn a
+        // ReadyForQuery, and notice Terminate.
+        let step = scanner.next(&buf, |h| {
+            match h.tag {
+                b'Q' | b'S' | b'F' => requests += 1,
+                b'X' => terminate = true,
+                _ => {}
+            }
+            Interest::Pass
+        });
+        if let Err(e) = step {
+            return PumpEnd::ClientProtocol(e);
+        }
+        let walked = scanner.walked();
+        if walked > 0 {
+            control.note_requests(requests);
+            control.tenant.note_from_client(walked, requests);
+            if let Err(e) = write_batch(tx, &buf[..walked], progress).await {
+                return PumpEnd::ClusterIo(e);
+            }
+            progress.at_boundary = scanner.at_boundary();
+            buf.advance(walked);
+            scanner.consumed();
+            if terminate {
+                return PumpEnd::ClientTerminated;
+            }
+        }
+        match read_more(rx, &mut buf).await {
+            Ok(0) => return PumpEnd::ClientClosed,
+            Ok(_) => control.mark_busy(),
+            Err(e) => return PumpEnd::ClientIo(e),
+        }
+    }
+}
+
+async fn cluster_to_client(
+    rx: &mut ReadHalf<Stream>,
+    tx: &mut WriteHalf<Stream>,
+    mut buf: BytesMut,
+    control: &SessionControl,
+    progress: &mut Progress,
+) -> PumpEnd {
+    let mut scanner = Scanner::default();
+    loop {
+        // ReadyForQuery is the one message looked into: its status byte, and
+        // the fact that the cluster waits for the client from here on.
+        let mut readies = 0u64;
+        let mut status = b'I';
+        loop {
+            match scanner.next(&buf, |h| match h.tag {
+                b'Z' => Interest::Whole { max_len: 6 },
+                _ => Interest::Pass,
+            }) {
+                Ok(Step::Frame { start, header }) => {
+                    readies += 1;
+                    if header.body_len() == 1 {
+                        status = buf[start + 5];
+                    }
+                }
+                Ok(Step::NeedMore) => break,
+                Err(e) => return PumpEnd::ClusterProtocol(e),
+            }
+        }
+        let walked = scanner.walked();
+        if walked > 0 {
+            if let Err(e) = write_batch(tx, &buf[..walked], progress).await {
+                return PumpEnd::ClientIo(e);
+            }
+            progress.at_boundary = scanner.at_boundary();
+            buf.advance(walked);
+            scanner.consumed();
+            control.tenant.note_to_client(walked);
+            if readies > 0 {
+                control.note_ready(readies, status);
+            }
+        }
+        tokio::select! {
+            biased;
+            reason = control.killed() => return PumpEnd::Killed(reason),
+            read = read_more(rx, &mut buf) => match read {
+                Ok(0) => return PumpEnd::ClusterClosed,
+                Ok(_) => {}
+                Err(e) => return PumpEnd::ClusterIo(e),
+            },
+        }
+    }
+}
+
+/// Reads whatever is available into `buf`. Cancel-safe: nothing is lost if
+/// the future is dropped before it completes.
+async fn read_more(rx: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::new();
+    }
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    rx.read_buf(buf).await
+}
+
+async fn write_batch(
+    tx: &mut (impl AsyncWrite + Unpin),
+    batch: &[u8],
+    progress: &mut Progress,
+) -> io::Result<()> {
+    progress.mid_write = true;
+    tx.write_all(batch).await?;
+    tx.flush().await?;
+    progress.mid_write = false;
+    progress.bytes += batch.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The live sessions and the few facts about each that other tasks need:
+//! whether it is idle (for the idle sweep), and a way to ask it to end (for
+//! operator disconnects and shutdown).
+//!
+//! The pump owns its session; everything here is atomics written with
+//! relaxed stores on the hot path and read by the rare outside observer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::tenants::Tenant;
+
+/// Why the proxy ended a session on its own initiative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    IdleTimeout,
+    AdminDisconnect,
+    Shutdown,
+}
+
+impl KillReason {
+    fn to_u8(self) -> u8 {
+        match self {
+            KillReason::IdleTimeout => 1,
+            KillReason::AdminDisconnect => 2,
+            KillReason::Shutdown => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(KillReason::IdleTimeout),
+            2 => Some(KillReason::AdminDisconnect),
+            3 => Some(KillReason::Shutdown),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::IdleTimeout => "idle_timeout",
+            KillReason::AdminDisconnect => "admin_disconnect",
+            KillReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Milliseconds on the proxy's monotonic clock (never 0 once started).
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
+    epoch.elapsed().as_millis() as u64
+}
+
+/// Transaction status from the last ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+/// The outside view of one session.
+#[derive(Debug)]
+pub struct SessionControl {
+    pub id: u64,
+    pub tenant: Arc<Tenant>,
+    kill_reason: AtomicU8,
+    kill: Notify,
+    /// Requests that will each be answered by one ReadyForQuery (Query, Sync,
+    /// FunctionCall) sent by the client, and ReadyForQuery seen in return.
+    requests: AtomicU64,
+    readies: AtomicU64,
+    /// [`clock_ms`] when the session last became idle; 0 while busy.
+    idle_since: AtomicU64,
+    tx_status: AtomicU8,
+    /// True once a proxy-initiated end has been announced to the client.
+    announced: AtomicBool,
+}
+
+impl SessionControl {
+    pub fn new(id: u64, tenant: Arc<Tenant>) -> Self {
+        SessionControl {
+            id,
+            tenant,
+            kill_reason: AtomicU8::new(0),
+            kill: Notify::new(),
+            requests: AtomicU64::new(0),
+            readies: AtomicU64::new(0),
+            idle_since: AtomicU64::new(clock_ms()),
+            tx_status: AtomicU8::new(b'I'),
+            announced: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the session to end; the first reason given wins.
+    pub fn kill(&self, reason: KillReason) {
+        if self
+            .kill_reason
+            .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // notify_one stores a permit, so a pump that is busy writing
+            // sees the request at its next wait.
+            self.kill.notify_one();
+        }
+    }
+
+    pub fn kill_reason(&self) -> Option<KillReason> {
+        KillReason::from_u8(self.kill_reason.load(Ordering::Acquire))
+    }
+
+    /// Resolves when [`kill`](Self::kill) has been called. Cancel-safe.
+    pub async fn killed(&self) -> KillReason {
+        loop {
+            if let Some(reason) = self.kill_reason() {
+                return reason;
+            }
+            self.kill.notified().await;
+        }
+    }
+
+    /// The client sent something: the session is busy.
+    #[inline]
+    pub fn mark_busy(&self) {
+        self.idle_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The client sent `n` messages that will each be answered by a
+    /// ReadyForQuery.
+    #[inline]
+    pub fn note_requests(&self, n: u64) {
+        if n > 0 {
+            self.requests.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` ReadyForQuery messages, the last with `status`, reached the client.
+    /// When they answer the last outstanding request the idle clock starts.
+    #[inline]
+    pub fn note_ready(&self, n: u64, status: u8) {
+        self.tx_status.store(status, Ordering::Relaxed);
+        let readies = self.readies.fetch_add(n, Ordering::Relaxed) + n;
+        if readies >= self.requests.load(Ordering::Relaxed) {
+            self.idle_since.store(clock_ms(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn tx_status(&self) -> TxStatus {
+        match self.tx_status.load(Ordering::Relaxed) {
+            b'T' => TxStatus::InTransaction,
+            b'E' => TxStatus::Failed,
+            _ => TxStatus::Idle,
+        }
+    }
+
+    /// How long the session has been idle, if it is.
+    pub fn idle_for(&self, now_ms: u64) -> Option<Duration> {
+        let since = self.idle_since.load(Ordering::Relaxed);
+        if since == 0 || self.readies.load(Ordering::Relaxed) < self.requests.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        Some(Duration::from_millis(now_ms.saturating_sub(since)))
+    }
+
+    /// Marks the end as announced; returns false if it already was.
+    pub fn announce_once(&self) -> bool {
+        !self.announced.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// All live sessions, by id.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: DashMap<u64, Arc<SessionControl>>,
+    next_id: AtomicU64,
+}
+
+/// Removes its session from the registry when dropped.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    sessions: &'a Sessions,
+    pub control: Arc<SessionControl>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.sessions.map.remove(&self.control.id);
+    }
+}
+
+impl Sessions {
+    pub fn register(&self, tenant: Arc<Tenant>) -> Registration<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let control = Arc::new(SessionControl::new(id, tenant));
+        self.map.insert(id, Arc::clone(&control));
+        Registration {
+            sessions: self,
+            control,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Calls `f` on every live session.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<SessionControl>)) {
+        for entry in self.map.iter() {
+            f(entry.value());
+        }
+    }
+
+    /// Asks every session of `tenant` (or all, for `None`) to end; returns
+    /// how many were asked.
+    pub fn kill_where(&self, tenant: Option<&str>, reason: KillReason) -> usize {
+        let mut n = 0;
+        self.for_each(|s| {
+            if tenant.is_none_or(|t| s.tenant.name() == t) {
+                s.kill(reason);
+                n += 1;
+            }
+        });
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::Tenants;
+
+    #[test]
+    fn idle_only_when_every_request_is_answered() {
+        let t = Tenants::default().get_or_insert("t");
+        let s = SessionControl::new(1, t);
+        s.mark_busy();
+        assert_eq!(s.idle_for(clock_ms()), None);
+        s.note_requests(2); // pipelined: two Syncs
+        s.note_ready(1, b'T');
+        assert_eq!(s.idle_for(clock_ms()), None);
+        s.note_ready(1, b'T');
+        assert!(s.idle_for(clock_ms()).is_some());
+        assert_eq!(s.tx_status(), TxStatus::InTransaction);
+    }
+
+    #[tokio::test]
+    async fn first_kill_reason_wins_and_wakes_a_later_waiter() {
+        let t = Tenants::default().get_or_insert("t");
+        let s = SessionControl::new(1, t);
+        s.kill(KillReason::IdleTimeout);
+        s.kill(KillReason::Shutdown);
+        assert_eq!(s.killed().await, KillReason::IdleTimeout);
+    }
+
+    #[test]
+    fn registrations_leave_on_drop() {
+        let sessions = Sessions::default();
+        let t = Tenants::default().get_or_insert("t");
+        let a = sessions.register(Arc::clone(&t));
+        let _b = sessions.register(t);
+        assert_eq!(sessions.kill_where(Some("t"), KillReason::AdminDisconnect), 2);
+        drop(a);
+        assert_eq!(sessions.len(), 1);
+    }
+}

@@ -1,0 +1,151 @@
+//! The client's side of the handshake, up to its StartupMessage: TLS (after
+//! an SSLRequest, or "direct" as PostgreSQL 17 clients may do), declining GSS
+//! encryption, and telling cancel requests apart from sessions.
+
+use std::io;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ClientTlsMode;
+use crate::protocol::sqlstate;
+use crate::protocol::startup::{self, CancelKey, StartupError, StartupMessage, StartupPacket};
+use crate::protocol::ErrorFields;
+use crate::stream::Stream;
+use crate::tls::ALPN_POSTGRESQL;
+
+/// The first byte of a TLS handshake record: a direct-TLS client.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a new connection turned out to be.
+#[derive(Debug)]
+pub enum Opening {
+    Session {
+        stream: Stream,
+        startup: StartupMessage,
+    },
+    Cancel(CancelKey),
+}
+
+/// Why a connection ended before its StartupMessage was accepted.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    /// The client went away or the socket failed; nobody to tell.
+    #[error("connection lost during startup: {0}")]
+    Io(#[from] io::Error),
+    /// The TLS handshake failed; there is no channel to send an error on.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The proxy refuses; `error` is to be sent on `stream` before closing.
+    #[error("{error}")]
+    Refused {
+        stream: Box<Stream>,
+        error: ErrorFields,
+        /// Metrics label (`tls_required`, `bad_startup`, …).
+        reason: &'static str,
+    },
+}
+
+/// Runs the handshake on a freshly accepted connection.
+pub async fn handshake(
+    tcp: TcpStream,
+    acceptor: Option<&TlsAcceptor>,
+    mode: ClientTlsMode,
+) -> Result<Opening, HandshakeError> {
+    let mut first = [0u8; 1];
+    let mut stream = if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE_RECORD {
+        let Some(acceptor) = acceptor else {
+            return Err(HandshakeError::Tls(
+                "direct TLS connection attempted but TLS is disabled".to_owned(),
+            ));
+        };
+        let tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        // PostgreSQL insists on ALPN for direct TLS so that a TLS connection
+        // meant for another protocol can never be taken for its own.
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+            return Err(HandshakeError::Tls(
+                "received direct SSL connection request without ALPN protocol negotiation extension"
+                    .to_owned(),
+            ));
+        }
+        Stream::ServerTls(Box::new(tls))
+    } else {
+        Stream::Plain(tcp)
+    };
+
+    let mut body = BytesMut::new();
+    loop {
+        let len = stream.read_u32().await?;
+        let len = match startup::check_length(len) {
+            Ok(len) => len,
+            Err(e) => return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, e)),
+        };
+        body.clear();
+        body.resize(len - 4, 0);
+        stream.read_exact(&mut body).await?;
+        match startup::decode(&body) {
+            Ok(StartupPacket::SslRequest) => {
+                stream = match (stream, acceptor) {
+                    (Stream::Plain(mut tcp), Some(acceptor)) => {
+                        tcp.write_all(b"S").await?;
+                        let tls = acceptor
+                            .accept(tcp)
+                            .await
+                            .map_err(|e| HandshakeError::Tls(e.to_string()))?;
+                        Stream::ServerTls(Box::new(tls))
+                    }
+                    (Stream::Plain(mut tcp), None) => {
+                        tcp.write_all(b"N").await?;
+                        Stream::Plain(tcp)
+                    }
+                    (tls, _) => {
+                        return Err(HandshakeError::Refused {
+                            stream: Box::new(tls),
+                            error: ErrorFields::fatal(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                "SSLRequest received on an encrypted connection",
+                            ),
+                            reason: "bad_startup",
+                        })
+                    }
+                };
+            }
+            Ok(StartupPacket::GssEncRequest) => {
+                stream.write_all(b"N").await?;
+            }
+            Ok(StartupPacket::Cancel(key)) => return Ok(Opening::Cancel(key)),
+            Ok(StartupPacket::Startup(startup)) => {
+                if mode == ClientTlsMode::Require && !stream.is_tls() {
+                    return Err(HandshakeError::Refused {
+                        stream: Box::new(stream),
+                        error: ErrorFields::fatal(
+                            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                            "SSL connection is required",
+                        )
+                        .with_hint("Connect with sslmode=require (or verify-full)."),
+                        reason: "tls_required",
+                    });
+                }
+                return Ok(Opening::Session { stream, startup });
+            }
+            Err(e @ StartupError::UnsupportedVersion { .. }) => {
+                return Err(refuse(stream, sqlstate::FEATURE_NOT_SUPPORTED, e))
+            }
+            Err(e) => return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, e)),
+        }
+    }
+}
+
+fn refuse(stream: Stream, code: &'static str, e: StartupError) -> HandshakeError {
+    HandshakeError::Refused {
+        stream: Box::new(stream),
+        error: ErrorFields::fatal(code, e.to_string()),
+        reason: "bad_startup",
+    }
+}
