@@ -15,6 +15,7 @@ pub mod cancel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod idle;
 pub mod metrics;
 pub mod protocol;
 pub mod pump;

@@ -219,6 +219,7 @@ impl Proxy {
     pub async fn run(self) -> Result<(), ProxyError> {
         let Proxy { listener, shared } = self;
         let mut shutdown = shared.subscribe_shutdown();
+        tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting connections");
         loop {
             tokio::select! {

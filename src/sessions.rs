@@ -104,9 +104,9 @@ impl SessionControl {
             .compare_exchange(0, reason.to_u8(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            // notify_one stores a permit, so a pump that is busy writing
-            // sees the request at its next wait.
-            self.kill.notify_one();
+            // Wake every waiter (the pump waits in more than one place);
+            // one that is not waiting yet sees the reason when it next looks.
+            self.kill.notify_waiters();
         }
     }
 
@@ -117,10 +117,15 @@ impl SessionControl {
     /// Resolves when [`kill`](Self::kill) has been called. Cancel-safe.
     pub async fn killed(&self) -> KillReason {
         loop {
+            // Register before looking, so a kill between the look and the
+            // wait cannot be missed.
+            let notified = self.kill.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(reason) = self.kill_reason() {
                 return reason;
             }
-            self.kill.notified().await;
+            notified.await;
         }
     }
 
@@ -251,6 +256,27 @@ mod tests {
         s.note_ready(1, b'T');
         assert!(s.idle_for(clock_ms()).is_some());
         assert_eq!(s.tx_status(), TxStatus::InTransaction);
+    }
+
+    #[tokio::test]
+    async fn a_kill_wakes_every_waiter() {
+        let t = Tenants::default().get_or_insert("t");
+        let s = Arc::new(SessionControl::new(1, t));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { s.killed().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        s.kill(KillReason::AdminDisconnect);
+        for w in waiters {
+            let reason = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("waiter woken")
+                .unwrap();
+            assert_eq!(reason, KillReason::AdminDisconnect);
+        }
     }
 
     #[tokio::test]
