@@ -167,3 +167,26 @@ pub fn demo(listen: std::net::SocketAddr) -> ExitCode {
         }
     }
 }
+
+/// `pgtier gen-cert`.
+pub fn gen_cert(dir: &Path) -> ExitCode {
+    let written = std::fs::create_dir_all(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::sandbox::certs::Certs::generate(dir).map_err(|e| e.to_string()));
+    match written {
+        Ok(certs) => {
+            println!(
+                "wrote {}, {} and {} (clients verify with sslrootcert={})",
+                certs.cert_path.display(),
+                certs.key_path.display(),
+                certs.ca_path.display(),
+                certs.ca_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,4 +1,90 @@
-//! `pgtier demo`: placeholder until the sandbox lands.
-pub async fn run(_listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    anyhow::bail!("demo not ready")
+//! `pgtier demo`: the newcomer's first command. A throwaway cluster with two
+//! tenant databases (one free, one standard), a self-signed certificate, and
+//! the proxy in front, with ready-to-paste `psql` URLs. Ctrl-C removes it all.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::sandbox::certs::Certs;
+use crate::sandbox::cluster::{Cluster, ClusterOptions};
+use crate::server::Proxy;
+
+const FREE_DB: &str = "hobby";
+const STANDARD_DB: &str = "acme_prod";
+
+pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("pgtier-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    println!("Starting a throwaway PostgreSQL cluster …");
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
+        .await
+        .context("cluster start-up task failed")??;
+    let free_password = random_password();
+    let standard_password = random_password();
+    cluster.create_tenant(FREE_DB, "hobby_user", &free_password)?;
+    cluster.create_tenant(STANDARD_DB, "acme_user", &standard_password)?;
+    let certs = Certs::generate(dir.path())?;
+
+    let config = Config::from_toml_str(&format!(
+        r#"
+listen = "{listen}"
+default_tier = "free"
+[tls]
+cert = "{cert}"
+key = "{key}"
+mode = "require"
+[cluster]
+host = "127.0.0.1"
+port = {port}
+[tiers.free]
+max_connections = 2
+idle_timeout = "5m"
+[tiers.standard]
+max_connections = 0
+[tenants.{STANDARD_DB}]
+tier = "standard"
+"#,
+        cert = certs.cert_path.display(),
+        key = certs.key_path.display(),
+        port = cluster.port(),
+    ))?;
+    let proxy = Proxy::bind(config).await?;
+    let handle = proxy.handle();
+    let addr = handle.local_addr();
+    let ca = certs.ca_path.display();
+    println!();
+    println!("pgtier is listening on {addr} in front of PostgreSQL on 127.0.0.1:{}.", cluster.port());
+    println!();
+    println!("Free tier (2 connections, 5 minutes idle):");
+    println!(
+        "  psql 'postgres://hobby_user:{free_password}@localhost:{}/{FREE_DB}?sslmode=verify-full&sslrootcert={ca}'",
+        addr.port()
+    );
+    println!("Standard tier (no cap):");
+    println!(
+        "  psql 'postgres://acme_user:{standard_password}@localhost:{}/{STANDARD_DB}?sslmode=verify-full&sslrootcert={ca}'",
+        addr.port()
+    );
+    println!();
+    println!("Try a third psql on the free URL while two are open. Ctrl-C stops and removes everything.");
+
+    tokio::spawn(crate::app::handle_signals(handle, None));
+    proxy.run().await?;
+    drop(cluster);
+    drop(dir);
+    println!("Demo cluster and certificates removed.");
+    Ok(())
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }

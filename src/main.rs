@@ -29,6 +29,13 @@ enum Command {
     /// Start a throwaway PostgreSQL cluster with two tenants (one free, one
     /// standard), a self-signed certificate and the proxy in front, and print
     /// psql URLs. Ctrl-C removes it all.
+    /// Write a self-signed CA and a server certificate for localhost
+    /// (server.crt, server.key, ca.crt) for local use of proxy.toml.
+    GenCert {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
     Demo {
         /// Address the demo proxy listens on.
         #[arg(long, default_value = "127.0.0.1:6432")]
@@ -42,6 +49,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => pgtier::app::run(&cli.config),
         Command::Check => pgtier::app::check(&cli.config),
+        Command::GenCert { dir } => pgtier::app::gen_cert(&dir),
         Command::Demo { listen } => pgtier::app::demo(listen),
     }
 }

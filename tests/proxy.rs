@@ -1,0 +1,371 @@
+//! The proxy end to end: real PostgreSQL, real TLS, real clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{cluster, connect, start_proxy, unique, wait_until};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use tokio_postgres::error::SqlState;
+
+/// A fresh tenant: database `db` owned by a role with a SCRAM password.
+fn tenant(prefix: &str) -> (String, String, String) {
+    let db = unique(prefix);
+    let user = format!("{db}_u");
+    let password = format!("pw-{db}");
+    cluster()
+        .create_tenant(&db, &user, &password)
+        .expect("create tenant");
+    (db, user, password)
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
+    e.code()
+}
+
+#[tokio::test]
+async fn tls_is_required_and_verify_full_works() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("tls");
+
+    // tokio-postgres verifies the chain and host name against the test CA.
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password)
+        .await
+        .expect("TLS login");
+    let row = client
+        .query_one("select current_database()", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), db);
+
+    // psql with verify-full against the CA, and without TLS.
+    let out = common::run_psql(
+        &common::psql_url(proxy.addr, &db, &user, &password, "verify-full"),
+        "select 'through-' || current_database()",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("through-{db}")));
+
+    let out = common::run_psql(
+        &common::psql_url(proxy.addr, &db, &user, &password, "disable"),
+        "select 1",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SSL connection is required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn scram_md5_and_trust_logins_pass_through() {
+    let proxy = start_proxy("").await;
+    let c = cluster();
+
+    let (db, user, password) = tenant("scram");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+
+    let md5_user = unique("md5u");
+    c.create_role(&md5_user, Some("md5-secret"), pgtier::sandbox::PasswordEncryption::Md5)
+        .unwrap();
+    c.psql("postgres", &format!("grant md5_users to {md5_user}")).unwrap();
+    let md5_db = unique("md5db");
+    c.create_database(&md5_db, &md5_user).unwrap();
+    let (client, _conn) = connect(proxy.addr, &md5_db, &md5_user, "md5-secret")
+        .await
+        .expect("md5 login");
+    client.simple_query("select 1").await.unwrap();
+
+    let trust_user = unique("trustu");
+    c.create_role(&trust_user, None, pgtier::sandbox::PasswordEncryption::Scram)
+        .unwrap();
+    c.psql("postgres", &format!("grant trust_users to {trust_user}"))
+        .unwrap();
+    let trust_db = unique("trustdb");
+    c.create_database(&trust_db, &trust_user).unwrap();
+    let (client, _conn) = connect(proxy.addr, &trust_db, &trust_user, "ignored")
+        .await
+        .expect("trust login");
+    client.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_password_gives_the_clusters_28p01_and_takes_no_slot() {
+    let proxy = start_proxy("").await;
+    let (db, user, _) = tenant("badpw");
+    let err = connect(proxy.addr, &db, &user, "not-the-password")
+        .await
+        .err()
+        .expect("login must fail");
+    assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    assert_eq!(proxy.handle.tenant_connections(&db), 0);
+}
+
+#[tokio::test]
+async fn free_tenant_gets_two_connections_and_the_third_is_refused() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("free");
+    let (a, conn_a) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (b, _conn_b) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let err = connect(proxy.addr, &db, &user, &password)
+        .await
+        .err()
+        .expect("third connection refused");
+    assert_eq!(code(&err), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("too many connections for database \"{db}\": the free tier allows 2")),
+        "{err}"
+    );
+    // The refusal left the two sessions working.
+    a.simple_query("select 1").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+
+    drop(a);
+    conn_a.await.ok();
+    wait_until(Duration::from_secs(5), "slot given back", || {
+        proxy.handle.tenant_connections(&db) == 1
+    })
+    .await;
+    let (c, _conn_c) = connect(proxy.addr, &db, &user, &password)
+        .await
+        .expect("a slot is free again");
+    c.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn standard_tenant_holds_ten_connections() {
+    let (db, user, password) = tenant("std");
+    let proxy = start_proxy(&format!("[tenants.{db}]\ntier = \"standard\"\n")).await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(proxy.addr, &db, &user, &password).await.unwrap());
+    }
+    for (client, _) in &clients {
+        client.simple_query("select 1").await.unwrap();
+    }
+    assert_eq!(proxy.handle.tenant_connections(&db), 10);
+}
+
+#[tokio::test]
+async fn racing_logins_never_exceed_the_cap() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("race");
+    let attempts = (0..20).map(|_| connect(proxy.addr, &db, &user, &password));
+    let results = futures_util::future::join_all(attempts).await;
+    let mut ok = Vec::new();
+    for r in results {
+        match r {
+            Ok(session) => ok.push(session),
+            Err(e) => assert_eq!(code(&e), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e}"),
+        }
+    }
+    assert_eq!(ok.len(), 2);
+    assert_eq!(proxy.handle.tenant_connections(&db), 2);
+}
+
+#[tokio::test]
+async fn no_slot_leaks_when_clients_vanish_mid_query() {
+    let (db, user, password) = tenant("leak");
+    let proxy = start_proxy(&format!("[tenants.{db}]\ntier = \"standard\"\n")).await;
+    for _wave in 0..5 {
+        let mut conns = Vec::new();
+        for _ in 0..40 {
+            let (client, conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+            // A query in flight, then the client disappears without Terminate.
+            let query = tokio::spawn(async move { client.simple_query("select pg_sleep(10)").await });
+            conns.push((query, conn));
+        }
+        wait_until(Duration::from_secs(10), "all sessions in", || {
+            proxy.handle.tenant_connections(&db) == 40
+        })
+        .await;
+        for (query, conn) in conns {
+            conn.abort();
+            query.abort();
+        }
+        wait_until(Duration::from_secs(10), "slots given back", || {
+            proxy.handle.tenant_connections(&db) == 0
+        })
+        .await;
+    }
+    // And the cluster's backends went away too (they were told Terminate).
+    let c = cluster();
+    let mut gone = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let n = c
+            .psql(
+                "postgres",
+                &format!("select count(*) from pg_stat_activity where datname = '{db}'"),
+            )
+            .unwrap();
+        if n.trim() == "0" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "cluster backends of {db} still there");
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_cluster_within_two_seconds() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("cancel");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token
+        .cancel_query(common::tls_connector())
+        .await
+        .expect("cancel sent");
+    let result = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("query ended")
+        .unwrap();
+    let err = result.err().expect("query was cancelled");
+    assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2) + Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn copy_of_50_mb_round_trips_byte_identical() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("copy");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    client
+        .simple_query("create table t (id int, payload text)")
+        .await
+        .unwrap();
+
+    // 50 MB of rows with varied content, in COPY text format.
+    let mut data = Vec::with_capacity(51 << 20);
+    let mut i = 0u64;
+    while data.len() < 50 << 20 {
+        let payload: String = (0..200)
+            .map(|k| (b'a' + ((i * 31 + k) % 26) as u8) as char)
+            .collect();
+        data.extend_from_slice(format!("{i}\t{payload}\n").as_bytes());
+        i += 1;
+    }
+    let sink = client
+        .copy_in::<_, Bytes>("copy t from stdin")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in data.chunks(256 * 1024) {
+        sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    let rows = sink.finish().await.unwrap();
+    assert_eq!(rows, i);
+
+    let out = client
+        .copy_out("copy (select * from t order by id) to stdout")
+        .await
+        .unwrap();
+    let chunks: Vec<Bytes> = out.try_collect().await.unwrap();
+    let back: Vec<u8> = chunks.concat();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "COPY OUT differs from what went in");
+}
+
+#[tokio::test]
+async fn a_20_mb_bytea_row_round_trips() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("bytea");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    client
+        .simple_query("create table b (v bytea)")
+        .await
+        .unwrap();
+    let value: Vec<u8> = (0..20 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    client
+        .execute("insert into b values ($1)", &[&value])
+        .await
+        .unwrap();
+    // Binary format back through the proxy.
+    let row = client.query_one("select v from b", &[]).await.unwrap();
+    let back: Vec<u8> = row.get(0);
+    assert!(back == value, "bytea differs");
+    // And as a 40 MB hex text row through the simple protocol.
+    let rows = client.simple_query("select v from b").await.unwrap();
+    let text = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::len),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(text, 2 + 2 * value.len());
+}
+
+#[tokio::test]
+async fn listen_notify_between_two_sessions() {
+    let (db, user, password) = tenant("notify");
+    let proxy = start_proxy(&format!("[tenants.{db}]\ntier = \"standard\"\n")).await;
+    let (listener, mut notes) = common::connect_with_notifications(proxy.addr, &db, &user, &password)
+        .await
+        .unwrap();
+    listener.batch_execute("listen jobs").await.unwrap();
+    let (sender, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let sender_pid: i32 = sender
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    sender
+        .batch_execute("notify jobs, 'hello through pgtier'")
+        .await
+        .unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(5), notes.next())
+        .await
+        .expect("notification arrived")
+        .expect("stream open");
+    assert_eq!(note.channel(), "jobs");
+    assert_eq!(note.payload(), "hello through pgtier");
+    assert_eq!(note.process_id(), sender_pid);
+}
+
+#[tokio::test]
+async fn extended_protocol_and_pipelining() {
+    let proxy = start_proxy("").await;
+    let (db, user, password) = tenant("ext");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let stmt = client.prepare("select $1::int * 2, $2::text").await.unwrap();
+    for i in 0..50 {
+        let row = client.query_one(&stmt, &[&i, &"x"]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i * 2);
+    }
+    // tokio-postgres pipelines requests polled together: 200 in flight.
+    let futures = (0..200).map(|i| {
+        let client = &client;
+        let stmt = &stmt;
+        async move { client.query_one(stmt, &[&i, &"p"]).await.map(|r| r.get::<_, i32>(0)) }
+    });
+    let results = futures_util::future::try_join_all(futures).await.unwrap();
+    assert_eq!(results, (0..200).map(|i| i * 2).collect::<Vec<_>>());
+    // An error mid-pipeline fails only its own query.
+    let (bad, good) = tokio::join!(
+        client.query_one("select 1/0", &[]),
+        client.query_one("select 7", &[])
+    );
+    assert_eq!(code(&bad.unwrap_err()), Some(&SqlState::DIVISION_BY_ZERO));
+    assert_eq!(good.unwrap().get::<_, i32>(0), 7);
+}
+
+#[tokio::test]
+async fn shutdown_closes_remaining_sessions_with_57p01_after_grace() {
+    let (db, user, password) = tenant("shut");
+    let proxy = common::start_proxy_with("shutdown_grace = \"500ms\"\n", "").await;
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    proxy.handle.shutdown();
+    wait_until(Duration::from_secs(10), "session closed", || client.is_closed()).await;
+    let err = client.simple_query("select 1").await.unwrap_err();
+    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    // New connections are refused at the door.
+    assert!(connect(proxy.addr, &db, &user, &password).await.is_err());
+}
