@@ -253,6 +253,7 @@ async fn tls_connect(
     alpn: Option<&[u8]>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(common::certs().ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
