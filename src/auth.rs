@@ -117,7 +117,7 @@ pub async fn relay(
                         match admission.tenant.try_take_slot(admission.max_connections) {
                             Ok(taken) => slot = Some(taken),
                             Err(AtCapacity { limit }) => {
-                                                                let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+                                let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
                                 return Err(LoginError::Refused {
                                     error: ErrorFields::fatal(
                                         sqlstate::TOO_MANY_CONNECTIONS,
@@ -160,7 +160,9 @@ pub async fn relay(
                         return Err(LoginError::Refused {
                             error: ErrorFields::fatal(
                                 sqlstate::FEATURE_NOT_SUPPORTED,
-                                format!("authentication method {other} is not supported by the proxy"),
+                                format!(
+                                    "authentication method {other} is not supported by the proxy"
+                                ),
                             ),
                             reason: "auth_unsupported",
                         });

@@ -76,7 +76,10 @@ pub async fn forward(
     tls: &Arc<rustls::ClientConfig>,
 ) -> bool {
     let Some(cluster_key) = keys.lookup(&client_key) else {
-        tracing::debug!(pid = client_key.pid, "cancel request with unknown key ignored");
+        tracing::debug!(
+            pid = client_key.pid,
+            "cancel request with unknown key ignored"
+        );
         return false;
     };
     match cluster::connect(config, tls).await {
@@ -103,7 +106,10 @@ mod tests {
     #[test]
     fn keys_keep_the_pid_and_vanish_with_their_session() {
         let keys = Arc::new(CancelKeys::default());
-        let cluster_key = CancelKey { pid: 4242, secret: 99 };
+        let cluster_key = CancelKey {
+            pid: 4242,
+            secret: 99,
+        };
         let reg = keys.register(cluster_key);
         assert_eq!(reg.client_key.pid, 4242);
         assert_eq!(keys.lookup(&reg.client_key), Some(cluster_key));

@@ -304,7 +304,9 @@ impl Config {
             }
         }
         if self.login_timeout.is_zero() {
-            return Err(invalid("login_timeout must be greater than zero".to_owned()));
+            return Err(invalid(
+                "login_timeout must be greater than zero".to_owned(),
+            ));
         }
         if self.cluster.connect_timeout.is_zero() {
             return Err(invalid(
@@ -490,7 +492,10 @@ mod tests {
     fn environment_overrides_nested_keys() {
         let env = vec![
             ("PGTIER_CLUSTER__PORT".to_owned(), "5433".to_owned()),
-            ("PGTIER_TIERS__FREE__MAX_CONNECTIONS".to_owned(), "7".to_owned()),
+            (
+                "PGTIER_TIERS__FREE__MAX_CONNECTIONS".to_owned(),
+                "7".to_owned(),
+            ),
             ("PGTIER_DEFAULT_TIER".to_owned(), "standard".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
         ];
@@ -500,7 +505,9 @@ mod tests {
         assert_eq!(config.default_tier, "standard");
 
         let bad = vec![("PGTIER_CLUSTER__PORT".to_owned(), "many".to_owned())];
-        let err = Config::from_toml_with_env(BASE, "t", bad).unwrap_err().to_string();
+        let err = Config::from_toml_with_env(BASE, "t", bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PGTIER_CLUSTER__PORT"), "{err}");
     }
 

@@ -57,7 +57,10 @@ tier = "standard"
     let addr = handle.local_addr();
     let ca = certs.ca_path.display();
     println!();
-    println!("pgtier is listening on {addr} in front of PostgreSQL on 127.0.0.1:{}.", cluster.port());
+    println!(
+        "pgtier is listening on {addr} in front of PostgreSQL on 127.0.0.1:{}.",
+        cluster.port()
+    );
     println!();
     println!("Free tier (2 connections, 5 minutes idle):");
     println!(
@@ -70,7 +73,9 @@ tier = "standard"
         addr.port()
     );
     println!();
-    println!("Try a third psql on the free URL while two are open. Ctrl-C stops and removes everything.");
+    println!(
+        "Try a third psql on the free URL while two are open. Ctrl-C stops and removes everything."
+    );
 
     tokio::spawn(crate::app::handle_signals(handle, None));
     proxy.run().await?;

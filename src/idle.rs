@@ -57,7 +57,9 @@ pub fn sweep_once(shared: &Shared) -> usize {
         };
         if !limit.is_zero() && idle_for >= limit && session.kill_reason().is_none() {
             session.kill(KillReason::IdleTimeout);
-            shared.metrics.rejected(Some(&session.tenant), "idle_timeout");
+            shared
+                .metrics
+                .rejected(Some(&session.tenant), "idle_timeout");
             expired += 1;
         }
     });

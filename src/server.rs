@@ -128,7 +128,10 @@ impl Drop for OpenConnection {
     }
 }
 
-fn build_client_tls(config: &Config, existing: Option<&Arc<CertStore>>) -> Result<ClientTls, TlsError> {
+fn build_client_tls(
+    config: &Config,
+    existing: Option<&Arc<CertStore>>,
+) -> Result<ClientTls, TlsError> {
     if config.tls.mode == ClientTlsMode::Disable {
         return Ok(ClientTls {
             certs: existing.cloned(),
@@ -178,12 +181,13 @@ impl Proxy {
         }
         let client_tls = build_client_tls(&config, None)?;
         let cluster_tls = tls::cluster_client_config(config.cluster.ca.as_deref())?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let (trigger, _) = shutdown::channel();
         let tenants = Tenants::default();
         for name in config.tenants.keys() {
@@ -256,7 +260,10 @@ impl Proxy {
         {
             shared.shutdown.advance(Stage::Closing);
             let n = shared.sessions.kill_where(None, KillReason::Shutdown);
-            tracing::info!(sessions = n, "grace period over: closing remaining sessions");
+            tracing::info!(
+                sessions = n,
+                "grace period over: closing remaining sessions"
+            );
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, open.wait_for(|n| *n == 0)).await;
         }
         tracing::info!("shutdown complete");

@@ -61,9 +61,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
 
     let (mut client, startup) = match opening {
         Opening::Cancel(key) => {
-            let sent =
-                cancel::forward(&shared.cancel_keys, key, &config.cluster, &shared.cluster_tls())
-                    .await;
+            let sent = cancel::forward(
+                &shared.cancel_keys,
+                key,
+                &config.cluster,
+                &shared.cluster_tls(),
+            )
+            .await;
             tracing::debug!(client = %peer, pid = key.pid, forwarded = sent, "cancel request");
             return;
         }
@@ -186,9 +190,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     .await;
     let detail = match &end {
         pump::PumpEnd::ClientIo(e) | pump::PumpEnd::ClusterIo(e) => Some(e.to_string()),
-        pump::PumpEnd::ClientProtocol(e) | pump::PumpEnd::ClusterProtocol(e) => {
-            Some(e.to_string())
-        }
+        pump::PumpEnd::ClientProtocol(e) | pump::PumpEnd::ClusterProtocol(e) => Some(e.to_string()),
         _ => None,
     };
     tracing::info!(

@@ -166,7 +166,8 @@ impl SessionControl {
     /// How long the session has been idle, if it is.
     pub fn idle_for(&self, now_ms: u64) -> Option<Duration> {
         let since = self.idle_since.load(Ordering::Relaxed);
-        if since == 0 || self.readies.load(Ordering::Relaxed) < self.requests.load(Ordering::Relaxed)
+        if since == 0
+            || self.readies.load(Ordering::Relaxed) < self.requests.load(Ordering::Relaxed)
         {
             return None;
         }
@@ -294,7 +295,10 @@ mod tests {
         let t = Tenants::default().get_or_insert("t");
         let a = sessions.register(Arc::clone(&t));
         let _b = sessions.register(t);
-        assert_eq!(sessions.kill_where(Some("t"), KillReason::AdminDisconnect), 2);
+        assert_eq!(
+            sessions.kill_where(Some("t"), KillReason::AdminDisconnect),
+            2
+        );
         drop(a);
         assert_eq!(sessions.len(), 1);
     }

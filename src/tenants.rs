@@ -108,7 +108,8 @@ impl Tenant {
 
     #[inline]
     pub fn note_to_client(&self, bytes: usize) {
-        self.bytes_to_clients.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_to_clients
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Unix seconds of the last login or query (0 = none known).

@@ -45,7 +45,11 @@ async fn tls_is_required_and_verify_full_works() {
         "select 'through-' || current_database()",
     )
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("through-{db}")));
 
     let out = common::run_psql(
@@ -68,9 +72,14 @@ async fn scram_md5_and_trust_logins_pass_through() {
     client.simple_query("select 1").await.unwrap();
 
     let md5_user = unique("md5u");
-    c.create_role(&md5_user, Some("md5-secret"), pgtier::sandbox::PasswordEncryption::Md5)
+    c.create_role(
+        &md5_user,
+        Some("md5-secret"),
+        pgtier::sandbox::PasswordEncryption::Md5,
+    )
+    .unwrap();
+    c.psql("postgres", &format!("grant md5_users to {md5_user}"))
         .unwrap();
-    c.psql("postgres", &format!("grant md5_users to {md5_user}")).unwrap();
     let md5_db = unique("md5db");
     c.create_database(&md5_db, &md5_user).unwrap();
     let (client, _conn) = connect(proxy.addr, &md5_db, &md5_user, "md5-secret")
@@ -79,8 +88,12 @@ async fn scram_md5_and_trust_logins_pass_through() {
     client.simple_query("select 1").await.unwrap();
 
     let trust_user = unique("trustu");
-    c.create_role(&trust_user, None, pgtier::sandbox::PasswordEncryption::Scram)
-        .unwrap();
+    c.create_role(
+        &trust_user,
+        None,
+        pgtier::sandbox::PasswordEncryption::Scram,
+    )
+    .unwrap();
     c.psql("postgres", &format!("grant trust_users to {trust_user}"))
         .unwrap();
     let trust_db = unique("trustdb");
@@ -95,10 +108,9 @@ async fn scram_md5_and_trust_logins_pass_through() {
 async fn wrong_password_gives_the_clusters_28p01_and_takes_no_slot() {
     let proxy = start_proxy("").await;
     let (db, user, _) = tenant("badpw");
-    let err = connect(proxy.addr, &db, &user, "not-the-password")
-        .await
-        .err()
-        .expect("login must fail");
+    let Err(err) = connect(proxy.addr, &db, &user, "not-the-password").await else {
+        panic!("login with a wrong password must fail");
+    };
     assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
     assert_eq!(proxy.handle.tenant_connections(&db), 0);
 }
@@ -109,10 +121,9 @@ async fn free_tenant_gets_two_connections_and_the_third_is_refused() {
     let (db, user, password) = tenant("free");
     let (a, conn_a) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     let (b, _conn_b) = connect(proxy.addr, &db, &user, &password).await.unwrap();
-    let err = connect(proxy.addr, &db, &user, &password)
-        .await
-        .err()
-        .expect("third connection refused");
+    let Err(err) = connect(proxy.addr, &db, &user, &password).await else {
+        panic!("third connection must be refused");
+    };
     assert_eq!(code(&err), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
     assert_eq!(
         common::message(&err),
@@ -174,7 +185,8 @@ async fn no_slot_leaks_when_clients_vanish_mid_query() {
         for _ in 0..40 {
             let (client, conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
             // A query in flight, then the client disappears without Terminate.
-            let query = tokio::spawn(async move { client.simple_query("select pg_sleep(10)").await });
+            let query =
+                tokio::spawn(async move { client.simple_query("select pg_sleep(10)").await });
             conns.push((query, conn));
         }
         wait_until(Duration::from_secs(10), "all sessions in", || {
@@ -227,7 +239,9 @@ async fn cancel_reaches_the_cluster_within_two_seconds() {
         .await
         .expect("query ended")
         .unwrap();
-    let err = result.err().expect("query was cancelled");
+    let Err(err) = result else {
+        panic!("query was not cancelled");
+    };
     assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2) + Duration::from_millis(300));
 }
@@ -307,9 +321,10 @@ async fn a_20_mb_bytea_row_round_trips() {
 async fn listen_notify_between_two_sessions() {
     let (db, user, password) = tenant("notify");
     let proxy = start_proxy(&format!("[tenants.{db}]\ntier = \"standard\"\n")).await;
-    let (listener, mut notes) = common::connect_with_notifications(proxy.addr, &db, &user, &password)
-        .await
-        .unwrap();
+    let (listener, mut notes) =
+        common::connect_with_notifications(proxy.addr, &db, &user, &password)
+            .await
+            .unwrap();
     listener.batch_execute("listen jobs").await.unwrap();
     let (sender, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     let sender_pid: i32 = sender
@@ -335,7 +350,10 @@ async fn extended_protocol_and_pipelining() {
     let proxy = start_proxy("").await;
     let (db, user, password) = tenant("ext");
     let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
-    let stmt = client.prepare("select $1::int * 2, $2::text").await.unwrap();
+    let stmt = client
+        .prepare("select $1::int * 2, $2::text")
+        .await
+        .unwrap();
     for i in 0..50 {
         let row = client.query_one(&stmt, &[&i, &"x"]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i * 2);
@@ -344,7 +362,12 @@ async fn extended_protocol_and_pipelining() {
     let futures = (0..200).map(|i| {
         let client = &client;
         let stmt = &stmt;
-        async move { client.query_one(stmt, &[&i, &"p"]).await.map(|r| r.get::<_, i32>(0)) }
+        async move {
+            client
+                .query_one(stmt, &[&i, &"p"])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        }
     });
     let results = futures_util::future::try_join_all(futures).await.unwrap();
     assert_eq!(results, (0..200).map(|i| i * 2).collect::<Vec<_>>());
@@ -361,12 +384,21 @@ async fn extended_protocol_and_pipelining() {
 async fn shutdown_closes_remaining_sessions_with_57p01_after_grace() {
     let (db, user, password) = tenant("shut");
     let proxy = common::start_proxy_with("shutdown_grace = \"500ms\"\n", "").await;
-    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (client, conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     client.simple_query("select 1").await.unwrap();
     proxy.handle.shutdown();
-    wait_until(Duration::from_secs(10), "session closed", || client.is_closed()).await;
-    let err = client.simple_query("select 1").await.unwrap_err();
-    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    // The session outlives the drain start but not the grace period, and
+    // the connection ends with the proxy's FATAL, not a bare hang-up.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("session closed after the grace period")
+        .unwrap();
+    let err = ended.expect_err("connection ended by an error from the proxy");
+    assert_eq!(code(&err), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    assert_eq!(
+        common::message(&err),
+        "terminating connection due to administrator command"
+    );
     // New connections are refused at the door.
     assert!(connect(proxy.addr, &db, &user, &password).await.is_err());
 }

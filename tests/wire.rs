@@ -129,11 +129,16 @@ async fn gss_encryption_is_declined_and_startup_continues() {
     let proxy = plaintext_proxy("").await;
     let (db, user) = trust_tenant("gss");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
-    assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&startup_packet(3 << 16, &[("user", &user), ("database", &db)]))
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
         .await
         .unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", &user), ("database", &db)],
+    ))
+    .await
+    .unwrap();
     let msgs = read_until_ready(&mut s).await;
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'));
 }
@@ -145,7 +150,11 @@ async fn newer_protocol_and_unknown_options_are_negotiated_down() {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(&startup_packet(
         (3 << 16) + 2,
-        &[("user", &user), ("database", &db), ("_pq_.test_option", "1")],
+        &[
+            ("user", &user),
+            ("database", &db),
+            ("_pq_.test_option", "1"),
+        ],
     ))
     .await
     .unwrap();
@@ -163,9 +172,12 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
     let proxy = plaintext_proxy("").await;
     let (db, user) = trust_tenant("key");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(3 << 16, &[("user", &user), ("database", &db)]))
-        .await
-        .unwrap();
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", &user), ("database", &db)],
+    ))
+    .await
+    .unwrap();
     let msgs = read_until_ready(&mut s).await;
     let key = msgs
         .iter()
@@ -175,7 +187,9 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
     let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
     let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
 
-    s.write_all(&query("select pg_backend_pid()")).await.unwrap();
+    s.write_all(&query("select pg_backend_pid()"))
+        .await
+        .unwrap();
     let msgs = read_until_ready(&mut s).await;
     let row = msgs.iter().find(|m| m.0 == b'D').expect("a row");
     let text = String::from_utf8_lossy(&row.1[6..]).into_owned();
@@ -183,7 +197,9 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
 
     // A cancel with the right PID but a wrong secret is ignored, and the
     // cancel connection is closed right away.
-    s.write_all(&query("select pg_sleep(1), 'survived'")).await.unwrap();
+    s.write_all(&query("select pg_sleep(1), 'survived'"))
+        .await
+        .unwrap();
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
     let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
     packet.extend(pid.to_be_bytes());
@@ -205,9 +221,12 @@ async fn a_stalled_login_is_closed_with_08p01() {
     let user = format!("{db}_u");
     cluster().create_tenant(&db, &user, "pw").unwrap();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(3 << 16, &[("user", &user), ("database", &db)]))
-        .await
-        .unwrap();
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", &user), ("database", &db)],
+    ))
+    .await
+    .unwrap();
     let (tag, _) = read_msg(&mut s).await.expect("authentication request");
     assert_eq!(tag, b'R');
     let text = expect_error(&mut s, "08P01").await;
@@ -220,9 +239,12 @@ async fn garbage_mid_session_ends_it_and_frees_the_slot() {
     let proxy = plaintext_proxy("").await;
     let (db, user) = trust_tenant("garbage");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(3 << 16, &[("user", &user), ("database", &db)]))
-        .await
-        .unwrap();
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", &user), ("database", &db)],
+    ))
+    .await
+    .unwrap();
     read_until_ready(&mut s).await;
     assert_eq!(proxy.handle.tenant_connections(&db), 1);
     // A message whose length field is smaller than the length field itself.
@@ -242,10 +264,16 @@ async fn garbage_mid_session_ends_it_and_frees_the_slot() {
     }
     let (db2, user2) = trust_tenant("aftergarbage");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(3 << 16, &[("user", &user2), ("database", &db2)]))
-        .await
-        .unwrap();
-    assert_eq!(read_until_ready(&mut s).await.last().map(|m| m.0), Some(b'Z'));
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", &user2), ("database", &db2)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        read_until_ready(&mut s).await.last().map(|m| m.0),
+        Some(b'Z')
+    );
 }
 
 async fn tls_connect(
@@ -254,7 +282,8 @@ async fn tls_connect(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(common::certs().ca_pem.as_bytes()) {
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(common::certs().ca_pem.as_bytes())
+    {
         roots.add(cert.unwrap()).unwrap();
     }
     let mut config = rustls::ClientConfig::builder_with_provider(pgtier::tls::provider())
@@ -274,10 +303,17 @@ async fn tls_connect(
         .await
 }
 
-async fn login(s: &mut (impl AsyncRead + AsyncWrite + Unpin), user: &str, db: &str) -> Vec<(u8, Vec<u8>)> {
-    s.write_all(&startup_packet(3 << 16, &[("user", user), ("database", db)]))
-        .await
-        .unwrap();
+async fn login(
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    user: &str,
+    db: &str,
+) -> Vec<(u8, Vec<u8>)> {
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", user), ("database", db)],
+    ))
+    .await
+    .unwrap();
     read_until_ready(s).await
 }
 
@@ -296,7 +332,10 @@ async fn direct_tls_needs_alpn_postgresql() {
         Err(_) => {}
         Ok(mut s) => {
             let _ = s
-                .write_all(&startup_packet(3 << 16, &[("user", &user), ("database", &db)]))
+                .write_all(&startup_packet(
+                    3 << 16,
+                    &[("user", &user), ("database", &db)],
+                ))
                 .await;
             assert!(read_msg(&mut s).await.is_none(), "no session without ALPN");
         }

@@ -184,14 +184,12 @@ mod tests {
         let mut seen = 0;
         for &b in &stream {
             buf.push(b);
-            loop {
-                match scanner.next(&buf, want_z).unwrap() {
-                    Step::Frame { start, header } => {
-                        assert_eq!(&buf[start..start + header.frame_len], &frame(b'Z', b"I")[..]);
-                        seen += 1;
-                    }
-                    Step::NeedMore => break,
-                }
+            while let Step::Frame { start, header } = scanner.next(&buf, want_z).unwrap() {
+                assert_eq!(
+                    &buf[start..start + header.frame_len],
+                    &frame(b'Z', b"I")[..]
+                );
+                seen += 1;
             }
             forwarded.extend(buf.drain(..scanner.walked()));
             scanner.consumed();

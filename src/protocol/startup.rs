@@ -245,7 +245,10 @@ mod tests {
     fn malformed_packets_are_errors_not_panics() {
         assert_eq!(decode(&[]), Err(StartupError::BadLength));
         assert_eq!(decode(&[0, 3, 0, 0]), Err(StartupError::MissingTerminator));
-        assert_eq!(decode(&[0, 3, 0, 0, b'u', 0]), Err(StartupError::MissingTerminator));
+        assert_eq!(
+            decode(&[0, 3, 0, 0, b'u', 0]),
+            Err(StartupError::MissingTerminator)
+        );
         assert_eq!(
             decode(&startup_body(PROTOCOL_3_0, &[("database", "x")])),
             Err(StartupError::NoUser)
@@ -265,7 +268,10 @@ mod tests {
 
     #[test]
     fn cancel_request_round_trips() {
-        let key = CancelKey { pid: 42, secret: -7 };
+        let key = CancelKey {
+            pid: 42,
+            secret: -7,
+        };
         let packet = key.request_packet();
         assert_eq!(decode(&packet[4..]), Ok(StartupPacket::Cancel(key)));
     }

@@ -39,8 +39,12 @@ impl Certs {
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).map_err(err)?;
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "localhost");
-        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
         params
             .subject_alt_names
             .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
@@ -54,7 +58,11 @@ impl Certs {
             ca_pem: ca_pem.clone(),
         };
         write(&certs.ca_path, &ca_pem, 0o644)?;
-        write(&certs.cert_path, &format!("{}{}", leaf.pem(), ca_pem), 0o644)?;
+        write(
+            &certs.cert_path,
+            &format!("{}{}", leaf.pem(), ca_pem),
+            0o644,
+        )?;
         write(&certs.key_path, &key.serialize_pem(), 0o600)?;
         Ok(certs)
     }
@@ -62,7 +70,8 @@ impl Certs {
 
 fn write(path: &Path, contents: &str, mode: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, contents).map_err(SandboxError::io(format!("writing {}", path.display())))?;
+    std::fs::write(path, contents)
+        .map_err(SandboxError::io(format!("writing {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(SandboxError::io(format!("chmod {}", path.display())))
 }

@@ -110,7 +110,9 @@ impl Cluster {
             hba.push_str(line);
             hba.push('\n');
         }
-        hba.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n");
+        hba.push_str(
+            "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+        );
         std::fs::write(data.join("pg_hba.conf"), hba)
             .map_err(SandboxError::io("writing pg_hba.conf"))?;
 
@@ -133,9 +135,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let postmaster = cmd
-            .spawn()
-            .map_err(SandboxError::io("starting postgres"))?;
+        let postmaster = cmd.spawn().map_err(SandboxError::io("starting postgres"))?;
         let watchdog = spawn_watchdog(postmaster.id(), dir.path());
         let mut cluster = Cluster {
             dir,
@@ -459,9 +459,8 @@ pub fn find_server_binaries() -> Option<PathBuf> {
     if let Some((_, dir)) = versions.pop() {
         return Some(dir);
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).find(|dir| has_server(dir))
-    })
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| has_server(dir)))
 }
 
 /// A SQL string literal.

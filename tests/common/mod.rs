@@ -239,4 +239,3 @@ pub async fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-
