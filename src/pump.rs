@@ -19,11 +19,11 @@ use crate::protocol::{sqlstate, ErrorFields};
 use crate::sessions::{KillReason, SessionControl};
 use crate::stream::Stream;
 
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 64 * 1024;
-/// A buffer this large is given back to the allocator when it empties, so
-/// that an idle session holds no read buffer.
-const KEEP_CAPACITY: usize = 8 * 1024;
+/// The read size while traffic is light: an idle session waits on a buffer
+/// this small, which keeps memory per idle session low.
+const SMALL_READ: usize = 2 * 1024;
+/// The read size once reads fill the buffer (bulk results, COPY).
+const LARGE_READ: usize = 64 * 1024;
 /// How long the proxy's own last words (an error, a Terminate) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long after a kill request a session stuck in a write is cut off.
@@ -184,6 +184,7 @@ async fn client_to_cluster(
     progress: &mut Progress,
 ) -> PumpEnd {
     let mut scanner = Scanner::default();
+    let mut last_read = 0;
     loop {
         let mut requests = 0u64;
         let mut terminate = false;
@@ -214,7 +215,7 @@ async fn client_to_cluster(
                 return PumpEnd::ClientTerminated;
             }
         }
-        match read_more(rx, &mut buf).await {
+        match read_more(rx, &mut buf, &mut last_read).await {
             Ok(0) => return PumpEnd::ClientClosed,
             Ok(_) => control.mark_busy(),
             Err(e) => return PumpEnd::ClientIo(e),
@@ -230,6 +231,7 @@ async fn cluster_to_client(
     progress: &mut Progress,
 ) -> PumpEnd {
     let mut scanner = Scanner::default();
+    let mut last_read = 0;
     loop {
         // ReadyForQuery is the one message looked into: its status byte, and
         // the fact that the cluster waits for the client from here on.
@@ -266,7 +268,7 @@ async fn cluster_to_client(
         tokio::select! {
             biased;
             reason = control.killed() => return PumpEnd::Killed(reason),
-            read = read_more(rx, &mut buf) => match read {
+            read = read_more(rx, &mut buf, &mut last_read) => match read {
                 Ok(0) => return PumpEnd::ClusterClosed,
                 Ok(_) => {}
                 Err(e) => return PumpEnd::ClusterIo(e),
@@ -275,16 +277,31 @@ async fn cluster_to_client(
     }
 }
 
-/// Reads whatever is available into `buf`. Cancel-safe: nothing is lost if
-/// the future is dropped before it completes.
-async fn read_more(rx: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+/// Reads whatever is available into `buf`, sizing the buffer to the
+/// traffic: a small buffer while reads come in small (so an idle session
+/// waits on little memory), a large one while reads come in full (bulk
+/// results, COPY). `last` is the size of the previous read. Cancel-safe:
+/// nothing is lost if the future is dropped before it completes.
+async fn read_more(
+    rx: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    last: &mut usize,
+) -> io::Result<usize> {
+    let want = if *last >= SMALL_READ {
+        LARGE_READ
+    } else {
+        SMALL_READ
+    };
+    if buf.is_empty() && buf.capacity() > want {
+        // Traffic got light: give the large buffer back.
         *buf = BytesMut::new();
     }
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
     }
-    rx.read_buf(buf).await
+    let n = rx.read_buf(buf).await?;
+    *last = n;
+    Ok(n)
 }
 
 async fn write_batch(
