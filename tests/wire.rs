@@ -341,3 +341,34 @@ async fn direct_tls_needs_alpn_postgresql() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
+    let proxy = plaintext_proxy("").await;
+    let (db, user) = trust_tenant("plaincancel");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let msgs = login(&mut s, &user, &db).await;
+    let key = msgs
+        .iter()
+        .find(|m| m.0 == b'K')
+        .map(|m| m.1.clone())
+        .expect("BackendKeyData");
+    s.write_all(&query("select pg_sleep(30)")).await.unwrap();
+    // Wait until the query runs before cancelling it.
+    let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
+    let sql =
+        format!("select count(*) from pg_stat_activity where pid = {pid} and state = 'active'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster().psql("postgres", &sql).unwrap().trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "query never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    packet.extend_from_slice(&key);
+    c.write_all(&packet).await.unwrap();
+    assert!(read_msg(&mut c).await.is_none(), "cancel connection closed");
+    let msgs = read_until_ready(&mut s).await;
+    let error = msgs.iter().find(|m| m.0 == b'E').expect("the query failed");
+    assert_eq!(sqlstate(&error.1), "57014");
+}
