@@ -20,10 +20,21 @@ pub fn init_logging() {
         .try_init();
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+/// The async runtime: `worker_threads` = 1 is a single-threaded runtime,
+/// 0 is one worker per core.
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 /// Loads the config and its TLS files; one line per problem.
@@ -70,7 +81,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let rt = match runtime() {
+    let rt = match runtime(config.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -87,6 +98,7 @@ pub fn run(path: &Path) -> ExitCode {
             }
         };
         let handle = proxy.handle();
+        handle.set_config_path(&path);
         tokio::spawn(handle_signals(handle, Some(path)));
         match proxy.run().await {
             Ok(()) => ExitCode::SUCCESS,
@@ -154,7 +166,7 @@ pub async fn handle_signals(handle: ProxyHandle, path: Option<std::path::PathBuf
 
 /// `pgtier demo`.
 pub fn demo(listen: std::net::SocketAddr) -> ExitCode {
-    let rt = match runtime() {
+    let rt = match runtime(0) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

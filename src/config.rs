@@ -142,6 +142,11 @@ pub struct Config {
     /// How long shutdown waits for sessions to end on their own.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads serving connections: 0 = one per CPU core; 1 = a single
+    /// thread with no cross-thread wake-ups (what PgBouncer does), often the
+    /// fastest on small machines shared with the cluster. Needs a restart.
+    #[serde(default)]
+    pub worker_threads: usize,
     /// Operator API and metrics; absent = off.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token required by every admin endpoint but `/health`.
