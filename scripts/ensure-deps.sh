@@ -1,59 +1,106 @@
 #!/usr/bin/env bash
-# Installs what pgtier's demo, tests and benchmarks need and the machine lacks:
-# PostgreSQL server binaries (initdb, postgres), psql and pgbench, and with
-# --bench also PgBouncer. Fast and silent when everything is present.
+# Makes sure the programs pgtier's tests, demo and benchmarks need are
+# installed: PostgreSQL's server binaries (initdb, postgres), psql and
+# pgbench, and with --bench also pgbouncer (the comparison baseline).
+#
+# Idempotent and fast when everything is present (no apt-get update then).
+# As root on Debian/Ubuntu it installs what is missing; otherwise it prints
+# what to install and exits 1.
+#
+# Server binaries are looked for as the sandbox (src/sandbox/cluster.rs)
+# looks for them: $PG_BIN, `pg_config --bindir`, the newest
+# /usr/lib/postgresql/*/bin, then PATH.
 set -euo pipefail
 
 want_bench=0
 for arg in "$@"; do
-  case "$arg" in
-    --bench) want_bench=1 ;;
-    *) echo "usage: $0 [--bench]" >&2; exit 64 ;;
-  esac
+    case "$arg" in
+        --bench) want_bench=1 ;;
+        -h|--help)
+            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) echo "ensure-deps.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
 done
 
-have_server() {
-  if [[ -n "${PG_BIN:-}" && -x "$PG_BIN/initdb" && -x "$PG_BIN/postgres" ]]; then return 0; fi
-  if command -v pg_config >/dev/null 2>&1; then
-    local d; d="$(pg_config --bindir 2>/dev/null || true)"
-    if [[ -x "$d/initdb" && -x "$d/postgres" ]]; then return 0; fi
-  fi
-  local d
-  for d in /usr/lib/postgresql/*/bin; do
-    if [[ -x "$d/initdb" && -x "$d/postgres" ]]; then return 0; fi
-  done
-  command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1
+# Prints the directory holding initdb, or nothing.
+pg_bin_dir() {
+    if [[ -n "${PG_BIN:-}" ]]; then
+        [[ -x "$PG_BIN/initdb" ]] && echo "$PG_BIN"
+        return 0
+    fi
+    local dir
+    if dir=$(pg_config --bindir 2>/dev/null) && [[ -x "$dir/initdb" ]]; then
+        echo "$dir"
+        return 0
+    fi
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5V | tail -n1 || true)
+    if [[ -n "$dir" && -x "$dir/initdb" ]]; then
+        echo "$dir"
+        return 0
+    fi
+    if dir=$(command -v initdb 2>/dev/null); then
+        dirname "$(readlink -f "$dir")"
+    fi
 }
 
-packages=()
-have_server || packages+=(postgresql)
-command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
-command -v pgbench >/dev/null 2>&1 || packages+=(postgresql-contrib)
-command -v setpriv >/dev/null 2>&1 || packages+=(util-linux)
-if [[ $want_bench == 1 ]]; then
-  command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer)
+# Whether program $1 is in the PostgreSQL bin dir or on PATH.
+have_program() {
+    local bin
+    bin=$(pg_bin_dir)
+    [[ -n "$bin" && -x "$bin/$1" ]] || command -v "$1" >/dev/null 2>&1
+}
+
+missing() {
+    local -a packages=()
+    local bin
+    bin=$(pg_bin_dir)
+    if [[ -z "$bin" || ! -x "$bin/postgres" ]]; then
+        packages+=(postgresql postgresql-contrib)
+    fi
+    have_program psql || packages+=(postgresql-client)
+    have_program pgbench || packages+=(postgresql-contrib)
+    if [[ "$want_bench" == 1 ]] && ! command -v pgbouncer >/dev/null 2>&1 \
+        && [[ ! -x /usr/sbin/pgbouncer ]]; then
+        packages+=(pgbouncer)
+    fi
+    # The server runs as `postgres` when the tests run as root.
+    if [[ "$(id -u)" == 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+        packages+=(postgresql)
+    fi
+    if ((${#packages[@]})); then
+        printf '%s\n' "${packages[@]}" | sort -u | tr '\n' ' '
+    fi
+}
+
+todo=$(missing)
+if [[ -z "$todo" ]]; then
+    echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir)"
+    exit 0
 fi
 
-if ((${#packages[@]} > 0)); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "pgtier needs: ${packages[*]}" >&2
-    echo "install them with:  sudo apt-get install -y ${packages[*]}" >&2
+if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-deps: missing: $todo" >&2
+    echo "ensure-deps: install them (Debian/Ubuntu: sudo apt-get install -y $todo)," >&2
+    echo "ensure-deps: or set PG_BIN to a directory holding initdb and postgres." >&2
     exit 1
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "pgtier needs PostgreSQL server binaries (initdb, postgres), psql and pgbench; install them and set PG_BIN to their directory" >&2
+fi
+
+echo "ensure-deps: installing $todo"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086 # $todo is a list of package names
+apt-get install -y -qq --no-install-recommends $todo >/dev/null
+# Debian's postgresql package starts a system cluster on 5432; we don't need
+# it, but leave it alone: proxy.toml's example config points at it.
+
+todo=$(missing)
+if [[ -n "$todo" ]]; then
+    echo "ensure-deps: still missing after apt-get install: $todo" >&2
     exit 1
-  fi
-  echo "==> installing ${packages[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
-
-# Tests run initdb/postgres as the `postgres` OS user when run as root.
-if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
-  echo "==> creating the postgres OS user" >&2
-  useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+if [[ "$(id -u)" == 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
-
-have_server || { echo "PostgreSQL server binaries still not found after install" >&2; exit 1; }
+echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir)"

@@ -1,6 +1,17 @@
-//! Throwaway PostgreSQL clusters and certificates, for `pgtier demo`, the
-//! integration tests and the benchmarks: real parts, started and removed on
-//! demand, never a mock.
+//! Throwaway PostgreSQL clusters and certificates for the demo, the
+//! integration tests and the benchmarks.
+//!
+//! Everything here is synchronous (`std::process`), so it can be used from a
+//! `static OnceLock` in a test binary, from `pgtier demo` before or inside a
+//! runtime, and from benchmark set-up code alike.
+//!
+//! * [`Cluster`]: `initdb` + `postgres` in a temporary directory on a free
+//!   loopback port, run as the `postgres` OS user when we are root (the
+//!   server refuses to run as root). It stops and removes itself on drop and,
+//!   through a small watchdog process, also when its owner dies without
+//!   dropping it (tests keep clusters in statics, which are never dropped).
+//! * [`Certs`]: a private CA and a server certificate for `localhost`,
+//!   `127.0.0.1` and `::1`, as PEM files.
 
 pub mod certs;
 pub mod cluster;
@@ -8,27 +19,58 @@ pub mod cluster;
 pub use certs::Certs;
 pub use cluster::{Cluster, ClusterOptions, PasswordEncryption};
 
-use thiserror::Error;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
 
-/// Why a sandbox could not be set up; each names what to do about it.
-#[derive(Debug, Error)]
+/// What went wrong while setting up or using a sandbox; each variant says
+/// what to do about it where there is something to do.
+#[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A PostgreSQL program is not installed (or not where we looked).
     #[error(
-        "PostgreSQL server binaries (initdb, postgres) not found: install them \
-         (Debian: apt-get install -y postgresql) or set PG_BIN to their directory"
+        "{program} not found (looked in {searched}): install PostgreSQL server binaries \
+         (Debian: apt-get install -y postgresql), or point PG_BIN at the directory holding initdb"
     )]
-    NoServerBinaries,
-    #[error("{what} failed: {detail}")]
-    Command { what: String, detail: String },
+    MissingBinary { program: String, searched: String },
+    /// We run as root, but PostgreSQL refuses to run as root and there is no
+    /// unprivileged `postgres` user to run it as.
+    #[error(
+        "running as root, but there is no `postgres` OS user to run the server as \
+         (Debian: apt-get install -y postgresql creates it; or run as an ordinary user)"
+    )]
+    NoPostgresUser,
+    /// A filesystem or process operation failed.
     #[error("{what}: {source}")]
     Io {
         what: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("PostgreSQL did not start: {0}")]
-    Start(String),
-    #[error("certificate generation failed: {0}")]
-    Certs(String),
+    /// A helper program (initdb, psql, …) ran but failed.
+    #[error("{what} failed ({status}): {stderr}")]
+    Command {
+        what: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+    /// The server did not start; `log` is the end of its log file.
+    #[error("postgres did not start: {reason}\n--- {} (last lines) ---\n{log}", log_path.display())]
+    Start {
+        reason: String,
+        log_path: PathBuf,
+        log: String,
+    },
+    /// The server did not accept connections within the deadline.
+    #[error("postgres did not accept connections within {waited:?}\n--- {} (last lines) ---\n{log}", log_path.display())]
+    StartTimeout {
+        waited: Duration,
+        log_path: PathBuf,
+        log: String,
+    },
+    /// Certificate generation failed.
+    #[error("generating certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
 }
 
 impl SandboxError {

@@ -1,65 +1,135 @@
-//! Shared harness of the integration tests: one throwaway cluster and one
-//! set of certificates per test binary, unique tenant names per test, the
-//! proxy started in-process, and real clients (tokio-postgres with rustls,
-//! the psql binary).
-#![allow(dead_code)]
+//! Shared harness of the integration tests: one throwaway PostgreSQL
+//! cluster and one set of certificates per test binary, unique tenant names
+//! per test, the proxy started in-process, and real clients (tokio-postgres
+//! over rustls, the `psql` binary).
+//!
+//! The cluster lives in a `static` and is never dropped; the sandbox's
+//! watchdog stops it and removes its directory (certificates included) when
+//! the test process exits. This relies on all tests of a binary sharing one
+//! process: plain `cargo test`, not nextest's process per test.
+#![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pgtier::sandbox::{Certs, Cluster, ClusterOptions};
+use pgtier::sandbox::{Certs, Cluster, ClusterOptions, PasswordEncryption};
 use pgtier::server::{Proxy, ProxyHandle};
+use rustls_pki_types::pem::PemObject;
 use tokio::task::JoinHandle;
 
+/// Roles granted this group log in over TCP without a password.
+pub const TRUST_GROUP: &str = "trust_users";
+/// Roles granted this group log in with md5 (their password must be stored
+/// as md5, see [`md5_tenant`], or the server upgrades the exchange to SCRAM).
+pub const MD5_GROUP: &str = "md5_users";
+
 /// The cluster of this test binary, started on first use. Roles in
-/// `trust_users` log in without a password, those in `md5_users` with md5.
+/// `trust_users` log in without a password, those in `md5_users` with md5,
+/// every other role with SCRAM-SHA-256.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let cluster = Cluster::start(ClusterOptions {
+            // Tests open hundreds of sessions, some of them still closing
+            // while the next test starts.
             max_connections: 400,
             ssl: false,
             extra_hba: vec![
-                "host all +trust_users 127.0.0.1/32 trust".to_owned(),
-                "host all +md5_users 127.0.0.1/32 md5".to_owned(),
+                format!("host all +{TRUST_GROUP} 127.0.0.1/32 trust"),
+                format!("host all +{MD5_GROUP} 127.0.0.1/32 md5"),
             ],
         })
-        .expect("start a throwaway PostgreSQL cluster");
-        cluster
-            .psql("postgres", "CREATE ROLE trust_users NOLOGIN")
-            .expect("create trust_users");
-        cluster
-            .psql("postgres", "CREATE ROLE md5_users NOLOGIN")
-            .expect("create md5_users");
+        .unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
+        for group in [TRUST_GROUP, MD5_GROUP] {
+            cluster
+                .create_group(group)
+                .unwrap_or_else(|e| panic!("creating group {group}: {e}"));
+        }
         cluster
     })
 }
 
-/// A CA and a server certificate for localhost, for this test binary.
+/// A CA and a server certificate for localhost, generated once per test
+/// binary into the cluster's directory (so they vanish with it).
 pub fn certs() -> &'static Certs {
-    static CERTS: OnceLock<(tempfile::TempDir, Certs)> = OnceLock::new();
-    &CERTS
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir for certificates");
-            let certs = Certs::generate(dir.path()).expect("generate certificates");
-            (dir, certs)
-        })
-        .1
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        Certs::generate(&cluster().dir().join("proxy-certs"))
+            .unwrap_or_else(|e| panic!("generating test certificates: {e}"))
+    })
 }
 
-/// A lower-case identifier unique to this process and call.
+/// A lower-case identifier unique to this process and call: `prefix`, the
+/// PID and a counter (PostgreSQL folds unquoted names to lower case).
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "{prefix}_{}_{}",
+        "{}_{}_{}",
+        prefix.to_lowercase(),
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
 
-/// A proxy running in this test's runtime; shut down when dropped.
+/// A tenant database on the test cluster with its owner's credentials.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub db: String,
+    pub user: String,
+    /// Empty for trust roles.
+    pub password: String,
+}
+
+fn new_tenant(prefix: &str, with_password: bool) -> Tenant {
+    let db = unique(prefix);
+    Tenant {
+        user: format!("{db}_owner"),
+        password: if with_password {
+            format!("pw-{db}")
+        } else {
+            String::new()
+        },
+        db,
+    }
+}
+
+/// A new database owned by a new role that logs in with SCRAM.
+pub fn scram_tenant(prefix: &str) -> Tenant {
+    let t = new_tenant(prefix, true);
+    cluster()
+        .create_tenant(&t.db, &t.user, &t.password)
+        .unwrap_or_else(|e| panic!("creating tenant {}: {e}", t.db));
+    t
+}
+
+/// A new database owned by a new role that logs in with md5.
+pub fn md5_tenant(prefix: &str) -> Tenant {
+    let t = new_tenant(prefix, true);
+    let c = cluster();
+    c.create_role(&t.user, Some(&t.password), PasswordEncryption::Md5)
+        .and_then(|()| c.psql("postgres", &format!("GRANT {MD5_GROUP} TO {}", t.user)))
+        .and_then(|_| c.create_database(&t.db, &t.user))
+        .unwrap_or_else(|e| panic!("creating md5 tenant {}: {e}", t.db));
+    t
+}
+
+/// A new database owned by a new role that logs in without a password.
+pub fn trust_tenant(prefix: &str) -> Tenant {
+    let t = new_tenant(prefix, false);
+    let c = cluster();
+    c.create_role(&t.user, None, PasswordEncryption::Scram)
+        .and_then(|()| c.psql("postgres", &format!("GRANT {TRUST_GROUP} TO {}", t.user)))
+        .and_then(|_| c.create_database(&t.db, &t.user))
+        .unwrap_or_else(|e| panic!("creating trust tenant {}: {e}", t.db));
+    t
+}
+
+/// A proxy running in this test's runtime; its sessions are closed when it
+/// is dropped, so that they do not linger on the shared cluster.
 pub struct TestProxy {
     pub handle: ProxyHandle,
     pub addr: SocketAddr,
@@ -72,9 +142,10 @@ impl Drop for TestProxy {
     }
 }
 
-/// The configuration every test proxy starts from: TLS required, the
-/// test cluster, free (2) and standard (unlimited) tiers. `top_level` keys
-/// go first (TOML needs them before any table), `tables` last.
+/// The configuration every test proxy starts from: client TLS `tls_mode`
+/// with [`certs`], the test [`cluster`] behind it over plaintext, free (2)
+/// and standard (unlimited) tiers. `top_level` keys go first (TOML needs
+/// them before any table), `tables` last (e.g. `[tenants.x]`).
 pub fn config_text(top_level: &str, tls_mode: &str, tables: &str) -> String {
     let c = cluster();
     let certs = certs();
@@ -82,11 +153,11 @@ pub fn config_text(top_level: &str, tls_mode: &str, tables: &str) -> String {
         r#"listen = "127.0.0.1:0"
 {top_level}
 [tls]
-cert = "{cert}"
-key = "{key}"
+cert = {cert:?}
+key = {key:?}
 mode = "{tls_mode}"
 [cluster]
-host = "127.0.0.1"
+host = "{host}"
 port = {port}
 tls = "disable"
 [tiers.free]
@@ -96,16 +167,20 @@ idle_timeout = "5m"
 max_connections = 0
 {tables}
 "#,
-        cert = certs.cert_path.display(),
-        key = certs.key_path.display(),
+        cert = certs.cert_path.display().to_string(),
+        key = certs.key_path.display().to_string(),
+        host = c.host(),
         port = c.port(),
     )
 }
 
-/// Starts a proxy from [`config_text`].
+/// Starts a proxy from a complete configuration text (see [`config_text`]).
 pub async fn start_proxy_from(text: &str) -> TestProxy {
-    let config = pgtier::config::Config::from_toml_str(text).expect("valid test config");
-    let proxy = Proxy::bind(config).await.expect("bind test proxy");
+    let config = pgtier::config::Config::from_toml_str(text)
+        .unwrap_or_else(|e| panic!("test proxy config: {e}\n{text}"));
+    let proxy = Proxy::bind(config)
+        .await
+        .unwrap_or_else(|e| panic!("binding the test proxy: {e}"));
     let handle = proxy.handle();
     let addr = handle.local_addr();
     let task = tokio::spawn(proxy.run());
@@ -123,18 +198,26 @@ pub async fn start_proxy_with(top_level: &str, tables: &str) -> TestProxy {
     start_proxy_from(&config_text(top_level, "prefer", tables)).await
 }
 
-/// rustls client config trusting the test CA, for tokio-postgres.
-pub fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+/// A rustls client configuration (ring) trusting only the test CA.
+pub fn client_tls_config() -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(certs().ca_pem.as_bytes()) {
-        roots.add(cert.expect("CA PEM")).expect("add CA");
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(certs().ca_pem.as_bytes()) {
+        let cert = cert.unwrap_or_else(|e| panic!("parsing the test CA: {e}"));
+        roots
+            .add(cert)
+            .unwrap_or_else(|e| panic!("adding the test CA: {e}"));
     }
-    let config = rustls::ClientConfig::builder_with_provider(pgtier::tls::provider())
+    rustls::ClientConfig::builder_with_provider(pgtier::tls::provider())
         .with_safe_default_protocol_versions()
-        .expect("TLS versions")
+        .unwrap_or_else(|e| panic!("rustls protocol versions: {e}"))
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+        .with_no_client_auth()
+}
+
+/// A tokio-postgres TLS connector that verifies the proxy against the test
+/// CA (chain and host name).
+pub fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    tokio_postgres_rustls::MakeRustlsConnect::new(client_tls_config())
 }
 
 fn pg_config(addr: SocketAddr, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
@@ -145,13 +228,17 @@ fn pg_config(addr: SocketAddr, db: &str, user: &str, password: &str) -> tokio_po
         .port(addr.port())
         .dbname(db)
         .user(user)
-        .password(password)
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(10));
+    if !password.is_empty() {
+        config.password(password);
+    }
     config
 }
 
-/// Connects through the proxy over TLS (chain and host name verified).
+/// Connects through the proxy over TLS (`sslmode=require`; rustls verifies
+/// the chain and the name `localhost` regardless) and drives the
+/// connection on a task.
 pub async fn connect(
     addr: SocketAddr,
     db: &str,
@@ -188,8 +275,8 @@ pub async fn connect_with_notifications(
         .await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         use futures_util::StreamExt;
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(n) = message {
                 if tx.send(n).is_err() {
@@ -201,24 +288,63 @@ pub async fn connect_with_notifications(
     Ok((client, rx))
 }
 
-/// A libpq URL for psql.
+/// A libpq URL for `psql` through the proxy at `addr`, trusting the test CA
+/// (so `verify-full` works; the certificate names `localhost`).
 pub fn psql_url(addr: SocketAddr, db: &str, user: &str, password: &str, sslmode: &str) -> String {
+    let auth = if password.is_empty() {
+        encode(user)
+    } else {
+        format!("{}:{}", encode(user), encode(password))
+    };
     format!(
-        "postgresql://{user}:{password}@localhost:{}/{db}?sslmode={sslmode}&sslrootcert={}&connect_timeout=10",
+        "postgresql://{auth}@localhost:{}/{}?hostaddr={}&sslmode={sslmode}&sslrootcert={}&connect_timeout=10",
         addr.port(),
-        certs().ca_path.display()
+        encode(db),
+        addr.ip(),
+        encode(&certs().ca_path.display().to_string()),
     )
 }
 
-/// Runs `sql` with the psql binary against `url`. Async, because the proxy
-/// under test runs on the same (single-threaded) test runtime.
-pub async fn run_psql(url: &str, sql: &str) -> std::process::Output {
-    tokio::process::Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .stdin(std::process::Stdio::null())
+/// Runs `sql` with the `psql` binary against `url` (unaligned, tuples only,
+/// stop on error).
+///
+/// Async because the proxy runs in the test's own runtime: a blocking wait
+/// on `psql` in a `#[tokio::test]` (one thread) would starve the proxy and
+/// deadlock.
+pub async fn run_psql(url: &str, sql: &str) -> Output {
+    psql_command(url)
+        .arg("-c")
+        .arg(sql)
+        .stdin(Stdio::null())
         .output()
         .await
-        .expect("run psql")
+        .unwrap_or_else(|e| panic!("running psql: {e}"))
+}
+
+/// The `psql` command [`run_psql`] uses, for tests that need more control
+/// (stdin, `-f`, a child they can kill). `kill_on_drop` is set, so a test
+/// that panics leaves no psql behind.
+pub fn psql_command(url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(psql_binary());
+    command
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
+        .env("PGSSLROOTCERT", &certs().ca_path);
+    for var in [
+        "PGPASSWORD",
+        "PGSERVICE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGCHANNELBINDING",
+    ] {
+        command.env_remove(var);
+    }
+    command.kill_on_drop(true);
+    command
+}
+
+/// `psql` of the cluster's installation (so libpq matches the server).
+pub fn psql_binary() -> PathBuf {
+    cluster().program("psql")
 }
 
 /// The server's message of a tokio-postgres error (its Display says only
@@ -229,13 +355,28 @@ pub fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// Polls `f` until it holds; fails the test naming `what` at the deadline.
+/// Polls `f` every 10 ms until it holds; panics naming `what` after
+/// `deadline`. For conditions that settle asynchronously (a slot given back
+/// after a client vanished), instead of sleeping and hoping.
 pub async fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
     while !f() {
         if Instant::now() > end {
             panic!("timed out after {deadline:?} waiting for: {what}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
