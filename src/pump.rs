@@ -203,14 +203,13 @@ async fn client_to_cluster(
         }
         let walked = scanner.walked();
         if walked > 0 {
+            // Counted before the write, so a ReadyForQuery can never be seen
+            // before the request it answers.
             control.note_requests(requests);
             control.tenant.note_from_client(walked, requests);
-            if let Err(e) = write_batch(tx, &buf[..walked], progress).await {
+            if let Err(e) = forward(tx, &mut buf, &mut scanner, progress).await {
                 return PumpEnd::ClusterIo(e);
             }
-            progress.at_boundary = scanner.at_boundary();
-            buf.advance(walked);
-            scanner.consumed();
             if terminate {
                 return PumpEnd::ClientTerminated;
             }
@@ -254,12 +253,9 @@ async fn cluster_to_client(
         }
         let walked = scanner.walked();
         if walked > 0 {
-            if let Err(e) = write_batch(tx, &buf[..walked], progress).await {
+            if let Err(e) = forward(tx, &mut buf, &mut scanner, progress).await {
                 return PumpEnd::ClientIo(e);
             }
-            progress.at_boundary = scanner.at_boundary();
-            buf.advance(walked);
-            scanner.consumed();
             control.tenant.note_to_client(walked);
             if readies > 0 {
                 control.note_ready(readies, status);
@@ -304,15 +300,21 @@ async fn read_more(
     Ok(n)
 }
 
-async fn write_batch(
+/// Writes the walked part of `buf` in one write, then drops it from `buf`.
+async fn forward(
     tx: &mut (impl AsyncWrite + Unpin),
-    batch: &[u8],
+    buf: &mut BytesMut,
+    scanner: &mut Scanner,
     progress: &mut Progress,
 ) -> io::Result<()> {
+    let walked = scanner.walked();
     progress.mid_write = true;
-    tx.write_all(batch).await?;
+    tx.write_all(&buf[..walked]).await?;
     tx.flush().await?;
     progress.mid_write = false;
-    progress.bytes += batch.len() as u64;
+    progress.bytes += walked as u64;
+    progress.at_boundary = scanner.at_boundary();
+    buf.advance(walked);
+    scanner.consumed();
     Ok(())
 }

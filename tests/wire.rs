@@ -133,13 +133,7 @@ async fn gss_encryption_is_declined_and_startup_continues() {
         .await
         .unwrap();
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&startup_packet(
-        3 << 16,
-        &[("user", &user), ("database", &db)],
-    ))
-    .await
-    .unwrap();
-    let msgs = read_until_ready(&mut s).await;
+    let msgs = login(&mut s, &user, &db).await;
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'));
 }
 
@@ -172,13 +166,7 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
     let proxy = plaintext_proxy("").await;
     let (db, user) = trust_tenant("key");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(
-        3 << 16,
-        &[("user", &user), ("database", &db)],
-    ))
-    .await
-    .unwrap();
-    let msgs = read_until_ready(&mut s).await;
+    let msgs = login(&mut s, &user, &db).await;
     let key = msgs
         .iter()
         .find(|m| m.0 == b'K')
@@ -239,13 +227,7 @@ async fn garbage_mid_session_ends_it_and_frees_the_slot() {
     let proxy = plaintext_proxy("").await;
     let (db, user) = trust_tenant("garbage");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(
-        3 << 16,
-        &[("user", &user), ("database", &db)],
-    ))
-    .await
-    .unwrap();
-    read_until_ready(&mut s).await;
+    login(&mut s, &user, &db).await;
     assert_eq!(proxy.handle.tenant_connections(&db), 1);
     // A message whose length field is smaller than the length field itself.
     s.write_all(&[b'Q', 0, 0, 0, 2, 1, 2, 3]).await.unwrap();
@@ -264,14 +246,8 @@ async fn garbage_mid_session_ends_it_and_frees_the_slot() {
     }
     let (db2, user2) = trust_tenant("aftergarbage");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(
-        3 << 16,
-        &[("user", &user2), ("database", &db2)],
-    ))
-    .await
-    .unwrap();
     assert_eq!(
-        read_until_ready(&mut s).await.last().map(|m| m.0),
+        login(&mut s, &user2, &db2).await.last().map(|m| m.0),
         Some(b'Z')
     );
 }
