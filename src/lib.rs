@@ -9,6 +9,7 @@
 //! → the slot guard gives the slot back on drop.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cancel;
@@ -20,11 +21,13 @@ pub mod metrics;
 pub mod protocol;
 pub mod pump;
 pub mod sandbox;
+pub mod scrape;
 pub mod server;
 pub mod session;
 pub mod sessions;
 pub mod shutdown;
 pub mod startup;
+pub mod state;
 pub mod stream;
 pub mod tenants;
 pub mod tls;

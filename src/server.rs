@@ -1,7 +1,8 @@
 //! The accept loop, the state every connection shares, and shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -50,6 +51,8 @@ pub struct Shared {
     shutdown: ShutdownTrigger,
     /// Open client connections, logging in or in session.
     open: watch::Sender<usize>,
+    /// The file `POST /reload` re-reads; `None` when started from memory.
+    config_path: Mutex<Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -109,6 +112,11 @@ impl Shared {
         Ok(())
     }
 
+    /// The configuration file the proxy was started from, if any.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config_path.lock().ok().and_then(|p| p.clone())
+    }
+
     fn connection_opened(self: &Arc<Self>) -> OpenConnection {
         self.open.send_modify(|n| *n += 1);
         OpenConnection {
@@ -163,6 +171,7 @@ fn build_client_tls(
 /// A bound, not yet running proxy.
 pub struct Proxy {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -171,6 +180,7 @@ pub struct Proxy {
 pub struct ProxyHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -188,10 +198,17 @@ impl Proxy {
                     addr: config.listen,
                     source,
                 })?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(crate::admin::bind(addr).await?),
+            None => None,
+        };
         let (trigger, _) = shutdown::channel();
         let tenants = Tenants::default();
         for name in config.tenants.keys() {
             tenants.get_or_insert(name);
+        }
+        if let Some(dir) = &config.state_dir {
+            crate::state::load(dir, &tenants);
         }
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
@@ -203,8 +220,13 @@ impl Proxy {
             metrics: Metrics::default(),
             shutdown: trigger,
             open: watch::channel(0).0,
+            config_path: Mutex::new(None),
         });
-        Ok(Proxy { listener, shared })
+        Ok(Proxy {
+            listener,
+            admin,
+            shared,
+        })
     }
 
     pub fn handle(&self) -> ProxyHandle {
@@ -214,6 +236,7 @@ impl Proxy {
                 .listener
                 .local_addr()
                 .unwrap_or_else(|_| self.shared.config().listen),
+            admin_addr: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
         }
     }
 
@@ -221,9 +244,19 @@ impl Proxy {
     /// up to `shutdown_grace` for sessions to end, closes the rest with
     /// 57P01, and returns once every connection is gone.
     pub async fn run(self) -> Result<(), ProxyError> {
-        let Proxy { listener, shared } = self;
+        let handle = self.handle();
+        let Proxy {
+            listener,
+            admin,
+            shared,
+        } = self;
         let mut shutdown = shared.subscribe_shutdown();
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
+        let admin = admin.map(|l| crate::admin::spawn(l, handle));
+        let state_dir = shared.config().state_dir.clone();
+        let saver = state_dir
+            .clone()
+            .map(|dir| tokio::spawn(crate::state::save_periodically(Arc::clone(&shared), dir)));
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting connections");
         loop {
             tokio::select! {
@@ -266,6 +299,17 @@ impl Proxy {
             );
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, open.wait_for(|n| *n == 0)).await;
         }
+        if let Some(saver) = saver {
+            saver.abort();
+        }
+        if let Some(dir) = &state_dir {
+            if let Err(e) = crate::state::save(dir, &shared.tenants) {
+                tracing::warn!(error = %e, "cannot write the state file");
+            }
+        }
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -274,6 +318,18 @@ impl Proxy {
 impl ProxyHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the operator API listens, if `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Tells the proxy which file `POST /reload` re-reads.
+    pub fn set_config_path(&self, path: impl Into<PathBuf>) {
+        if let Ok(mut p) = self.shared.config_path.lock() {
+            *p = Some(path.into());
+        }
     }
 
     /// Begins a graceful shutdown; [`Proxy::run`] returns when it is done.

@@ -1,0 +1,325 @@
+//! The operator API on `admin_listen`: health, tenants, disconnects,
+//! reload and Prometheus metrics, as small JSON endpoints.
+//!
+//! It shares nothing with the data path but [`Shared`](crate::server::Shared):
+//! every answer is read from the same atomics the sessions update, so
+//! serving it costs the proxy nothing while nobody asks. It binds with the
+//! proxy (so a taken port fails the start, not a later request) and stops
+//! when the proxy has stopped; while the proxy drains it keeps answering,
+//! so that `/health` can say 503.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::server::{ProxyError, ProxyHandle};
+use crate::sessions::KillReason;
+use crate::shutdown::Stage;
+use crate::tenants::{unix_now, Tenant};
+
+/// How long in-flight admin requests get to finish once the proxy stopped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds the admin address (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// The running API; [`stop`](AdminServer::stop) ends it.
+#[derive(Debug)]
+pub struct AdminServer {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Serves the API on `listener` for the proxy behind `handle`.
+pub fn spawn(listener: TcpListener, handle: ProxyHandle) -> AdminServer {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let addr = listener.local_addr().ok();
+    let app = router(handle);
+    let task = tokio::spawn(async move {
+        tracing::info!(admin = ?addr, "operator API listening");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "operator API failed");
+        }
+    });
+    AdminServer { stop, task }
+}
+
+impl AdminServer {
+    /// Stops accepting, lets requests in flight finish (briefly), and returns.
+    pub async fn stop(self) {
+        let AdminServer { stop, mut task } = self;
+        let _ = stop.send(());
+        if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// The routes; `/health` is open, everything else may need the token.
+pub fn router(handle: ProxyHandle) -> Router {
+    let guarded = Router::new()
+        .route("/tenants", get(list_tenants))
+        .route("/tenants/{name}", get(one_tenant))
+        .route("/tenants/{name}/disconnect", post(disconnect))
+        .route("/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            handle.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(guarded)
+        .with_state(handle)
+}
+
+/// A JSON error body with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct Body {
+        error: String,
+    }
+    (
+        status,
+        Json(Body {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Compares in time independent of where the inputs differ, so the token
+/// cannot be guessed byte by byte from response times. (The length is not
+/// secret enough to hide.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// With `admin_token` set (read per request, so a reload can rotate it),
+/// requires `Authorization: Bearer <token>`.
+async fn require_token(
+    State(handle): State<ProxyHandle>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = handle.shared().config();
+    if let Some(token) = config.admin_token.as_deref() {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
+        if !ok {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <admin_token>)",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// `200 ok` while accepting connections, `503` once draining for shutdown.
+async fn health(State(handle): State<ProxyHandle>) -> Response {
+    match handle.shared().shutdown_stage() {
+        Stage::Running => (StatusCode::OK, "ok\n").into_response(),
+        Stage::Draining | Stage::Closing => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+        }
+    }
+}
+
+/// One tenant as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TenantView {
+    pub name: String,
+    pub tier: String,
+    /// Sessions holding a slot now.
+    pub connections: u32,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    /// 0 = never.
+    pub idle_timeout_s: u64,
+    pub idle_in_transaction_timeout_s: u64,
+    /// RFC 3339 time of the last login or query; null if never seen.
+    pub last_activity: Option<String>,
+    pub rejected_total: u64,
+    pub sessions_total: u64,
+}
+
+fn view(handle: &ProxyHandle, name: &str, tenant: Option<&Tenant>) -> TenantView {
+    let limits = handle.shared().config().limits_for(name);
+    let last = tenant.map(Tenant::last_activity).unwrap_or(0);
+    TenantView {
+        name: name.to_owned(),
+        tier: limits.tier,
+        connections: tenant.map(Tenant::connections).unwrap_or(0),
+        max_connections: limits.max_connections,
+        idle_timeout_s: limits.idle_timeout.as_secs(),
+        idle_in_transaction_timeout_s: limits.idle_in_transaction_timeout.as_secs(),
+        last_activity: (last > 0).then(|| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(last))
+                .to_string()
+        }),
+        rejected_total: tenant.map(Tenant::rejected_total).unwrap_or(0),
+        sessions_total: tenant.map(Tenant::sessions_total).unwrap_or(0),
+    }
+}
+
+/// Every tenant seen since start (or remembered in the state file) or
+/// listed in the configuration in force, by name.
+fn known_tenants(handle: &ProxyHandle) -> Vec<(String, Option<Arc<Tenant>>)> {
+    let shared = handle.shared();
+    let mut all: std::collections::BTreeMap<String, Option<Arc<Tenant>>> = shared
+        .tenants
+        .all()
+        .into_iter()
+        .map(|t| (t.name().to_owned(), Some(t)))
+        .collect();
+    for name in shared.config().tenants.keys() {
+        all.entry(name.clone()).or_insert(None);
+    }
+    all.into_iter().collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    /// Only tenants without activity for this long (`30d`, `12h`), never-seen
+    /// ones included; tenants with an open session are never inactive.
+    inactive_for: Option<String>,
+}
+
+async fn list_tenants(
+    State(handle): State<ProxyHandle>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let cutoff = match query.inactive_for.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(unix_now().saturating_sub(d.as_secs())),
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("inactive_for: {e} (use a duration such as 30d or 12h)"),
+            )
+        }
+    };
+    let views: Vec<TenantView> = known_tenants(&handle)
+        .into_iter()
+        .filter(|(_, t)| match (cutoff, t) {
+            (None, _) => true,
+            (Some(_), None) => true,
+            (Some(cutoff), Some(t)) => t.connections() == 0 && t.last_activity() <= cutoff,
+        })
+        .map(|(name, t)| view(&handle, &name, t.as_deref()))
+        .collect();
+    Json(views).into_response()
+}
+
+fn unknown_tenant(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no tenant {name:?}: not seen since start nor listed in the configuration"),
+    )
+}
+
+async fn one_tenant(State(handle): State<ProxyHandle>, Path(name): Path<String>) -> Response {
+    let tenant = handle.shared().tenants.get(&name);
+    if tenant.is_none() && !handle.shared().config().tenants.contains_key(&name) {
+        return unknown_tenant(&name);
+    }
+    Json(view(&handle, &name, tenant.as_deref())).into_response()
+}
+
+/// Closes every session of the tenant with FATAL 57P01.
+async fn disconnect(State(handle): State<ProxyHandle>, Path(name): Path<String>) -> Response {
+    let shared = handle.shared();
+    if shared.tenants.get(&name).is_none() && !shared.config().tenants.contains_key(&name) {
+        return unknown_tenant(&name);
+    }
+    let n = shared
+        .sessions
+        .kill_where(Some(&name), KillReason::AdminDisconnect);
+    tracing::info!(tenant = %name, sessions = n, "operator disconnect");
+    Json(serde_json::json!({ "disconnected": n })).into_response()
+}
+
+/// Re-reads the configuration file; on any error the old one stays.
+async fn reload(State(handle): State<ProxyHandle>) -> Response {
+    let Some(path) = handle.shared().config_path() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the proxy was not started from a configuration file; nothing to reload",
+        );
+    };
+    let h = handle.clone();
+    let file = path.clone();
+    // Reading files and parsing certificates is blocking work.
+    match tokio::task::spawn_blocking(move || crate::app::reload(&h, &file)).await {
+        Ok(Ok(())) => {
+            Json(serde_json::json!({ "reloaded": path.display().to_string() })).into_response()
+        }
+        Ok(Err(message)) => {
+            tracing::error!(error = %message, "reload failed; the previous configuration stays in force");
+            error(StatusCode::BAD_REQUEST, message)
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}"),
+        ),
+    }
+}
+
+async fn metrics(State(handle): State<ProxyHandle>) -> Response {
+    match crate::scrape::render(handle.shared()) {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::scrape::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,176 @@
+//! What `GET /metrics` says, in the Prometheus text format.
+//!
+//! Nothing on the hot path touches a metrics registry: sessions bump plain
+//! atomics on their [`Tenant`], and this [`Collector`] reads them when
+//! Prometheus scrapes. Per-tenant series are kept bounded by leaving out
+//! tenants that hold no session and have had no activity for
+//! [`SERIES_TTL`]; their counters come back (continuing where they were)
+//! when they are active again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::server::Shared;
+use crate::tenants::{unix_now, Tenant};
+
+/// `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// How long after its last activity an idle tenant stays in the series.
+pub const SERIES_TTL: Duration = Duration::from_secs(3600);
+
+/// Renders every metric of the proxy.
+pub fn render(shared: &Arc<Shared>) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProxyCollector {
+        shared: Arc::clone(shared),
+    }));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Reads the proxy's figures at scrape time.
+#[derive(Debug)]
+struct ProxyCollector {
+    shared: Arc<Shared>,
+}
+
+/// Whether `tenant` belongs in the per-tenant series at `now` (Unix secs).
+fn in_series(tenant: &Tenant, now: u64) -> bool {
+    tenant.connections() > 0
+        || (tenant.last_activity() > 0
+            && now.saturating_sub(tenant.last_activity()) < SERIES_TTL.as_secs())
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shared = &self.shared;
+        let config = shared.config();
+        let now = unix_now();
+        let tenants: Vec<(Arc<Tenant>, String)> = shared
+            .tenants
+            .all()
+            .into_iter()
+            .filter(|t| in_series(t, now))
+            .map(|t| {
+                let tier = config.limits_for(t.name()).tier;
+                (t, tier)
+            })
+            .collect();
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_client_connections",
+            "Client sessions holding a slot now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (t, tier) in &tenants {
+            let labels = [("tenant", t.name()), ("tier", tier.as_str())];
+            ConstGauge::new(i64::from(t.connections())).encode(m.encode_family(&labels)?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_connections_rejected",
+            "Connections and logins refused, and sessions ended by a limit, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in shared.metrics.unattributed_rejections() {
+            let labels = [("tenant", ""), ("reason", reason)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        for (t, _) in &tenants {
+            for (reason, n) in t.rejected_by_reason() {
+                let labels = [("tenant", t.name()), ("reason", reason)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_sessions",
+            "Sessions that logged in",
+            None,
+            MetricType::Counter,
+        )?;
+        for (t, _) in &tenants {
+            ConstCounter::new(t.sessions_total())
+                .encode(m.encode_family(&[("tenant", t.name())])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_bytes",
+            "Bytes relayed, by direction",
+            None,
+            MetricType::Counter,
+        )?;
+        for (t, _) in &tenants {
+            for (direction, n) in [
+                ("from_client", t.bytes_from_clients()),
+                ("to_client", t.bytes_to_clients()),
+            ] {
+                let labels = [("tenant", t.name()), ("direction", direction)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_queries",
+            "Queries relayed (Query, Sync and FunctionCall messages)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (t, _) in &tenants {
+            ConstCounter::new(t.queries_total())
+                .encode(m.encode_family(&[("tenant", t.name())])?)?;
+        }
+
+        let login = &shared.metrics.login_duration;
+        login.encode(encoder.encode_descriptor(
+            "pgtier_login_duration_seconds",
+            "Time from accept to the first ReadyForQuery of successful logins",
+            None,
+            login.metric_type(),
+        )?)?;
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_build_info",
+            "Always 1; the version is in the label",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64)
+            .encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::Tenants;
+
+    #[test]
+    fn idle_tenants_leave_the_series_after_an_hour() {
+        let tenants = Tenants::default();
+        let now = 10_000_000;
+        let never = tenants.get_or_insert("never");
+        assert!(!in_series(&never, now));
+        let recent = tenants.get_or_insert("recent");
+        recent.restore_last_activity(now - 60);
+        assert!(in_series(&recent, now));
+        let old = tenants.get_or_insert("old");
+        old.restore_last_activity(now - 7200);
+        assert!(!in_series(&old, now));
+        let _slot = old.try_take_slot(0).unwrap();
+        // Taking a slot touches it; a session keeps it in regardless.
+        assert!(in_series(&old, now + 7200));
+    }
+}

@@ -1,0 +1,518 @@
+//! The operator API end to end: a real proxy in front of a real cluster,
+//! driven over HTTP as an operator (or Prometheus) would.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{connect, unique, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::error::SqlState;
+
+const TOKEN: &str = "s3cret-token";
+
+/// A fresh tenant that logs in with SCRAM: (database, user, password).
+fn tenant(prefix: &str) -> (String, String, String) {
+    let t = common::scram_tenant(prefix);
+    (t.db, t.user, t.password)
+}
+
+/// A TLS-requiring proxy with the operator API on a free port.
+async fn admin_proxy(extra_top_level: &str, tables: &str) -> common::TestProxy {
+    let top = format!("admin_listen = \"127.0.0.1:0\"\n{extra_top_level}");
+    common::start_proxy_from(&common::config_text(&top, "require", tables)).await
+}
+
+fn admin(proxy: &common::TestProxy) -> SocketAddr {
+    proxy
+        .handle
+        .admin_addr()
+        .expect("admin_listen is set, so the API is bound")
+}
+
+/// An HTTP response: status and body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (enough for a test; keeps
+/// the dependency list free of an HTTP client).
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to admin API");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: pgtier\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("admin API answered in time")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head and body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line in {head:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Reply { status, body }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
+}
+
+/// Parses `/metrics` with a Prometheus text parser.
+async fn scrape(addr: SocketAddr, token: Option<&str>) -> prometheus_parse::Scrape {
+    let reply = http(addr, "GET", "/metrics", token).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let lines = reply.body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
+}
+
+/// The value of the one sample of `metric` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "several samples of {metric} {labels:?}"
+    );
+    matching.first().map(|s| match &s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+        }
+        other => panic!("unexpected value {other:?}"),
+    })
+}
+
+/// Polls an async condition until it holds, failing the test at the deadline.
+async fn eventually<F, Fut>(deadline: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    while !f().await {
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn token_is_required_everywhere_but_health() {
+    let proxy = admin_proxy(&format!("admin_token = \"{TOKEN}\"\n"), "").await;
+    let api = admin(&proxy);
+
+    let health = http(api, "GET", "/health", None).await;
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+
+    for (method, path) in [
+        ("GET", "/tenants"),
+        ("GET", "/tenants/nobody"),
+        ("POST", "/tenants/nobody/disconnect"),
+        ("POST", "/reload"),
+        ("GET", "/metrics"),
+    ] {
+        let none = http(api, method, path, None).await;
+        assert_eq!(none.status, 401, "{method} {path} without a token");
+        let wrong = http(api, method, path, Some("s3cret-tokeN")).await;
+        assert_eq!(wrong.status, 401, "{method} {path} with a wrong token");
+        let right = http(api, method, path, Some(TOKEN)).await;
+        assert_ne!(right.status, 401, "{method} {path} with the token");
+    }
+    assert_eq!(http(api, "GET", "/tenants", Some(TOKEN)).await.status, 200);
+    assert_eq!(http(api, "GET", "/metrics", Some(TOKEN)).await.status, 200);
+}
+
+#[tokio::test]
+async fn health_turns_503_while_draining() {
+    let proxy = admin_proxy("shutdown_grace = \"30s\"\n", "").await;
+    let api = admin(&proxy);
+    let (db, user, password) = tenant("drain");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    assert_eq!(http(api, "GET", "/health", None).await.status, 200);
+    // An open session keeps the proxy draining (not stopped) for the grace.
+    proxy.handle.shutdown();
+    eventually(Duration::from_secs(5), "/health says 503", || async {
+        http(api, "GET", "/health", None).await.status == 503
+    })
+    .await;
+    drop(client);
+}
+
+#[tokio::test]
+async fn tenants_lists_seen_and_configured_tenants() {
+    let listed = unique("listed");
+    let tables = format!("[tenants.{listed}]\ntier = \"standard\"\nidle_timeout = \"90s\"\n");
+    let proxy = admin_proxy("", &tables).await;
+    let api = admin(&proxy);
+    let (db, user, password) = tenant("seen");
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+
+    let all = http(api, "GET", "/tenants", None).await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let all = all.json();
+    let find = |name: &str| {
+        all.as_array()
+            .expect("a JSON array")
+            .iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {all}"))
+    };
+    let seen = find(&db);
+    assert_eq!(seen["tier"], "free");
+    assert_eq!(seen["connections"], 1);
+    assert_eq!(seen["max_connections"], 2);
+    assert_eq!(seen["idle_timeout_s"], 300);
+    assert_eq!(seen["rejected_total"], 0);
+    let last = seen["last_activity"].as_str().expect("last_activity set");
+    let at = humantime::parse_rfc3339(last).expect("RFC 3339");
+    let age = std::time::SystemTime::now()
+        .duration_since(at)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "{last}");
+
+    let configured = find(&listed);
+    assert_eq!(configured["tier"], "standard");
+    assert_eq!(configured["max_connections"], 0);
+    assert_eq!(configured["idle_timeout_s"], 90);
+    assert_eq!(configured["connections"], 0);
+    assert!(configured["last_activity"].is_null());
+
+    let one = http(api, "GET", &format!("/tenants/{db}"), None).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json(), seen);
+    let missing = http(api, "GET", "/tenants/no_such_tenant", None).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("no_such_tenant"));
+
+    // Inactivity: the configured, never-seen tenant is inactive for any
+    // span; the one just used (and still connected) is not.
+    let inactive = http(api, "GET", "/tenants?inactive_for=30d", None)
+        .await
+        .json();
+    let names: Vec<&str> = inactive
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&listed.as_str()), "{names:?}");
+    assert!(!names.contains(&db.as_str()), "{names:?}");
+    let bad = http(api, "GET", "/tenants?inactive_for=soon", None).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}
+
+#[tokio::test]
+async fn metrics_parse_and_gauges_match_the_sessions() {
+    let proxy = admin_proxy("", "").await;
+    let api = admin(&proxy);
+    let (a, a_user, a_pw) = tenant("meta");
+    let (b, b_user, b_pw) = tenant("metb");
+    let (a1, _a1c) = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap();
+    let (a2, _a2c) = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap();
+    let (b1, _b1c) = connect(proxy.addr, &b, &b_user, &b_pw).await.unwrap();
+    for c in [&a1, &a2, &b1] {
+        c.simple_query("select 1").await.unwrap();
+    }
+    // The free tier's cap refuses a third session of `a`.
+    let refused = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+
+    let m = scrape(api, None).await;
+    let conns = "pgtier_client_connections";
+    assert_eq!(
+        sample(&m, conns, &[("tenant", &a), ("tier", "free")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, conns, &[("tenant", &b), ("tier", "free")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "pgtier_connections_rejected_total",
+            &[("tenant", &a), ("reason", "max_connections")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "pgtier_sessions_total", &[("tenant", &a)]),
+        Some(2.0)
+    );
+    assert!(sample(&m, "pgtier_queries_total", &[("tenant", &a)]).unwrap() >= 2.0);
+    for direction in ["from_client", "to_client"] {
+        let bytes = sample(
+            &m,
+            "pgtier_bytes_total",
+            &[("tenant", &b), ("direction", direction)],
+        );
+        assert!(bytes.unwrap() > 0.0, "{direction}");
+    }
+    assert!(sample(&m, "pgtier_login_duration_seconds", &[]).unwrap() >= 3.0);
+    assert_eq!(
+        sample(
+            &m,
+            "pgtier_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+
+    // The gauge follows the sessions down.
+    drop(a1);
+    eventually(Duration::from_secs(5), "gauge drops to 1", || async {
+        sample(&scrape(api, None).await, conns, &[("tenant", &a)]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(proxy.handle.tenant_connections(&a), 1);
+    drop((a2, b1));
+}
+
+#[tokio::test]
+async fn disconnect_closes_exactly_that_tenants_sessions() {
+    let proxy = admin_proxy("", "").await;
+    let api = admin(&proxy);
+    let (a, a_user, a_pw) = tenant("disa");
+    let (b, b_user, b_pw) = tenant("disb");
+    let (a1, a1_conn) = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap();
+    let (a2, a2_conn) = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap();
+    let (b1, _b1_conn) = connect(proxy.addr, &b, &b_user, &b_pw).await.unwrap();
+    for c in [&a1, &a2, &b1] {
+        c.simple_query("select 1").await.unwrap();
+    }
+
+    let reply = http(api, "POST", &format!("/tenants/{a}/disconnect"), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["disconnected"], 2);
+
+    for conn in [a1_conn, a2_conn] {
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("session closed by the operator")
+            .unwrap();
+        let err = ended.expect_err("closed with an error from the proxy");
+        assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+        assert_eq!(
+            common::message(&err),
+            "terminating connection due to administrator command"
+        );
+    }
+    wait_until(Duration::from_secs(2), "a's slots are free", || {
+        proxy.handle.tenant_connections(&a) == 0
+    })
+    .await;
+    // The other tenant did not notice.
+    let row = b1.query_one("select 41 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert_eq!(proxy.handle.tenant_connections(&b), 1);
+    // And `a` may log in again.
+    let (again, _c) = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap();
+    again.simple_query("select 1").await.unwrap();
+
+    let unknown = http(api, "POST", "/tenants/no_such_tenant/disconnect", None).await;
+    assert_eq!(unknown.status, 404);
+}
+
+fn write_config(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config file");
+}
+
+#[tokio::test]
+async fn reload_upgrades_a_tenant_without_dropping_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let top = "admin_listen = \"127.0.0.1:0\"\n";
+    let (db, user, password) = tenant("upg");
+    let text = common::config_text(top, "require", "");
+    write_config(&path, &text);
+    let proxy = common::start_proxy_from(&text).await;
+    proxy.handle.set_config_path(&path);
+    let api = admin(&proxy);
+
+    let (s1, _c1) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (s2, _c2) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let refused = connect(proxy.addr, &db, &user, &password)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+
+    // listen = 127.0.0.1:0 in the file: a "changed" listener only warns.
+    let upgraded = common::config_text(
+        top,
+        "require",
+        &format!("[tenants.{db}]\ntier = \"standard\"\n"),
+    );
+    write_config(&path, &upgraded);
+    let reply = http(api, "POST", "/reload", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let (s3, _c3) = connect(proxy.addr, &db, &user, &password)
+        .await
+        .expect("a third session after the upgrade");
+    for s in [&s1, &s2, &s3] {
+        s.simple_query("select 1")
+            .await
+            .expect("every session works");
+    }
+    assert_eq!(proxy.handle.tenant_connections(&db), 3);
+    let view = http(api, "GET", &format!("/tenants/{db}"), None)
+        .await
+        .json();
+    assert_eq!(view["tier"], "standard");
+    assert_eq!(view["connections"], 3);
+}
+
+#[tokio::test]
+async fn a_broken_config_is_refused_and_the_old_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let top = "admin_listen = \"127.0.0.1:0\"\n";
+    let (db, user, password) = tenant("broken");
+    let text = common::config_text(top, "require", "");
+    write_config(&path, &text);
+    let proxy = common::start_proxy_from(&text).await;
+    let api = admin(&proxy);
+
+    // Not started from a file yet: nothing to reload.
+    assert_eq!(http(api, "POST", "/reload", None).await.status, 400);
+    proxy.handle.set_config_path(&path);
+
+    let bad_toml = format!("{text}\n[tenants.{db}\ntier = \"standard\"\n");
+    let unknown_tier = format!("{text}\n[tenants.{db}]\ntier = \"gold\"\n");
+    let missing_cert = text.replace(
+        &common::certs().cert_path.display().to_string(),
+        "/nonexistent/server.crt",
+    );
+    for (broken, expect) in [
+        (bad_toml, "proxy.toml"),
+        (unknown_tier, "gold"),
+        (missing_cert, "/nonexistent/server.crt"),
+    ] {
+        write_config(&path, &broken);
+        let reply = http(api, "POST", "/reload", None).await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        let message = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(expect), "{message}");
+    }
+
+    // Still free (2), still TLS with the old certificate.
+    let (s1, _c1) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (_s2, _c2) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let refused = connect(proxy.addr, &db, &user, &password)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    s1.simple_query("select 1").await.unwrap();
+    let view = http(api, "GET", &format!("/tenants/{db}"), None)
+        .await
+        .json();
+    assert_eq!(view["tier"], "free");
+}
+
+#[tokio::test]
+async fn last_activity_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let top = format!("state_dir = \"{}\"\n", state.path().display());
+    let (db, user, password) = tenant("persist");
+
+    let mut first = admin_proxy(&top, "").await;
+    let (client, conn) = connect(first.addr, &db, &user, &password).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let before = http(admin(&first), "GET", &format!("/tenants/{db}"), None)
+        .await
+        .json();
+    let last = before["last_activity"]
+        .as_str()
+        .expect("activity recorded")
+        .to_owned();
+    drop(client);
+    let _ = conn.await;
+    first.handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), &mut first.task)
+        .await
+        .expect("proxy stopped")
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.path().join(pgtier::state::FILE_NAME).exists(),
+        "state written at shutdown"
+    );
+
+    // A new proxy, nothing in its config about the tenant, never seen by it.
+    let second = admin_proxy(&top, "").await;
+    let after = http(admin(&second), "GET", &format!("/tenants/{db}"), None).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    let after = after.json();
+    assert_eq!(after["last_activity"].as_str(), Some(last.as_str()));
+    assert_eq!(after["connections"], 0);
+    // Active a moment ago: not inactive for an hour, but inactive for 0s.
+    let names = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let hour = http(admin(&second), "GET", "/tenants?inactive_for=1h", None)
+        .await
+        .json();
+    assert!(!names(hour).contains(&db));
+    let zero = http(admin(&second), "GET", "/tenants?inactive_for=0s", None)
+        .await
+        .json();
+    assert!(names(zero).contains(&db));
+}
