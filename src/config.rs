@@ -365,6 +365,14 @@ impl Config {
                 }
             )));
         }
+        if let Some(admin) = self.admin_listen {
+            if !admin.ip().is_loopback() && self.admin_token.is_none() {
+                out.push(Warning(format!(
+                    "admin_listen = \"{admin}\" is reachable from other hosts and admin_token is not set: \
+                     anyone who can reach it can disconnect tenants and reload the configuration"
+                )));
+            }
+        }
         if self.tls.mode != ClientTlsMode::Require {
             out.push(Warning(format!(
                 "tls.mode = {:?}: clients may log in without TLS, sending passwords in the clear",
@@ -514,6 +522,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PGTIER_CLUSTER__PORT"), "{err}");
+    }
+
+    #[test]
+    fn an_open_admin_api_without_a_token_is_warned_about() {
+        let open = Config::from_toml_str(&format!("admin_listen = \"0.0.0.0:9930\"\n{BASE}")).unwrap();
+        assert!(open.warnings().iter().any(|w| w.0.contains("admin_token")));
+        let local =
+            Config::from_toml_str(&format!("admin_listen = \"127.0.0.1:9930\"\n{BASE}")).unwrap();
+        assert!(!local.warnings().iter().any(|w| w.0.contains("admin_token")));
     }
 
     #[test]
