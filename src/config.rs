@@ -526,7 +526,8 @@ mod tests {
 
     #[test]
     fn an_open_admin_api_without_a_token_is_warned_about() {
-        let open = Config::from_toml_str(&format!("admin_listen = \"0.0.0.0:9930\"\n{BASE}")).unwrap();
+        let open =
+            Config::from_toml_str(&format!("admin_listen = \"0.0.0.0:9930\"\n{BASE}")).unwrap();
         assert!(open.warnings().iter().any(|w| w.0.contains("admin_token")));
         let local =
             Config::from_toml_str(&format!("admin_listen = \"127.0.0.1:9930\"\n{BASE}")).unwrap();
