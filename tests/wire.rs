@@ -332,13 +332,12 @@ async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
     s.write_all(&query("select pg_sleep(30)")).await.unwrap();
     // Wait until the query runs before cancelling it.
     let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
-    let sql =
-        format!("select count(*) from pg_stat_activity where pid = {pid} and state = 'active'");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cluster().psql("postgres", &sql).unwrap().trim() != "1" {
-        assert!(std::time::Instant::now() < deadline, "query never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_cluster(
+        &format!("select count(*) from pg_stat_activity where pid = {pid} and state = 'active'"),
+        "1",
+        "pg_sleep to run",
+    )
+    .await;
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
     let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
     packet.extend_from_slice(&key);

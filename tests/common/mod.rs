@@ -381,3 +381,24 @@ pub fn encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// Polls `sql` (run as superuser in `postgres`) until it prints `expected`;
+/// fails the test naming `what` after 15 s. psql runs on a blocking thread so
+/// the proxy under test keeps running meanwhile.
+pub async fn wait_for_cluster(sql: &str, expected: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let query = sql.to_owned();
+        let out = tokio::task::spawn_blocking(move || cluster().psql("postgres", &query))
+            .await
+            .expect("psql task")
+            .expect("psql");
+        if out.trim() == expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what} (last answer {out:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
