@@ -55,7 +55,8 @@ struct RunArgs {
     /// Rounds of (direct, PgBouncer, pgtier) per workload; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Workloads to run, any of a,b,c,d,e (see --help of the README section).
+    /// Workloads to run, any of a,b,c,d,e (see bench/README-section.md);
+    /// empty for the idle-session measurement alone.
     #[arg(long, default_value = "a,b,c,d,e", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Size of the bulk COPY in workload (e), MiB.
@@ -201,6 +202,7 @@ fn run(args: RunArgs) -> Result<()> {
     let workloads = args
         .workloads
         .iter()
+        .filter(|w| !w.trim().is_empty())
         .map(|w| Workload::parse(w))
         .collect::<Result<Vec<_>>>()?;
     raise_fd_limit();
@@ -266,7 +268,6 @@ fn run(args: RunArgs) -> Result<()> {
                         Target::PgBouncer => (bouncer.port, Some(bouncer.child.id())),
                         Target::Pgtier => (proxy.port, Some(proxy.child.id())),
                     };
-                    let cpu_before = proxy_pid.map(cpu_seconds).transpose()?;
                     let run_started = Instant::now();
                     let sample = run_workload(
                         workload,
@@ -276,9 +277,9 @@ fn run(args: RunArgs) -> Result<()> {
                         port,
                         work.path(),
                         target,
+                        proxy_pid,
                     );
-                    let cpu_after = proxy_pid.map(cpu_seconds).transpose()?;
-                    let mut sample = match sample {
+                    let sample = match sample {
                         Ok(s) => s,
                         Err(e) => {
                             eprintln!(
@@ -289,7 +290,6 @@ fn run(args: RunArgs) -> Result<()> {
                             continue;
                         }
                     };
-                    sample.proxy_cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
                     eprintln!(
                         "    round {round} {:<8} {:<9} {:>10.1} {}{}  (window {:.1}s of {:.1}s)",
                         format!("{workload:?}"),
@@ -768,6 +768,7 @@ impl Proxy {
 // ---------------------------------------------------------------------------
 // Running a workload.
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn run_workload(
     workload: Workload,
     args: &RunArgs,
@@ -776,6 +777,7 @@ fn run_workload(
     port: u16,
     work: &Path,
     target: Target,
+    proxy_pid: Option<u32>,
 ) -> Result<Sample> {
     let per = (args.clients / args.std_tenants.max(1)).max(1);
     let jobs: Vec<(&Tenant, usize, &[&str])> = match workload {
@@ -796,24 +798,57 @@ fn run_workload(
                 .standard
                 .first()
                 .ok_or_else(|| anyhow!("no standard tenant"))?;
-            return run_copy(args, tenant, cluster, port);
+            return run_copy(args, tenant, cluster, port, proxy_pid);
         }
     };
     let logs = work.join("logs");
     fs::create_dir_all(&logs)?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{workload:?}-{}-", target.name()))
+        .tempdir_in(&logs)?
+        .keep();
+    // A start barrier: each process's first transaction (its clients are
+    // all connected by then) checks in and waits on a lock the harness holds
+    // until all have, so that every measured second has all clients running
+    // (400 TLS logins take longer than a short run, and the first processes
+    // up would otherwise have the machine to themselves). A lock, not a
+    // polling loop: 200 waiting shells must not load the machine.
+    let barrier = dir.join("barrier.sh");
+    fs::write(
+        &barrier,
+        "#!/bin/sh\ntouch \"$1/ready.$$\"\nexec flock -s \"$1/lock\" true\n",
+    )?;
+    let gate = fs::File::create(dir.join("lock"))?;
+    gate.lock()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&barrier, fs::Permissions::from_mode(0o755))?;
+    }
+    // pgbench's built-in select-only script (`-S`), behind the barrier.
+    let script = dir.join("select-only.sql");
+    fs::write(
+        &script,
+        format!(
+            "\\if :started = 0\n\\shell {barrier} {dir}\n\\set started 1\n\\endif\n\
+             \\set aid random(1, 100000)\n\
+             SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n",
+            barrier = barrier.display(),
+            dir = dir.display()
+        ),
+    )?;
     let pgbench = pg_tool(cluster, "pgbench");
-    // Each process runs longer than the measured window: they start (and
-    // finish connecting) at slightly different times, and only the span in
-    // which all of them run is measured (see `common_window`).
-    let ramp = if workload == Workload::Fleet { 8 } else { 2 };
     let mut children = Vec::new();
+    let mut clients_total = 0;
     for (i, (tenant, clients, extra)) in jobs.iter().enumerate() {
-        let out = logs.join(format!("{workload:?}-{}-{i}.out", target.name()));
-        let err = logs.join(format!("{workload:?}-{}-{i}.err", target.name()));
+        let err = dir.join(format!("{i}.err"));
+        clients_total += clients;
         let child = Command::new(&pgbench)
-            .args(["-n", "-S", "-j", "1", "-P", "1", "--progress-timestamp"])
+            .args(["-n", "-j", "1", "-P", "1", "--progress-timestamp"])
+            .args(["-D", "started=0", "-f"])
+            .arg(&script)
             .args(["-c", &clients.to_string()])
-            .args(["-T", &(args.seconds + ramp).to_string()])
+            // Stopped by the harness once the window is measured.
+            .args(["-T", &(args.seconds + 600).to_string()])
             .args(*extra)
             .env("PGHOST", "127.0.0.1")
             .env("PGPORT", port.to_string())
@@ -823,45 +858,85 @@ fn run_workload(
             .env("PGSSLMODE", "require")
             .env("PGCONNECT_TIMEOUT", "60")
             .stdin(Stdio::null())
-            .stdout(fs::File::create(&out)?)
+            .stdout(Stdio::null())
             .stderr(fs::File::create(&err)?)
             .spawn()
             .context("starting pgbench")?;
-        children.push((Guard(child), out, err));
+        children.push((Guard(child), err));
+    }
+
+    // Wait until every client has logged in and checked in.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let ready = fs::read_dir(&dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
+            .count();
+        if ready >= jobs.len() {
+            break;
+        }
+        for (child, err) in &mut children {
+            if let Some(status) = child.0.try_wait()? {
+                bail!(
+                    "pgbench exited before the start ({status}): {}",
+                    tail(err, 3).replace('\n', " / ")
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {ready} of {} pgbench processes ({clients_total} clients) logged in within 180s",
+                jobs.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gate.unlock()?;
+    // One second of warm-up, then the measured window.
+    std::thread::sleep(Duration::from_secs(1));
+    let from = unix_now();
+    let cpu_from = proxy_pid.map(cpu_seconds).transpose()?;
+    std::thread::sleep(Duration::from_secs(args.seconds.into()));
+    let to = unix_now();
+    let cpu_to = proxy_pid.map(cpu_seconds).transpose()?;
+    // Let every process report the second that covers `to`.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Stop them all at once (pgbench has no orderly stop; SIGKILL needs no
+    // helper process), before reaping any: stopping one at a time while the
+    // rest still load the machine takes minutes for the fleet.
+    for (child, err) in &mut children {
+        if let Some(status) = child.0.try_wait()? {
+            bail!(
+                "pgbench exited during the run ({status}): {}",
+                tail(err, 3).replace('\n', " / ")
+            );
+        }
+    }
+    for (child, _) in &mut children {
+        let _ = child.0.kill();
     }
     let mut progress = Vec::new();
-    let mut failures = Vec::new();
-    let mut total_queries = 0;
-    for (mut child, out, err) in children {
-        let status = child.0.wait()?;
-        let summary = fs::read_to_string(&out).unwrap_or_default();
-        let log = fs::read_to_string(&err).unwrap_or_default();
-        let intervals = parse_progress(&log);
-        let parsed = parse_pgbench(&summary);
-        if let Some((_, _, n)) = parsed {
-            total_queries += n;
+    for (mut child, err) in children {
+        let _ = child.0.wait();
+        let intervals = parse_progress(&fs::read_to_string(&err).unwrap_or_default());
+        if intervals.last().is_none_or(|i| i.end < to) {
+            bail!(
+                "a pgbench process stopped reporting progress ({}): {}",
+                err.display(),
+                tail(&err, 3).replace('\n', " / ")
+            );
         }
-        if !status.success() || parsed.is_none() || intervals.is_empty() {
-            failures.push(format!(
-                "{status}: {} | {}",
-                tail(&out, 2).replace('\n', " / "),
-                tail(&err, 2).replace('\n', " / ")
-            ));
-        } else {
-            progress.push(intervals);
-        }
+        progress.push(intervals);
     }
-    if !failures.is_empty() {
-        bail!(
-            "{} of {} pgbench processes failed, e.g. {}",
-            failures.len(),
-            jobs.len(),
-            failures[0]
-        );
-    }
-    let mut sample = common_window(&progress, args.seconds as f64 / 2.0)?;
-    sample.total_queries = total_queries;
+    let mut sample = in_window(&progress, from, to);
+    sample.proxy_cpu = cpu_from.zip(cpu_to).map(|(a, b)| b - a);
     Ok(sample)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One `-P 1` progress report: the interval ending at `end` (Unix seconds).
@@ -907,25 +982,9 @@ fn parse_progress(log: &str) -> Vec<Interval> {
     out
 }
 
-/// The throughput of all processes together over the span in which every
-/// one of them was running: summing each process's own TPS would credit
-/// the first starters with the machine they had to themselves while the
-/// others were still connecting.
-fn common_window(processes: &[Vec<Interval>], min_secs: f64) -> Result<Sample> {
-    let from = processes
-        .iter()
-        .filter_map(|p| p.first().map(|i| i.start))
-        .fold(f64::MIN, f64::max);
-    let to = processes
-        .iter()
-        .filter_map(|p| p.last().map(|i| i.end))
-        .fold(f64::MAX, f64::min);
-    if to - from < min_secs {
-        bail!(
-            "the processes ran together for only {:.1}s (want ≥ {min_secs:.1}s): raise --seconds",
-            to - from
-        );
-    }
+/// Transactions of all processes together within `[from, to]`, taking each
+/// progress interval's share of the window.
+fn in_window(processes: &[Vec<Interval>], from: f64, to: f64) -> Sample {
     let mut transactions = 0.0;
     let mut latency_weighted = 0.0;
     for process in processes {
@@ -936,38 +995,26 @@ fn common_window(processes: &[Vec<Interval>], min_secs: f64) -> Result<Sample> {
             latency_weighted += n * i.latency_ms;
         }
     }
-    Ok(Sample {
+    Sample {
         value: transactions / (to - from),
         latency_ms: (transactions > 0.0).then(|| latency_weighted / transactions),
         window_secs: to - from,
-        total_queries: 0,
+        total_queries: transactions as u64,
         proxy_cpu: None,
-    })
-}
-
-/// (tps, average latency ms, transactions) from pgbench's summary.
-fn parse_pgbench(text: &str) -> Option<(f64, f64, u64)> {
-    let mut tps = None;
-    let mut latency = None;
-    let mut n = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("tps = ") {
-            tps = rest.split_whitespace().next()?.parse().ok();
-        } else if let Some(rest) = line.strip_prefix("latency average = ") {
-            latency = rest.split_whitespace().next()?.parse().ok();
-        } else if let Some(rest) = line.strip_prefix("number of transactions actually processed: ")
-        {
-            n = rest.split(['/', ' ']).next()?.parse().ok();
-        }
     }
-    Some((tps?, latency?, n?))
 }
 
 /// psql streams `COPY (SELECT …) TO STDOUT` of 1 KiB rows into /dev/null.
-fn run_copy(args: &RunArgs, tenant: &Tenant, cluster: &Cluster, port: u16) -> Result<Sample> {
+fn run_copy(
+    args: &RunArgs,
+    tenant: &Tenant,
+    cluster: &Cluster,
+    port: u16,
+    proxy_pid: Option<u32>,
+) -> Result<Sample> {
     let rows = args.copy_mb * 1024;
     let sql = format!("COPY (SELECT repeat('x', 1023) FROM generate_series(1, {rows})) TO STDOUT");
+    let cpu_from = proxy_pid.map(cpu_seconds).transpose()?;
     let t = Instant::now();
     let out = Command::new(pg_tool(cluster, "psql"))
         .args(["-X", "-q", "-c", &sql])
@@ -982,6 +1029,7 @@ fn run_copy(args: &RunArgs, tenant: &Tenant, cluster: &Cluster, port: u16) -> Re
         .stderr(Stdio::piped())
         .output()?;
     let secs = t.elapsed().as_secs_f64();
+    let cpu_to = proxy_pid.map(cpu_seconds).transpose()?;
     if !out.status.success() {
         bail!("psql COPY failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -990,7 +1038,7 @@ fn run_copy(args: &RunArgs, tenant: &Tenant, cluster: &Cluster, port: u16) -> Re
         latency_ms: None,
         window_secs: secs,
         total_queries: 1,
-        proxy_cpu: None,
+        proxy_cpu: cpu_from.zip(cpu_to).map(|(a, b)| b - a),
     })
 }
 
@@ -1332,7 +1380,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 {
+    Some(if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
@@ -1461,12 +1509,14 @@ fn render_report(
         }
         writeln!(
             r,
-            "\nTPS is summed over parallel pgbench processes (one per tenant database, `-j 1`); \
-             latency is the mean of their averages. The fleet workload runs one pgbench \
-             process per free tenant ({} processes × 2 clients) at once. CPU is the proxy \
-             process's utime+stime during its runs (from /proc), per 100k transactions \
-             (or per GiB for COPY).",
-            args.free_tenants
+            "\nOne pgbench process per tenant database (`-j 1`, pgbench's select-only \
+             script), all held at a start barrier until every one has logged in; TPS is \
+             the sum of their per-second progress reports over the same {}s window after a \
+             1s warm-up, latency the transaction-weighted mean. The fleet workload runs \
+             {} such processes × 2 clients at once. CPU is the proxy process's utime+stime \
+             (from /proc) over that window, per 100k transactions (per GiB for COPY, \
+             which is timed end to end with psql writing to /dev/null).",
+            args.seconds, args.free_tenants
         )?;
     }
     if let Some(idle) = idle {
