@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ClusterConfig, ClusterTlsMode};
@@ -32,11 +32,32 @@ pub enum ClusterError {
 }
 
 /// Opens a connection to the cluster, ready for a StartupMessage or a
-/// CancelRequest.
+/// CancelRequest. A `host` that starts with `/` is a directory holding the
+/// cluster's Unix socket, as in libpq (TLS does not apply there): the
+/// cheapest link to a cluster on the same machine.
 pub async fn connect(
     config: &ClusterConfig,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Stream, ClusterError> {
+    if let Some(path) = unix_socket_path(config) {
+        let addr = path.clone();
+        let attempt = async {
+            UnixStream::connect(&path)
+                .await
+                .map(Stream::Unix)
+                .map_err(|source| ClusterError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })
+        };
+        return match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ClusterError::Timeout {
+                addr,
+                secs: config.connect_timeout.as_secs_f64(),
+            }),
+        };
+    }
     let addr = format!("{}:{}", config.host, config.port);
     let attempt = async {
         let tcp = TcpStream::connect((config.host.as_str(), config.port))
@@ -91,4 +112,16 @@ async fn negotiate_tls(
             source,
         })?;
     Ok(Stream::ClusterTls(Box::new(stream)))
+}
+
+/// The socket path for a Unix-socket `host` (`/run/postgresql` and port 5432
+/// make `/run/postgresql/.s.PGSQL.5432`), `None` for a TCP host.
+pub fn unix_socket_path(config: &ClusterConfig) -> Option<String> {
+    config.host.starts_with('/').then(|| {
+        format!(
+            "{}/.s.PGSQL.{}",
+            config.host.trim_end_matches('/'),
+            config.port
+        )
+    })
 }

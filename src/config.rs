@@ -73,6 +73,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// Host name or IP address; a path starting with `/` is the directory of
+    /// the cluster's Unix socket (as in libpq).
     #[serde(default = "default_cluster_host")]
     pub host: String,
     #[serde(default = "default_cluster_port")]
@@ -353,7 +355,14 @@ impl Config {
     /// Advice for the operator about a valid configuration.
     pub fn warnings(&self) -> Vec<Warning> {
         let mut out = Vec::new();
-        if self.cluster.tls != ClusterTlsMode::Disable {
+        let unix_socket = self.cluster.host.starts_with('/');
+        if unix_socket && self.cluster.tls != ClusterTlsMode::Disable {
+            out.push(Warning(
+                "cluster.host is a Unix socket directory: cluster.tls does not apply there and is ignored"
+                    .to_owned(),
+            ));
+        }
+        if self.cluster.tls != ClusterTlsMode::Disable && !unix_socket {
             out.push(Warning(format!(
                 "cluster.tls = {:?}: with pass-through authentication, libpq clients using SCRAM over TLS \
                  fail with \"SCRAM channel binding negotiation error\" when the cluster link is TLS too \

@@ -6,34 +6,22 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// A TCP connection, possibly wrapped in TLS (as the server side toward
-/// clients, or as the client side toward the cluster).
+/// clients, or as the client side toward the cluster), or a Unix socket to a
+/// cluster on the same host.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
+    Unix(UnixStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     ClusterTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
-    }
-
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::ServerTls(s) => s.get_ref().0,
-            Stream::ClusterTls(s) => s.get_ref().0,
-        }
-    }
-
-    /// Disables Nagle's algorithm: the proxy writes whole batches, and a
-    /// delayed small message (a ReadyForQuery) costs a round trip.
-    pub fn set_nodelay(&self) {
-        let _ = self.tcp().set_nodelay(true);
+        matches!(self, Stream::ServerTls(_) | Stream::ClusterTls(_))
     }
 }
 
@@ -45,6 +33,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::ClusterTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -59,6 +48,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::ClusterTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -71,6 +61,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::ClusterTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
@@ -79,6 +70,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
             Stream::ClusterTls(s) => s.is_write_vectored(),
         }
@@ -87,6 +79,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::ClusterTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
@@ -95,6 +88,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::ClusterTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }

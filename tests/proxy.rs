@@ -401,3 +401,44 @@ async fn shutdown_closes_remaining_sessions_with_57p01_after_grace() {
     // New connections are refused at the door.
     assert!(connect(proxy.addr, &db, &user, &password).await.is_err());
 }
+
+#[tokio::test]
+async fn a_unix_socket_link_to_the_cluster_carries_sessions_and_cancels() {
+    let (db, user, password) = tenant("unix");
+    let text = common::config_text("", "require", "").replace(
+        "host = \"127.0.0.1\"",
+        &format!("host = \"{}\"", cluster().socket_dir().display()),
+    );
+    let proxy = common::start_proxy_from(&text).await;
+    let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    // inet_client_addr() is NULL for a Unix-socket backend.
+    let row = client
+        .query_one("select inet_client_addr() is null", &[])
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the proxy reached the cluster over TCP"
+    );
+
+    let token = client.cancel_token();
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    common::wait_for_cluster(
+        &format!(
+            "select count(*) from pg_stat_activity where datname = '{db}' \
+             and query like 'select pg_sleep%' and state = 'active'"
+        ),
+        "1",
+        "pg_sleep to run",
+    )
+    .await;
+    token.cancel_query(common::tls_connector()).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("query ended")
+        .unwrap();
+    let Err(err) = result else {
+        panic!("query was not cancelled");
+    };
+    assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED), "{err}");
+}
