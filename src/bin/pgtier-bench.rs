@@ -87,6 +87,10 @@ struct RunArgs {
     /// Keep the work directory (configs, logs, pgbench output) for a look.
     #[arg(long)]
     keep: bool,
+    /// How both proxies reach the cluster: `tcp` (127.0.0.1) or `unix` (the
+    /// cluster's socket directory, for a proxy on the cluster's host).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "unix"])]
+    cluster_link: String,
 }
 
 const CRATE_ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -243,11 +247,16 @@ fn run(args: RunArgs) -> Result<()> {
             cluster.port()
         );
         let tenants = create_tenants(&cluster, &args, &workloads)?;
-        let bouncer = PgBouncer::start(work.path(), &certs, &cluster, &tenants)?;
+        let cluster_host = match args.cluster_link.as_str() {
+            "unix" => cluster.socket_dir().display().to_string(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let bouncer = PgBouncer::start(work.path(), &certs, &cluster_host, &cluster, &tenants)?;
         let proxy = Proxy::start(
             &pgtier_bin,
             work.path(),
             &certs,
+            &cluster_host,
             cluster.port(),
             &tenants,
             false,
@@ -610,6 +619,7 @@ impl PgBouncer {
     fn start(
         work: &Path,
         certs: &Certs,
+        cluster_host: &str,
         cluster: &Cluster,
         tenants: &Tenants,
     ) -> Result<PgBouncer> {
@@ -630,7 +640,7 @@ impl PgBouncer {
         fs::copy(&certs.key_path, dir.join("server.key"))?;
         let ini = format!(
             "[databases]\n\
-             * = host=127.0.0.1 port={cluster_port}\n\
+             * = host={cluster_host} port={cluster_port}\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {port}\n\
@@ -651,6 +661,7 @@ impl PgBouncer {
              ignore_startup_parameters = extra_float_digits\n\
              logfile = {dir}/pgbouncer.log\n",
             cluster_port = cluster.port(),
+            cluster_host = cluster_host,
             dir = dir.display(),
         );
         fs::write(dir.join("pgbouncer.ini"), ini)?;
@@ -711,6 +722,7 @@ impl Proxy {
         bin: &Path,
         work: &Path,
         certs: &Certs,
+        cluster_host: &str,
         cluster_port: u16,
         tenants: &Tenants,
         fake: bool,
@@ -727,7 +739,7 @@ impl Proxy {
              key = \"{key}\"\n\
              mode = \"require\"\n\
              [cluster]\n\
-             host = \"127.0.0.1\"\n\
+             host = \"{cluster_host}\"\n\
              port = {cluster_port}\n\
              tls = \"disable\"\n\
              [tiers.free]\n\
@@ -1128,7 +1140,15 @@ fn idle_sessions(
             .collect(),
         free: Vec::new(),
     };
-    let proxy = Proxy::start(pgtier_bin, work, certs, backend_port, &tenants, true)?;
+    let proxy = Proxy::start(
+        pgtier_bin,
+        work,
+        certs,
+        "127.0.0.1",
+        backend_port,
+        &tenants,
+        true,
+    )?;
     std::thread::sleep(Duration::from_millis(300));
     let pid = proxy.child.id();
     let rss_before = proc_status_kib(pid, "VmRSS")?;
