@@ -87,6 +87,21 @@ async fn expect_error(s: &mut (impl AsyncRead + Unpin), code: &str) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The body of the BackendKeyData among `msgs`: process ID, then secret.
+fn backend_key(msgs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    msgs.iter()
+        .find(|m| m.0 == b'K')
+        .map(|m| m.1.clone())
+        .expect("BackendKeyData")
+}
+
+/// A CancelRequest packet carrying `key` (8 bytes: PID, secret).
+fn cancel_packet(key: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    packet.extend_from_slice(key);
+    packet
+}
+
 fn query(sql: &str) -> Vec<u8> {
     let mut out = vec![b'Q'];
     out.extend(((sql.len() + 5) as u32).to_be_bytes());
@@ -167,11 +182,7 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
     let (db, user) = trust_tenant("key");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let msgs = login(&mut s, &user, &db).await;
-    let key = msgs
-        .iter()
-        .find(|m| m.0 == b'K')
-        .map(|m| m.1.clone())
-        .expect("BackendKeyData");
+    let key = backend_key(&msgs);
     let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
     let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
 
@@ -189,10 +200,12 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
         .await
         .unwrap();
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    packet.extend(pid.to_be_bytes());
-    packet.extend(secret.wrapping_add(1).to_be_bytes());
-    c.write_all(&packet).await.unwrap();
+    let wrong: Vec<u8> = pid
+        .to_be_bytes()
+        .into_iter()
+        .chain(secret.wrapping_add(1).to_be_bytes())
+        .collect();
+    c.write_all(&cancel_packet(&wrong)).await.unwrap();
     assert!(read_msg(&mut c).await.is_none(), "cancel connection closed");
     let msgs = read_until_ready(&mut s).await;
     assert!(
@@ -324,11 +337,7 @@ async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
     let (db, user) = trust_tenant("plaincancel");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let msgs = login(&mut s, &user, &db).await;
-    let key = msgs
-        .iter()
-        .find(|m| m.0 == b'K')
-        .map(|m| m.1.clone())
-        .expect("BackendKeyData");
+    let key = backend_key(&msgs);
     s.write_all(&query("select pg_sleep(30)")).await.unwrap();
     // Wait until the query runs before cancelling it.
     let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
@@ -339,9 +348,7 @@ async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
     )
     .await;
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    packet.extend_from_slice(&key);
-    c.write_all(&packet).await.unwrap();
+    c.write_all(&cancel_packet(&key)).await.unwrap();
     assert!(read_msg(&mut c).await.is_none(), "cancel connection closed");
     let msgs = read_until_ready(&mut s).await;
     let error = msgs.iter().find(|m| m.0 == b'E').expect("the query failed");
