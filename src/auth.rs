@@ -20,7 +20,7 @@ use crate::protocol::frame::{put_frame, FrameHeader};
 use crate::protocol::startup::{CancelKey, StartupMessage};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::stream::Stream;
-use crate::tenants::{AtCapacity, Slot, Tenant};
+use crate::tenants::{AtCapacity, Slot, Tenants};
 
 /// Larger authentication-phase messages than this are refused: real ones are
 /// a few hundred bytes.
@@ -67,9 +67,13 @@ pub enum LoginError {
     ClientIo(io::Error),
 }
 
-/// What the relay needs to know about the tenant.
+/// What the relay needs to know about the tenant. The tenant is looked up
+/// (and registered if new) only once the cluster has authenticated the
+/// client, so that unauthenticated clients cannot grow the registry with
+/// made-up database names.
 pub struct Admission<'a> {
-    pub tenant: &'a Arc<Tenant>,
+    pub tenants: &'a Tenants,
+    pub name: &'a str,
     pub max_connections: u32,
     pub tier: &'a str,
     pub cancel_keys: &'a Arc<CancelKeys>,
@@ -114,7 +118,8 @@ pub async fn relay(
                 let code = body.get(..4).map(|mut b| b.get_u32()).unwrap_or(u32::MAX);
                 match code {
                     AUTH_OK => {
-                        match admission.tenant.try_take_slot(admission.max_connections) {
+                        let tenant = admission.tenants.get_or_insert(admission.name);
+                        match tenant.try_take_slot(admission.max_connections) {
                             Ok(taken) => slot = Some(taken),
                             Err(AtCapacity { limit }) => {
                                 let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
@@ -123,7 +128,7 @@ pub async fn relay(
                                         sqlstate::TOO_MANY_CONNECTIONS,
                                         format!(
                                             "too many connections for database \"{}\": the {} tier allows {}",
-                                            admission.tenant.name(),
+                                            admission.name,
                                             admission.tier,
                                             limit
                                         ),

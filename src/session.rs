@@ -74,14 +74,18 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         Opening::Session { stream, startup } => (stream, startup),
     };
 
-    let tenant = shared.tenants.get_or_insert(startup.database());
-    let limits = config.limits_for(tenant.name());
+    let tenant_name = startup.database();
+    let limits = config.limits_for(tenant_name);
+    // Refusals count against the tenant only if it is known (listed in the
+    // config or seen authenticated), never creating one for a made-up name.
     let refuse = |error: ErrorFields, reason: &'static str| {
         tracing::info!(
-            client = %peer, tenant = tenant.name(), user = startup.user(),
+            client = %peer, tenant = tenant_name, user = startup.user(),
             reason, error = %error, "login refused"
         );
-        shared.metrics.rejected(Some(&tenant), reason);
+        shared
+            .metrics
+            .rejected(shared.tenants.get(tenant_name).as_deref(), reason);
         error
     };
 
@@ -121,7 +125,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     };
 
     let admission = Admission {
-        tenant: &tenant,
+        tenants: &shared.tenants,
+        name: tenant_name,
         max_connections: limits.max_connections,
         tier: &limits.tier,
         cancel_keys: &shared.cancel_keys,
@@ -140,15 +145,18 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         }
         Ok(Err(LoginError::ClusterRefused(code))) => {
             tracing::info!(
-                client = %peer, tenant = tenant.name(), user = startup.user(),
+                client = %peer, tenant = tenant_name, user = startup.user(),
                 sqlstate = %code, "login refused by the cluster"
             );
-            shared.metrics.rejected(Some(&tenant), "cluster_refused");
+            shared.metrics.rejected(
+                shared.tenants.get(tenant_name).as_deref(),
+                "cluster_refused",
+            );
             let _ = client.shutdown().await;
             return;
         }
         Ok(Err(e)) => {
-            tracing::info!(client = %peer, tenant = tenant.name(), error = %e, "login failed");
+            tracing::info!(client = %peer, tenant = tenant_name, error = %e, "login failed");
             return;
         }
         Err(_) => {
@@ -158,6 +166,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let tenant = Arc::clone(logged_in.slot.tenant());
     let login_duration = accepted.elapsed();
     shared.metrics.login(login_duration);
 

@@ -431,3 +431,24 @@ async fn a_unix_socket_link_to_the_cluster_carries_sessions_and_cancels() {
 
     cancel_a_running_sleep(client, &db).await;
 }
+
+#[tokio::test]
+async fn unauthenticated_logins_do_not_register_tenants() {
+    let proxy = start_proxy("").await;
+    let (_, user, _) = tenant("ghostowner");
+    for i in 0..20 {
+        let ghost = unique(&format!("ghost{i}"));
+        let Err(err) = connect(proxy.addr, &ghost, &user, "wrong").await else {
+            panic!("login with a wrong password must fail");
+        };
+        assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+        assert!(
+            proxy.handle.shared().tenants.get(&ghost).is_none(),
+            "a made-up database became a tenant"
+        );
+    }
+    // An authenticated one does.
+    let (db, user, password) = tenant("real");
+    let (_client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    assert!(proxy.handle.shared().tenants.get(&db).is_some());
+}
