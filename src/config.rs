@@ -144,6 +144,12 @@ pub struct Config {
     /// How long shutdown waits for sessions to end on their own.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Client connections the whole proxy holds at once (logging in or in
+    /// session), so that a flood of connections runs into a clear refusal
+    /// (53300 "sorry, too many clients already") before it runs into the
+    /// file-descriptor limit. 0 = no limit.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
     /// Threads serving connections: 0 = one per CPU core; 1 = a single
     /// thread with no cross-thread wake-ups (what PgBouncer does), often the
     /// fastest on small machines shared with the cluster. Needs a restart.
@@ -167,6 +173,9 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 6432))
+}
+fn default_max_client_connections() -> usize {
+    10_000
 }
 fn default_tier() -> String {
     "free".to_owned()

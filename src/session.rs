@@ -74,6 +74,17 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         Opening::Session { stream, startup } => (stream, startup),
     };
 
+    let cap = config.max_client_connections;
+    if cap > 0 && shared.open_connections() > cap {
+        let error = ErrorFields::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        );
+        tracing::warn!(client = %peer, max_client_connections = cap, "connection refused: proxy full");
+        shared.metrics.rejected(None, "max_client_connections");
+        say_goodbye(&mut client, &error).await;
+        return;
+    }
     let tenant_name = startup.database();
     let limits = config.limits_for(tenant_name);
     // Refusals count against the tenant only if it is known (listed in the

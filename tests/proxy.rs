@@ -452,3 +452,21 @@ async fn unauthenticated_logins_do_not_register_tenants() {
     let (_client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     assert!(proxy.handle.shared().tenants.get(&db).is_some());
 }
+
+#[tokio::test]
+async fn the_whole_proxy_refuses_clients_past_max_client_connections() {
+    let (db, user, password) = tenant("full");
+    let proxy = common::start_proxy_with(
+        "max_client_connections = 2\n",
+        &format!("[tenants.{db}]\ntier = \"standard\"\n"),
+    )
+    .await;
+    let (a, _conn_a) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (_b, _conn_b) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let Err(err) = connect(proxy.addr, &db, &user, &password).await else {
+        panic!("a third client must be refused");
+    };
+    assert_eq!(code(&err), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert_eq!(common::message(&err), "sorry, too many clients already");
+    a.simple_query("select 1").await.unwrap();
+}

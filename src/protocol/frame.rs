@@ -216,6 +216,37 @@ mod tests {
     }
 
     #[test]
+    fn random_streams_never_panic_and_never_overrun() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 256) as usize;
+            let stream: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut scanner = Scanner::default();
+            let mut buf = Vec::new();
+            for chunk in stream.chunks(1 + (next() % 17) as usize) {
+                buf.extend_from_slice(chunk);
+                loop {
+                    match scanner.next(&buf, want_z) {
+                        Ok(Step::Frame { start, header }) => {
+                            assert!(start + header.frame_len <= buf.len());
+                        }
+                        Ok(Step::NeedMore) | Err(_) => break,
+                    }
+                }
+                assert!(scanner.walked() <= buf.len());
+                buf.drain(..scanner.walked());
+                scanner.consumed();
+            }
+        }
+    }
+
+    #[test]
     fn mid_frame_is_not_a_boundary() {
         let stream = frame(b'd', &[1u8; 50]);
         let mut scanner = Scanner::default();
