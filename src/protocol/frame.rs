@@ -231,13 +231,8 @@ mod tests {
             let mut buf = Vec::new();
             for chunk in stream.chunks(1 + (next() % 17) as usize) {
                 buf.extend_from_slice(chunk);
-                loop {
-                    match scanner.next(&buf, want_z) {
-                        Ok(Step::Frame { start, header }) => {
-                            assert!(start + header.frame_len <= buf.len());
-                        }
-                        Ok(Step::NeedMore) | Err(_) => break,
-                    }
+                while let Ok(Step::Frame { start, header }) = scanner.next(&buf, want_z) {
+                    assert!(start + header.frame_len <= buf.len());
                 }
                 assert!(scanner.walked() <= buf.len());
                 buf.drain(..scanner.walked());
