@@ -116,13 +116,15 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
+            // The cause (with the cluster's internal address) goes to the
+            // log, not to the client.
             tracing::warn!(error = %e, "cluster unreachable");
             let error = refuse(
                 ErrorFields::fatal(
                     sqlstate::CONNECTION_FAILURE,
                     "could not connect to the database cluster",
                 )
-                .with_detail(e.to_string()),
+                .with_hint("The database service is unavailable; try again shortly."),
                 "cluster_unreachable",
             );
             say_goodbye(&mut client, &error).await;

@@ -354,3 +354,34 @@ async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
     let error = msgs.iter().find(|m| m.0 == b'E').expect("the query failed");
     assert_eq!(sqlstate(&error.1), "57014");
 }
+
+#[tokio::test]
+async fn an_unreachable_cluster_gives_08006_without_its_address() {
+    // A port nobody listens on: bind one, then let it go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = common::config_text("", "prefer", "").replace(
+        &format!("port = {}", cluster().port()),
+        &format!("port = {closed}"),
+    );
+    let proxy = common::start_proxy_from(&text).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", "someone"), ("database", "somedb")],
+    ))
+    .await
+    .unwrap();
+    let text = expect_error(&mut s, "08006").await;
+    assert!(
+        text.contains("could not connect to the database cluster"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&closed.to_string()),
+        "leaks the cluster address: {text}"
+    );
+}
