@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the pump's hot path: walking frame headers with
-//! [`Scanner`] exactly the way `src/pump.rs` does, without sockets, so that a
+//! Micro-benchmarks of the pump's hot path: the pump's own frame walks
+//! (`pump::walk_from_client`, `pump::walk_from_cluster`) without sockets, so that a
 //! change to the framing shows up as MB/s here before it shows up (diluted by
 //! TLS and PostgreSQL) in the end-to-end harness.
 //!
@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pgtier::protocol::frame::{put_frame, Interest, Scanner, Step};
+use pgtier::protocol::frame::{put_frame, Scanner};
+use pgtier::pump::{walk_from_client, walk_from_cluster};
 
 /// A typical `SELECT` result: RowDescription, `rows` DataRows of a few
 /// columns, CommandComplete, ReadyForQuery.
@@ -73,66 +74,40 @@ fn prepared_pipeline(n: usize) -> Vec<u8> {
     out.to_vec()
 }
 
-/// cluster→client as in `pump::cluster_to_client`: ReadyForQuery whole (its
-/// status byte is read), everything else passed. Returns ReadyForQuery count.
+/// cluster→client: the pump's own walk (`pump::walk_from_cluster`) over the
+/// stream cut into reads of `read_size`. Returns ReadyForQuery count.
 fn walk_downstream(stream: &[u8], read_size: usize) -> u64 {
     let mut scanner = Scanner::default();
     let mut buf = BytesMut::with_capacity(read_size * 2);
     let mut readies = 0u64;
-    let mut status = b'I';
     for chunk in stream.chunks(read_size) {
         buf.extend_from_slice(chunk);
-        loop {
-            match scanner.next(&buf, |h| match h.tag {
-                b'Z' => Interest::Whole { max_len: 6 },
-                _ => Interest::Pass,
-            }) {
-                Ok(Step::Frame { start, header }) => {
-                    readies += 1;
-                    if header.body_len() == 1 {
-                        status = buf[start + 5];
-                    }
-                }
-                Ok(Step::NeedMore) => break,
-                Err(e) => panic!("bench stream is well-formed: {e}"),
-            }
-        }
+        let seen = walk_from_cluster(&mut scanner, &buf).expect("bench stream is well-formed");
+        readies += seen.count;
+        black_box(seen.status);
         let walked = scanner.walked();
         black_box(&buf[..walked]);
         buf.advance(walked);
         scanner.consumed();
     }
-    black_box(status);
     readies
 }
 
-/// client→cluster as in `pump::client_to_cluster`: headers only, counting
-/// the messages that each earn a ReadyForQuery and noticing Terminate.
+/// client→cluster: the pump's own walk (`pump::walk_from_client`), headers
+/// only. Returns the count of requests that each earn a ReadyForQuery.
 fn walk_upstream(stream: &[u8], read_size: usize) -> u64 {
     let mut scanner = Scanner::default();
     let mut buf = BytesMut::with_capacity(read_size * 2);
     let mut total = 0u64;
     for chunk in stream.chunks(read_size) {
         buf.extend_from_slice(chunk);
-        let mut requests = 0u64;
-        let mut terminate = false;
-        let step = scanner.next(&buf, |h| {
-            match h.tag {
-                b'Q' | b'S' | b'F' => requests += 1,
-                b'X' => terminate = true,
-                _ => {}
-            }
-            Interest::Pass
-        });
-        if let Err(e) = step {
-            panic!("bench stream is well-formed: {e}");
-        }
+        let seen = walk_from_client(&mut scanner, &buf).expect("bench stream is well-formed");
+        total += seen.count;
+        black_box(seen.terminate);
         let walked = scanner.walked();
         black_box(&buf[..walked]);
         buf.advance(walked);
         scanner.consumed();
-        total += requests;
-        black_box(terminate);
     }
     total
 }

@@ -176,6 +176,62 @@ pub fn kill_message(reason: KillReason) -> ErrorFields {
     }
 }
 
+/// What the client→cluster walk saw in one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Requests {
+    /// Query, Sync and FunctionCall messages: each earns one ReadyForQuery.
+    pub count: u64,
+    /// The client sent Terminate.
+    pub terminate: bool,
+}
+
+/// Walks the client's bytes in `buf` from where `scanner` stopped. Only
+/// headers matter in this direction, so nothing is held back.
+pub fn walk_from_client(scanner: &mut Scanner, buf: &[u8]) -> Result<Requests, FrameError> {
+    let mut seen = Requests::default();
+    scanner.next(buf, |h| {
+        match h.tag {
+            b'Q' | b'S' | b'F' => seen.count += 1,
+            b'X' => seen.terminate = true,
+            _ => {}
+        }
+        Interest::Pass
+    })?;
+    Ok(seen)
+}
+
+/// What the cluster→client walk saw in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readies {
+    pub count: u64,
+    /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`).
+    pub status: u8,
+}
+
+/// Walks the cluster's bytes in `buf` from where `scanner` stopped.
+/// ReadyForQuery is the one message looked into: its status byte, and the
+/// fact that the cluster waits for the client from here on.
+pub fn walk_from_cluster(scanner: &mut Scanner, buf: &[u8]) -> Result<Readies, FrameError> {
+    let mut seen = Readies {
+        count: 0,
+        status: b'I',
+    };
+    loop {
+        match scanner.next(buf, |h| match h.tag {
+            b'Z' => Interest::Whole { max_len: 6 },
+            _ => Interest::Pass,
+        })? {
+            Step::Frame { start, header } => {
+                seen.count += 1;
+                if header.body_len() == 1 {
+                    seen.status = buf[start + 5];
+                }
+            }
+            Step::NeedMore => return Ok(seen),
+        }
+    }
+}
+
 async fn client_to_cluster(
     rx: &mut ReadHalf<Stream>,
     tx: &mut WriteHalf<Stream>,
@@ -186,31 +242,20 @@ async fn client_to_cluster(
     let mut scanner = Scanner::default();
     let mut last_read = 0;
     loop {
-        let mut requests = 0u64;
-        let mut terminate = false;
-        // Only headers matter here: count the messages that each earn a
-        // ReadyForQuery, and notice Terminate.
-        let step = scanner.next(&buf, |h| {
-            match h.tag {
-                b'Q' | b'S' | b'F' => requests += 1,
-                b'X' => terminate = true,
-                _ => {}
-            }
-            Interest::Pass
-        });
-        if let Err(e) = step {
-            return PumpEnd::ClientProtocol(e);
-        }
+        let requests = match walk_from_client(&mut scanner, &buf) {
+            Ok(requests) => requests,
+            Err(e) => return PumpEnd::ClientProtocol(e),
+        };
         let walked = scanner.walked();
         if walked > 0 {
             // Counted before the write, so a ReadyForQuery can never be seen
             // before the request it answers.
-            control.note_requests(requests);
-            control.tenant.note_from_client(walked, requests);
+            control.note_requests(requests.count);
+            control.tenant.note_from_client(walked, requests.count);
             if let Err(e) = forward(tx, &mut buf, &mut scanner, progress).await {
                 return PumpEnd::ClusterIo(e);
             }
-            if terminate {
+            if requests.terminate {
                 return PumpEnd::ClientTerminated;
             }
         }
@@ -232,33 +277,18 @@ async fn cluster_to_client(
     let mut scanner = Scanner::default();
     let mut last_read = 0;
     loop {
-        // ReadyForQuery is the one message looked into: its status byte, and
-        // the fact that the cluster waits for the client from here on.
-        let mut readies = 0u64;
-        let mut status = b'I';
-        loop {
-            match scanner.next(&buf, |h| match h.tag {
-                b'Z' => Interest::Whole { max_len: 6 },
-                _ => Interest::Pass,
-            }) {
-                Ok(Step::Frame { start, header }) => {
-                    readies += 1;
-                    if header.body_len() == 1 {
-                        status = buf[start + 5];
-                    }
-                }
-                Ok(Step::NeedMore) => break,
-                Err(e) => return PumpEnd::ClusterProtocol(e),
-            }
-        }
+        let readies = match walk_from_cluster(&mut scanner, &buf) {
+            Ok(readies) => readies,
+            Err(e) => return PumpEnd::ClusterProtocol(e),
+        };
         let walked = scanner.walked();
         if walked > 0 {
             if let Err(e) = forward(tx, &mut buf, &mut scanner, progress).await {
                 return PumpEnd::ClientIo(e);
             }
             control.tenant.note_to_client(walked);
-            if readies > 0 {
-                control.note_ready(readies, status);
+            if readies.count > 0 {
+                control.note_ready(readies.count, readies.status);
             }
         }
         tokio::select! {
@@ -317,4 +347,54 @@ async fn forward(
     buf.advance(walked);
     scanner.consumed();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::put_frame;
+
+    #[test]
+    fn the_client_walk_counts_what_earns_a_ready_and_sees_terminate() {
+        let mut stream = BytesMut::new();
+        put_frame(&mut stream, b'Q', b"select 1\0");
+        put_frame(&mut stream, b'P', b"\0select $1\0\0\0");
+        put_frame(&mut stream, b'B', b"\0\0\0\0\0\0\0\0");
+        put_frame(&mut stream, b'E', b"\0\0\0\0\0");
+        put_frame(&mut stream, b'S', b"");
+        put_frame(&mut stream, b'X', b"");
+        let mut scanner = Scanner::default();
+        let seen = walk_from_client(&mut scanner, &stream).unwrap();
+        assert_eq!(
+            seen,
+            Requests {
+                count: 2,
+                terminate: true
+            }
+        );
+        assert_eq!(scanner.walked(), stream.len());
+    }
+
+    #[test]
+    fn the_cluster_walk_reads_the_last_ready_status_across_reads() {
+        let mut stream = BytesMut::new();
+        put_frame(&mut stream, b'C', b"SELECT 1\0");
+        put_frame(&mut stream, b'Z', b"I");
+        put_frame(&mut stream, b'D', &[0u8; 40]);
+        put_frame(&mut stream, b'Z', b"T");
+        let mut scanner = Scanner::default();
+        let mut buf = BytesMut::new();
+        let (mut count, mut status) = (0, 0);
+        for chunk in stream.chunks(3) {
+            buf.extend_from_slice(chunk);
+            let seen = walk_from_cluster(&mut scanner, &buf).unwrap();
+            if seen.count > 0 {
+                count += seen.count;
+                status = seen.status;
+            }
+            buf.advance(scanner.walked());
+            scanner.consumed();
+        }
+        assert_eq!((count, status), (2, b'T'));
+    }
 }
