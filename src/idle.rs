@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::server::Shared;
 use crate::sessions::{clock_ms, KillReason, TxStatus};
 use crate::shutdown::Stage;
+use crate::tenants::Tenant;
 
 /// How often sessions are checked; the timeout is honoured to within this.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -39,18 +40,21 @@ pub async fn sweep(shared: Arc<Shared>) {
 pub fn sweep_once(shared: &Shared) -> usize {
     let config = shared.config();
     let now = clock_ms();
-    // Limits per tenant, looked up once per pass.
-    let mut limits: HashMap<String, (Duration, Duration)> = HashMap::new();
+    // Limits per tenant, looked up once per pass. Sessions of one tenant
+    // share its `Arc<Tenant>`, so its address is the key: no allocation per
+    // session per tick.
+    let mut limits: HashMap<*const Tenant, (Duration, Duration)> = HashMap::new();
     let mut expired = 0;
     shared.sessions.for_each(|session| {
         let Some(idle_for) = session.idle_for(now) else {
             return;
         };
-        let name = session.tenant.name();
-        let (idle, in_tx) = *limits.entry(name.to_owned()).or_insert_with(|| {
-            let l = config.limits_for(name);
-            (l.idle_timeout, l.idle_in_transaction_timeout)
-        });
+        let (idle, in_tx) = *limits
+            .entry(Arc::as_ptr(&session.tenant))
+            .or_insert_with(|| {
+                let l = config.limits_for(session.tenant.name());
+                (l.idle_timeout, l.idle_in_transaction_timeout)
+            });
         let limit = match session.tx_status() {
             TxStatus::Idle => idle,
             TxStatus::InTransaction | TxStatus::Failed => in_tx,

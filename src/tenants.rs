@@ -199,13 +199,6 @@ impl Tenants {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
-
-    /// Drops tenants nobody references and that hold no slot, keeping the
-    /// map bounded when many databases come and go.
-    pub fn retain(&self, mut keep: impl FnMut(&Arc<Tenant>) -> bool) {
-        self.map
-            .retain(|_, t| t.connections() > 0 || Arc::strong_count(t) > 1 || keep(t));
-    }
 }
 
 pub fn unix_now() -> u64 {
