@@ -95,6 +95,15 @@ struct RunArgs {
 
 const CRATE_ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// Runs a set-up command to completion; a failure carries its stderr.
+fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -536,19 +545,14 @@ fn create_tenants(cluster: &Cluster, args: &RunArgs, workloads: &[Workload]) -> 
 
     cluster.psql("postgres", "CREATE DATABASE bench_template")?;
     let pgbench = pg_tool(cluster, "pgbench");
-    let out = Command::new(&pgbench)
-        .args(["-i", "-s", "1", "-q", "-h"])
-        .arg(cluster.socket_dir())
-        .args(["-p", &cluster.port().to_string(), "-U", "postgres"])
-        .arg("bench_template")
-        .output()
-        .context("running pgbench -i")?;
-    if !out.status.success() {
-        bail!(
-            "pgbench -i failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_checked(
+        Command::new(&pgbench)
+            .args(["-i", "-s", "1", "-q", "-h"])
+            .arg(cluster.socket_dir())
+            .args(["-p", &cluster.port().to_string(), "-U", "postgres"])
+            .arg("bench_template"),
+        "pgbench -i",
+    )?;
     cluster.psql(
         "bench_template",
         "GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC; VACUUM ANALYZE",
@@ -568,21 +572,16 @@ fn create_tenants(cluster: &Cluster, args: &RunArgs, workloads: &[Workload]) -> 
     }
     let file = cluster.socket_dir().join("tenants.sql");
     fs::write(&file, script)?;
-    let out = Command::new(pg_tool(cluster, "psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(cluster.socket_dir())
-        .args(["-p", &cluster.port().to_string(), "-U", "postgres", "-d"])
-        .arg("postgres")
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .context("running psql")?;
-    if !out.status.success() {
-        bail!(
-            "creating tenants failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_checked(
+        Command::new(pg_tool(cluster, "psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(cluster.socket_dir())
+            .args(["-p", &cluster.port().to_string(), "-U", "postgres", "-d"])
+            .arg("postgres")
+            .arg("-f")
+            .arg(&file),
+        "creating tenants with psql",
+    )?;
     eprintln!(
         "==> {} standard + {} free tenants created in {:.1}s",
         tenants.standard.len(),
