@@ -74,33 +74,58 @@ missing() {
     fi
 }
 
-todo=$(missing)
-if [[ -z "$todo" ]]; then
-    echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir)"
-    exit 0
-fi
-
-if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure-deps: missing: $todo" >&2
-    echo "ensure-deps: install them (Debian/Ubuntu: sudo apt-get install -y $todo)," >&2
-    echo "ensure-deps: or set PG_BIN to a directory holding initdb and postgres." >&2
-    exit 1
-fi
-
-echo "ensure-deps: installing $todo"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# shellcheck disable=SC2086 # $todo is a list of package names
-apt-get install -y -qq --no-install-recommends $todo >/dev/null
-# Debian's postgresql package starts a system cluster on 5432; we don't need
-# it, but leave it alone: proxy.toml's example config points at it.
+# Installs the Debian packages `missing` names; exits 1 with what to install
+# when it cannot (not root, no apt-get).
+install_missing_packages() {
+    local todo=$1
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-deps: missing: $todo" >&2
+        echo "ensure-deps: install them (Debian/Ubuntu: sudo apt-get install -y $todo)," >&2
+        echo "ensure-deps: or set PG_BIN to a directory holding initdb and postgres." >&2
+        exit 1
+    fi
+    echo "ensure-deps: installing $todo"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086 # $todo is a list of package names
+    apt-get install -y -qq --no-install-recommends $todo >/dev/null
+    # Debian's postgresql package starts a system cluster on 5432; we don't
+    # need it, but leave it alone: proxy.toml's example config points at it.
+    todo=$(missing)
+    if [[ -n "$todo" ]]; then
+        echo "ensure-deps: still missing after apt-get install: $todo" >&2
+        exit 1
+    fi
+    if [[ "$(id -u)" == 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+        useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    fi
+}
 
 todo=$(missing)
 if [[ -n "$todo" ]]; then
-    echo "ensure-deps: still missing after apt-get install: $todo" >&2
-    exit 1
-fi
-if [[ "$(id -u)" == 0 ]] && ! id -u postgres >/dev/null 2>&1; then
-    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    install_missing_packages "$todo"
 fi
 echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir)"
+
+# --- Python clients -------------------------------------------------------
+# Some tests drive the proxy with psycopg 3 (pure-Python implementation over
+# the system libpq): a client that waits on the socket itself, unlike psql.
+# It lives in a virtualenv under .deps/ (git-ignored), pinned, installed once.
+PSYCOPG_VERSION=3.3.9
+venv="$(cd "$(dirname "$0")/.." && pwd)/.deps/venv"
+if ! "$venv/bin/python" -c "import psycopg, sys; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION')" 2>/dev/null; then
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            echo "ensure-deps: installing python3-venv"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+        else
+            echo "ensure-deps: missing: python3 with the venv module (Debian/Ubuntu: sudo apt-get install -y python3-venv)" >&2
+            exit 1
+        fi
+    fi
+    echo "ensure-deps: installing psycopg $PSYCOPG_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "psycopg==$PSYCOPG_VERSION"
+fi
+echo "ensure-deps: psycopg $PSYCOPG_VERSION present in $venv"

@@ -91,7 +91,30 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The rustls server configuration for client connections.
+/// The most plaintext pgtier puts into one TLS record toward a client:
+/// PostgreSQL's own send buffer (`PQ_SEND_BUFFER_SIZE`, 8 KiB), so no record
+/// is larger than one PostgreSQL would send.
+///
+/// Why it matters: libpq reads into the free part of its input buffer, and
+/// when a record is larger than that space OpenSSL decrypts all of it and
+/// keeps the rest inside the SSL object. The socket is then empty although
+/// data is pending. libpq's own waits check `SSL_pending`, but a client that
+/// waits on the socket itself (psycopg, any event loop built on `PQsocket`)
+/// sleeps forever in the middle of a result. With 16 KiB records (the TLS
+/// maximum, rustls' default) psycopg hung within a few dozen COPY rounds.
+pub const MAX_TLS_PLAINTEXT: usize = 8192;
+
+/// The TLS record header rustls counts in `max_fragment_size`.
+const TLS_RECORD_HEADER: usize = 5;
+
+/// The rustls server configuration for client connections, shaped like
+/// PostgreSQL's own TLS (see [`MAX_TLS_PLAINTEXT`]):
+/// - records carry at most 8 KiB of plaintext;
+/// - no session tickets and no session cache: PostgreSQL disables both
+///   (`SSL_OP_NO_TICKET`, `SSL_SESS_CACHE_OFF`) and libpq never resumes a
+///   session, so tickets would only cost every handshake two extra messages
+///   and the proxy a cache;
+/// - ALPN `postgresql`, which direct-TLS clients (PostgreSQL 17+) require.
 pub fn server_config(certs: Arc<CertStore>) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -99,6 +122,9 @@ pub fn server_config(certs: Arc<CertStore>) -> Arc<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.max_fragment_size = Some(MAX_TLS_PLAINTEXT + TLS_RECORD_HEADER);
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Arc::new(config)
 }
 
