@@ -1,7 +1,7 @@
 //! The operator API on `admin_listen`: health, tenants, disconnects,
 //! reload and Prometheus metrics, as small JSON endpoints.
 //!
-//! It shares nothing with the data path but [`Shared`](crate::server::Shared):
+//! It shares nothing with the data path but [`Shared`]:
 //! every answer is read from the same atomics the sessions update, so
 //! serving it costs the proxy nothing while nobody asks. It binds with the
 //! proxy (so a taken port fails the start, not a later request) and stops
@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::server::{ProxyError, ProxyHandle};
 use crate::sessions::KillReason;
+use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::tenants::{unix_now, Tenant};
 
@@ -32,10 +32,8 @@ use crate::tenants::{unix_now, Tenant};
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the admin address (port 0 picks a free one).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind { addr, source })
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
 }
 
 /// The running API; [`stop`](AdminServer::stop) ends it.
@@ -45,11 +43,11 @@ pub struct AdminServer {
     task: JoinHandle<()>,
 }
 
-/// Serves the API on `listener` for the proxy behind `handle`.
-pub fn spawn(listener: TcpListener, handle: ProxyHandle) -> AdminServer {
+/// Serves the API on `listener` for the proxy whose state is `shared`.
+pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> AdminServer {
     let (stop, stopped) = oneshot::channel::<()>();
     let addr = listener.local_addr().ok();
-    let app = router(handle);
+    let app = router(shared);
     let task = tokio::spawn(async move {
         tracing::info!(admin = ?addr, "operator API listening");
         let served = axum::serve(listener, app)
@@ -76,7 +74,7 @@ impl AdminServer {
 }
 
 /// The routes; `/health` is open, everything else may need the token.
-pub fn router(handle: ProxyHandle) -> Router {
+pub fn router(shared: Arc<Shared>) -> Router {
     let guarded = Router::new()
         .route("/tenants", get(list_tenants))
         .route("/tenants/{name}", get(one_tenant))
@@ -84,13 +82,13 @@ pub fn router(handle: ProxyHandle) -> Router {
         .route("/reload", post(reload))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
-            handle.clone(),
+            Arc::clone(&shared),
             require_token,
         ));
     Router::new()
         .route("/health", get(health))
         .merge(guarded)
-        .with_state(handle)
+        .with_state(shared)
 }
 
 /// A JSON error body with `status`.
@@ -122,12 +120,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// With `admin_token` set (read per request, so a reload can rotate it),
 /// requires `Authorization: Bearer <token>`.
 async fn require_token(
-    State(handle): State<ProxyHandle>,
+    State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
-    let config = handle.shared().config();
+    let config = shared.config();
     if let Some(token) = config.admin_token.as_deref() {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -152,8 +150,8 @@ async fn require_token(
 }
 
 /// `200 ok` while accepting connections, `503` once draining for shutdown.
-async fn health(State(handle): State<ProxyHandle>) -> Response {
-    match handle.shared().shutdown_stage() {
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.shutdown_stage() {
         Stage::Running => (StatusCode::OK, "ok\n").into_response(),
         Stage::Draining | Stage::Closing => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
@@ -179,8 +177,8 @@ pub struct TenantView {
     pub sessions_total: u64,
 }
 
-fn view(handle: &ProxyHandle, name: &str, tenant: Option<&Tenant>) -> TenantView {
-    let limits = handle.shared().config().limits_for(name);
+fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
+    let limits = shared.config().limits_for(name);
     let last = tenant.map(Tenant::last_activity).unwrap_or(0);
     TenantView {
         name: name.to_owned(),
@@ -200,8 +198,7 @@ fn view(handle: &ProxyHandle, name: &str, tenant: Option<&Tenant>) -> TenantView
 
 /// Every tenant seen since start (or remembered in the state file) or
 /// listed in the configuration in force, by name.
-fn known_tenants(handle: &ProxyHandle) -> Vec<(String, Option<Arc<Tenant>>)> {
-    let shared = handle.shared();
+fn known_tenants(shared: &Shared) -> Vec<(String, Option<Arc<Tenant>>)> {
     let mut all: std::collections::BTreeMap<String, Option<Arc<Tenant>>> = shared
         .tenants
         .all()
@@ -222,7 +219,7 @@ struct ListQuery {
 }
 
 async fn list_tenants(
-    State(handle): State<ProxyHandle>,
+    State(shared): State<Arc<Shared>>,
     Query(query): Query<ListQuery>,
 ) -> Response {
     let cutoff = match query.inactive_for.as_deref().map(humantime::parse_duration) {
@@ -235,14 +232,14 @@ async fn list_tenants(
             )
         }
     };
-    let views: Vec<TenantView> = known_tenants(&handle)
+    let views: Vec<TenantView> = known_tenants(&shared)
         .into_iter()
         .filter(|(_, t)| match (cutoff, t) {
             (None, _) => true,
             (Some(_), None) => true,
             (Some(cutoff), Some(t)) => t.connections() == 0 && t.last_activity() <= cutoff,
         })
-        .map(|(name, t)| view(&handle, &name, t.as_deref()))
+        .map(|(name, t)| view(&shared, &name, t.as_deref()))
         .collect();
     Json(views).into_response()
 }
@@ -254,17 +251,16 @@ fn unknown_tenant(name: &str) -> Response {
     )
 }
 
-async fn one_tenant(State(handle): State<ProxyHandle>, Path(name): Path<String>) -> Response {
-    let tenant = handle.shared().tenants.get(&name);
-    if tenant.is_none() && !handle.shared().config().tenants.contains_key(&name) {
+async fn one_tenant(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    let tenant = shared.tenants.get(&name);
+    if tenant.is_none() && !shared.config().tenants.contains_key(&name) {
         return unknown_tenant(&name);
     }
-    Json(view(&handle, &name, tenant.as_deref())).into_response()
+    Json(view(&shared, &name, tenant.as_deref())).into_response()
 }
 
 /// Closes every session of the tenant with FATAL 57P01.
-async fn disconnect(State(handle): State<ProxyHandle>, Path(name): Path<String>) -> Response {
-    let shared = handle.shared();
+async fn disconnect(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     if shared.tenants.get(&name).is_none() && !shared.config().tenants.contains_key(&name) {
         return unknown_tenant(&name);
     }
@@ -276,18 +272,11 @@ async fn disconnect(State(handle): State<ProxyHandle>, Path(name): Path<String>)
 }
 
 /// Re-reads the configuration file; on any error the old one stays.
-async fn reload(State(handle): State<ProxyHandle>) -> Response {
-    let Some(path) = handle.shared().config_path() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the proxy was not started from a configuration file; nothing to reload",
-        );
-    };
-    let h = handle.clone();
-    let file = path.clone();
+async fn reload(State(shared): State<Arc<Shared>>) -> Response {
     // Reading files and parsing certificates is blocking work.
-    match tokio::task::spawn_blocking(move || crate::app::reload(&h, &file)).await {
-        Ok(Ok(())) => {
+    let reloading = Arc::clone(&shared);
+    match tokio::task::spawn_blocking(move || reloading.reload()).await {
+        Ok(Ok(path)) => {
             Json(serde_json::json!({ "reloaded": path.display().to_string() })).into_response()
         }
         Ok(Err(message)) => {
@@ -301,8 +290,8 @@ async fn reload(State(handle): State<ProxyHandle>) -> Response {
     }
 }
 
-async fn metrics(State(handle): State<ProxyHandle>) -> Response {
-    match crate::scrape::render(handle.shared()) {
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match crate::scrape::render(&shared) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::scrape::CONTENT_TYPE)], text).into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

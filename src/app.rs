@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
 use crate::server::{Proxy, ProxyHandle};
+use crate::shared::load_config;
 
 /// Exit code for an invalid configuration.
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -37,21 +37,9 @@ fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// Loads the config and its TLS files; one line per problem.
-fn load_checked(path: &Path) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
-        if config.tls.mode != crate::config::ClientTlsMode::Disable {
-            crate::tls::load_certified_key(cert, key).map_err(|e| e.to_string())?;
-        }
-    }
-    crate::tls::cluster_client_config(config.cluster.ca.as_deref()).map_err(|e| e.to_string())?;
-    Ok(config)
-}
-
 /// `pgtier check`.
 pub fn check(path: &Path) -> ExitCode {
-    match load_checked(path) {
+    match load_config(path) {
         Ok(config) => {
             for warning in config.warnings() {
                 eprintln!("warning: {}", warning.0);
@@ -74,7 +62,7 @@ pub fn check(path: &Path) -> ExitCode {
 
 /// `pgtier run`: the proxy until SIGINT/SIGTERM.
 pub fn run(path: &Path) -> ExitCode {
-    let config = match load_checked(path) {
+    let config = match load_config(path) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
@@ -99,7 +87,7 @@ pub fn run(path: &Path) -> ExitCode {
         };
         let handle = proxy.handle();
         handle.set_config_path(&path);
-        tokio::spawn(handle_signals(handle, Some(path)));
+        tokio::spawn(handle_signals(handle, true));
         match proxy.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -110,24 +98,10 @@ pub fn run(path: &Path) -> ExitCode {
     })
 }
 
-/// Reloads the configuration from `path` into the running proxy. On any
-/// error the old configuration stays in force.
-pub fn reload(handle: &ProxyHandle, path: &Path) -> Result<(), String> {
-    let config = load_checked(path)?;
-    for warning in config.warnings() {
-        tracing::warn!("{}", warning.0);
-    }
-    handle
-        .shared()
-        .apply_config(config)
-        .map_err(|e| e.to_string())?;
-    tracing::info!(config = %path.display(), "configuration reloaded");
-    Ok(())
-}
-
 /// SIGINT/SIGTERM: drain and stop (a second one closes sessions at once);
-/// SIGHUP: reload the configuration from `path`.
-pub async fn handle_signals(handle: ProxyHandle, path: Option<std::path::PathBuf>) {
+/// SIGHUP: reload the configuration file (when `reloadable`: the proxy was
+/// started from one).
+pub async fn handle_signals(handle: ProxyHandle, reloadable: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
@@ -143,13 +117,16 @@ pub async fn handle_signals(handle: ProxyHandle, path: Option<std::path::PathBuf
             _ = int.recv() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {
-                match &path {
-                    Some(path) => {
-                        if let Err(e) = reload(&handle, path) {
-                            tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
-                        }
+                if reloadable {
+                    let shared = std::sync::Arc::clone(handle.shared());
+                    // Reading files is blocking work.
+                    match tokio::task::spawn_blocking(move || shared.reload()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "reload failed; the previous configuration stays in force"),
+                        Err(e) => tracing::error!(error = %e, "reload task failed"),
                     }
-                    None => tracing::info!("SIGHUP ignored: no configuration file"),
+                } else {
+                    tracing::info!("SIGHUP ignored: no configuration file");
                 }
                 continue;
             }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster;
 use crate::config::ClusterConfig;
@@ -66,9 +66,16 @@ impl CancelKeys {
     }
 }
 
-/// Forwards a client's cancel request if its key is known. Returns whether
-/// one was sent; failures to reach the cluster are logged, not returned, as
-/// the client expects no answer either way.
+/// Forwards a client's cancel request if its key is known, and returns
+/// once the cluster has acted on it: PostgreSQL closes a cancel connection
+/// only after signalling the backend, and libpq relies on that order (its
+/// `PQcancel` waits for the close, so that the client's *next* statement
+/// cannot be hit by a late signal meant for the previous one). So the
+/// proxy waits for the cluster's close (bounded by `connect_timeout`)
+/// before its caller closes the client's cancel connection.
+///
+/// Returns whether a request was sent; failures to reach the cluster are
+/// logged, not returned, as the client expects no answer either way.
 pub async fn forward(
     keys: &CancelKeys,
     client_key: CancelKey,
@@ -82,21 +89,38 @@ pub async fn forward(
         );
         return false;
     };
-    match cluster::connect(config, tls).await {
-        Ok(mut stream) => {
-            let sent = stream.write_all(&cluster_key.request_packet()).await;
-            let _ = stream.shutdown().await;
-            if let Err(e) = sent {
-                tracing::warn!(pid = client_key.pid, error = %e, "could not forward cancel request");
-                return false;
-            }
-            true
-        }
+    let mut stream = match cluster::connect(config, tls).await {
+        Ok(stream) => stream,
         Err(e) => {
             tracing::warn!(pid = client_key.pid, error = %e, "could not forward cancel request");
-            false
+            return false;
         }
+    };
+    if let Err(e) = stream.write_all(&cluster_key.request_packet()).await {
+        tracing::warn!(pid = client_key.pid, error = %e, "could not forward cancel request");
+        return false;
     }
+    let _ = stream.flush().await;
+    // The cluster sends nothing back; its close means "done". Anything it
+    // does send is drained, a bounded amount at a time.
+    let closed = tokio::time::timeout(config.connect_timeout, async {
+        let mut sink = [0u8; 64];
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if closed.is_err() {
+        tracing::warn!(
+            pid = client_key.pid,
+            "the cluster did not close the cancel connection within connect_timeout"
+        );
+    }
+    let _ = stream.shutdown().await;
+    true
 }
 
 #[cfg(test)]

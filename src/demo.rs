@@ -77,7 +77,7 @@ tier = "standard"
         "Try a third psql on the free URL while two are open. Ctrl-C stops and removes everything."
     );
 
-    tokio::spawn(crate::app::handle_signals(handle, None));
+    tokio::spawn(crate::app::handle_signals(handle, false));
     proxy.run().await?;
     drop(cluster);
     drop(dir);

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::Shared;
 use crate::sessions::{clock_ms, KillReason, TxStatus};
+use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::tenants::Tenant;
 

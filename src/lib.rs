@@ -25,6 +25,7 @@ pub mod scrape;
 pub mod server;
 pub mod session;
 pub mod sessions;
+pub mod shared;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::tenants::{unix_now, Tenant};
 
 /// `Content-Type` of [`render`]'s output.

@@ -1,11 +1,13 @@
 //! One client connection from accept to close, in phases: handshake,
-//! tenant resolution, cluster connection, login relay, passthrough. Each
-//! phase is its own module; this one strings them together, enforces the
-//! login deadline, and writes the session's log lines.
+//! admission, cluster connection, login relay, passthrough. Each phase is
+//! its own module; this one strings them together, enforces the login
+//! deadline, and ends every connection that does not become a session in
+//! one place ([`finish`]): the client's last word, the log line and the
+//! metric.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pgwire::messages::startup::NegotiateProtocolVersion;
@@ -14,240 +16,384 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
-use crate::auth::{self, Admission, LoginError};
+use crate::auth::{self, Admission, LoggedIn, LoginError};
+use crate::config::{Config, Limits};
+use crate::protocol::startup::{StartupMessage, PROTOCOL_3_0};
 use crate::protocol::{sqlstate, ErrorFields};
-use crate::server::Shared;
 use crate::sessions::KillReason;
+use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::startup::{self, HandshakeError, Opening};
 use crate::stream::Stream;
 use crate::{cancel, cluster, pump};
 
+/// How long the proxy's own last words to a client may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the proxy refuses a connection or a login: what the client is told
+/// and the label the metrics and the log use.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The FATAL for the client; `None` when someone (the cluster) has
+    /// already told it.
+    pub error: Option<ErrorFields>,
+    /// Metrics label (`max_connections`, `tls_required`, `login_timeout`, …).
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    pub fn new(error: ErrorFields, reason: &'static str) -> Self {
+        Refusal {
+            error: Some(error),
+            reason,
+        }
+    }
+}
+
+/// How a connection that did not become a session ended.
+#[derive(Debug)]
+enum Exit {
+    /// A cancel request, handled (forwarded or dropped).
+    Cancel,
+    /// The proxy refuses: [`finish`] tells the client on `stream` (if one is
+    /// left to tell it on), logs and counts.
+    Refused {
+        stream: Option<Stream>,
+        refusal: Refusal,
+    },
+    /// Nobody to tell: the client went away, the TLS handshake failed, …
+    Lost(String),
+}
+
+/// Who is logging in, once the StartupMessage has said so.
+struct Login<'a> {
+    shared: &'a Arc<Shared>,
+    config: &'a Config,
+    peer: SocketAddr,
+    accepted: Instant,
+    deadline: tokio::time::Instant,
+}
+
 /// Serves one accepted connection to its end.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let accepted = Instant::now();
     let config = shared.config();
-    let deadline = tokio::time::Instant::from_std(accepted + config.login_timeout);
+    let login = Login {
+        shared: &shared,
+        config: &config,
+        peer,
+        accepted,
+        deadline: tokio::time::Instant::from_std(accepted + config.login_timeout),
+    };
     let _ = tcp.set_nodelay(true);
-
-    let acceptor = shared.tls_acceptor();
-    let opening = match timeout_at(
-        deadline,
-        startup::handshake(tcp, acceptor.as_ref(), config.tls.mode),
-    )
-    .await
-    {
-        Ok(Ok(opening)) => opening,
-        Ok(Err(HandshakeError::Refused {
-            mut stream,
-            error,
-            reason,
-        })) => {
-            tracing::info!(client = %peer, reason, error = %error, "connection refused");
-            shared.metrics.rejected(None, reason);
-            say_goodbye(&mut stream, &error).await;
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(client = %peer, error = %e, "connection closed during startup");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(client = %peer, "startup packet not received within login_timeout");
-            shared.metrics.rejected(None, "login_timeout");
-            return;
-        }
+    let (client, startup) = match login.open(tcp).await {
+        Ok(opened) => opened,
+        Err(exit) => return finish(&shared, peer, None, exit).await,
     };
-
-    let (mut client, startup) = match opening {
-        Opening::Cancel(key) => {
-            let sent = cancel::forward(
-                &shared.cancel_keys,
-                key,
-                &config.cluster,
-                &shared.cluster_tls(),
-            )
-            .await;
-            tracing::debug!(client = %peer, pid = key.pid, forwarded = sent, "cancel request");
-            return;
-        }
-        Opening::Session { stream, startup } => (stream, startup),
-    };
-
-    let cap = config.max_client_connections;
-    if cap > 0 && shared.open_connections() > cap {
-        let error = ErrorFields::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            "sorry, too many clients already",
-        );
-        tracing::warn!(client = %peer, max_client_connections = cap, "connection refused: proxy full");
-        shared.metrics.rejected(None, "max_client_connections");
-        say_goodbye(&mut client, &error).await;
-        return;
+    match login.log_in(client, &startup).await {
+        Ok(session) => session.run().await,
+        Err(exit) => finish(&shared, peer, Some(&startup), exit).await,
     }
-    let tenant_name = startup.database();
-    let limits = config.limits_for(tenant_name);
-    // Refusals count against the tenant only if it is known (listed in the
-    // config or seen authenticated), never creating one for a made-up name.
-    let refuse = |error: ErrorFields, reason: &'static str| {
-        tracing::info!(
-            client = %peer, tenant = tenant_name, user = startup.user(),
-            reason, error = %error, "login refused"
-        );
-        shared
-            .metrics
-            .rejected(shared.tenants.get(tenant_name).as_deref(), reason);
-        error
-    };
+}
 
-    if startup.needs_negotiation() {
-        let mut out = BytesMut::new();
-        let answer = NegotiateProtocolVersion::new(0, startup.unsupported_options.clone());
-        if answer.encode(&mut out).is_err() || client.write_all(&out).await.is_err() {
-            return;
-        }
-    }
-
-    let mut cluster = match timeout_at(
-        deadline,
-        cluster::connect(&config.cluster, &shared.cluster_tls()),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            // The cause (with the cluster's internal address) goes to the
-            // log, not to the client.
-            tracing::warn!(error = %e, "cluster unreachable");
-            let error = refuse(
-                ErrorFields::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "could not connect to the database cluster",
+impl Login<'_> {
+    /// The handshake up to a StartupMessage the proxy accepts; cancel
+    /// requests are handled here and end the connection.
+    async fn open(&self, tcp: TcpStream) -> Result<(Stream, StartupMessage), Exit> {
+        let acceptor = self.shared.tls_acceptor();
+        let opening = match timeout_at(
+            self.deadline,
+            startup::handshake(tcp, acceptor.as_ref(), self.config.tls.mode),
+        )
+        .await
+        {
+            Ok(Ok(opening)) => opening,
+            Ok(Err(HandshakeError::Refused {
+                stream,
+                error,
+                reason,
+            })) => {
+                return Err(Exit::Refused {
+                    stream: Some(*stream),
+                    refusal: Refusal::new(error, reason),
+                })
+            }
+            Ok(Err(e)) => return Err(Exit::Lost(e.to_string())),
+            Err(_) => {
+                return Err(Exit::Refused {
+                    stream: None,
+                    refusal: Refusal {
+                        error: None,
+                        reason: "login_timeout",
+                    },
+                })
+            }
+        };
+        let (client, startup) = match opening {
+            Opening::Cancel { stream, key } => {
+                let sent = cancel::forward(
+                    &self.shared.cancel_keys,
+                    key,
+                    &self.config.cluster,
+                    &self.shared.cluster_tls(),
                 )
-                .with_hint("The database service is unavailable; try again shortly."),
-                "cluster_unreachable",
-            );
-            say_goodbye(&mut client, &error).await;
-            return;
+                .await;
+                tracing::debug!(client = %self.peer, pid = key.pid, forwarded = sent, "cancel request");
+                // Only now, after the cluster has acted on it, does the
+                // client learn that its cancel was processed: the close.
+                goodbye(stream, None).await;
+                return Err(Exit::Cancel);
+            }
+            Opening::Session { stream, startup } => (stream, startup),
+        };
+        let cap = self.config.max_client_connections;
+        if cap > 0 && self.shared.open_connections() > cap {
+            return Err(Exit::Refused {
+                stream: Some(client),
+                refusal: Refusal::new(
+                    ErrorFields::fatal(
+                        sqlstate::TOO_MANY_CONNECTIONS,
+                        "sorry, too many clients already",
+                    ),
+                    "max_client_connections",
+                ),
+            });
         }
-        Err(_) => {
-            let error = refuse(login_timeout_error(&config.login_timeout), "login_timeout");
-            say_goodbye(&mut client, &error).await;
-            return;
-        }
-    };
-
-    let admission = Admission {
-        tenants: &shared.tenants,
-        name: tenant_name,
-        max_connections: limits.max_connections,
-        tier: &limits.tier,
-        cancel_keys: &shared.cancel_keys,
-    };
-    let logged_in = match timeout_at(
-        deadline,
-        auth::relay(&mut client, &mut cluster, &startup, admission),
-    )
-    .await
-    {
-        Ok(Ok(logged_in)) => logged_in,
-        Ok(Err(LoginError::Refused { error, reason })) => {
-            let error = refuse(error, reason);
-            say_goodbye(&mut client, &error).await;
-            return;
-        }
-        Ok(Err(LoginError::ClusterRefused(code))) => {
-            tracing::info!(
-                client = %peer, tenant = tenant_name, user = startup.user(),
-                sqlstate = %code, "login refused by the cluster"
-            );
-            shared.metrics.rejected(
-                shared.tenants.get(tenant_name).as_deref(),
-                "cluster_refused",
-            );
-            let _ = client.shutdown().await;
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::info!(client = %peer, tenant = tenant_name, error = %e, "login failed");
-            return;
-        }
-        Err(_) => {
-            let error = refuse(login_timeout_error(&config.login_timeout), "login_timeout");
-            let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
-            say_goodbye(&mut client, &error).await;
-            return;
-        }
-    };
-    let tenant = Arc::clone(logged_in.slot.tenant());
-    let login_duration = accepted.elapsed();
-    shared.metrics.login(login_duration);
-
-    let registration = shared.sessions.register(Arc::clone(&tenant));
-    let control = &registration.control;
-    // A session that finished logging in after shutdown's grace ran out
-    // would otherwise escape the final sweep.
-    if shared.shutdown_stage() >= Stage::Closing {
-        control.kill(KillReason::Shutdown);
+        Ok((client, startup))
     }
-    tracing::info!(
-        session = control.id,
-        tenant = tenant.name(),
-        tier = %limits.tier,
-        user = startup.user(),
-        client = %peer,
-        tls = client.is_tls(),
-        backend_pid = logged_in.backend_pid,
-        login_ms = login_duration.as_millis() as u64,
-        "session started"
-    );
-    let session_started = Instant::now();
-    let (end, traffic) = pump::run(
-        client,
-        cluster,
-        logged_in.client_pending,
-        logged_in.cluster_pending,
-        control,
-    )
-    .await;
-    let detail = match &end {
-        pump::PumpEnd::ClientIo(e) | pump::PumpEnd::ClusterIo(e) => Some(e.to_string()),
-        pump::PumpEnd::ClientProtocol(e) | pump::PumpEnd::ClusterProtocol(e) => Some(e.to_string()),
-        _ => None,
-    };
-    tracing::info!(
-        session = control.id,
-        tenant = tenant.name(),
-        client = %peer,
-        duration_ms = session_started.elapsed().as_millis() as u64,
-        bytes_from_client = traffic.from_client,
-        bytes_to_client = traffic.to_client,
-        reason = end.as_str(),
-        detail,
-        "session ended"
-    );
-    // `logged_in.slot` and the cancel registration drop here, and with them
-    // the tenant's slot and the cancel key.
-    drop(logged_in.slot);
-    drop(logged_in.cancel);
+
+    /// From the StartupMessage to the first ReadyForQuery: negotiation, the
+    /// cluster connection, the relayed login and the tenant's slot.
+    async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
+        let tenant_name = startup.database();
+        let limits = self.config.limits_for(tenant_name);
+        if startup.needs_negotiation() {
+            let mut out = BytesMut::new();
+            // The newest version the proxy speaks, as a full version number
+            // (3.0 = 196608), as PostgreSQL sends it: libpq 18 reads a bare
+            // minor number as a downgrade below 3.0 and gives up.
+            let answer = NegotiateProtocolVersion::new(
+                PROTOCOL_3_0 as i32,
+                startup.unsupported_options.clone(),
+            );
+            if answer.encode(&mut out).is_err() || client.write_all(&out).await.is_err() {
+                return Err(Exit::Lost("client gone during negotiation".to_owned()));
+            }
+        }
+
+        let refused = |client: Stream, refusal: Refusal| Exit::Refused {
+            stream: Some(client),
+            refusal,
+        };
+        let mut cluster = match timeout_at(
+            self.deadline,
+            cluster::connect(&self.config.cluster, &self.shared.cluster_tls()),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // The cause (with the cluster's internal address) goes to
+                // the log, not to the client.
+                tracing::warn!(error = %e, "cluster unreachable");
+                return Err(refused(client, cluster_unreachable()));
+            }
+            Err(_) => return Err(refused(client, self.login_timeout())),
+        };
+
+        let admission = Admission {
+            tenants: &self.shared.tenants,
+            name: tenant_name,
+            max_connections: limits.max_connections,
+            tier: &limits.tier,
+            cancel_keys: &self.shared.cancel_keys,
+        };
+        let logged_in = match timeout_at(
+            self.deadline,
+            auth::relay(&mut client, &mut cluster, startup, admission),
+        )
+        .await
+        {
+            Ok(Ok(logged_in)) => logged_in,
+            Ok(Err(LoginError::Refused { error, reason })) => {
+                return Err(refused(client, Refusal::new(error, reason)))
+            }
+            Ok(Err(LoginError::ClusterRefused(code))) => {
+                tracing::debug!(sqlstate = %code, "login refused by the cluster");
+                // The cluster's own ErrorResponse has reached the client.
+                return Err(refused(
+                    client,
+                    Refusal {
+                        error: None,
+                        reason: "cluster_refused",
+                    },
+                ));
+            }
+            Ok(Err(e)) => return Err(Exit::Lost(e.to_string())),
+            Err(_) => {
+                let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+                return Err(refused(client, self.login_timeout()));
+            }
+        };
+        let login_duration = self.accepted.elapsed();
+        self.shared.metrics.login(login_duration);
+        Ok(Session {
+            shared: Arc::clone(self.shared),
+            peer: self.peer,
+            user: startup.user().to_owned(),
+            limits,
+            client,
+            cluster,
+            logged_in,
+            login_duration,
+        })
+    }
+
+    fn login_timeout(&self) -> Refusal {
+        Refusal::new(
+            ErrorFields::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "login did not complete within login_timeout ({})",
+                    humantime::format_duration(self.config.login_timeout)
+                ),
+            ),
+            "login_timeout",
+        )
+    }
 }
 
-fn login_timeout_error(limit: &std::time::Duration) -> ErrorFields {
-    ErrorFields::fatal(
-        sqlstate::PROTOCOL_VIOLATION,
-        format!(
-            "login did not complete within login_timeout ({})",
-            humantime::format_duration(*limit)
-        ),
+fn cluster_unreachable() -> Refusal {
+    Refusal::new(
+        ErrorFields::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "could not connect to the database cluster",
+        )
+        .with_hint("The database service is unavailable; try again shortly."),
+        "cluster_unreachable",
     )
 }
 
-/// Sends the proxy's last word and closes, without waiting long on a client
-/// that does not read.
-async fn say_goodbye(stream: &mut Stream, error: &ErrorFields) {
-    let bytes = error.to_bytes();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        let _ = stream.write_all(&bytes).await;
+/// A logged-in session, ready for the passthrough.
+struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    user: String,
+    limits: Limits,
+    client: Stream,
+    cluster: Stream,
+    logged_in: LoggedIn,
+    login_duration: Duration,
+}
+
+impl Session {
+    /// Runs the passthrough to the end and writes the session's log lines.
+    /// The slot and the cancel key are given back when `self` drops.
+    async fn run(self) {
+        let Session {
+            shared,
+            peer,
+            user,
+            limits,
+            client,
+            cluster,
+            logged_in,
+            login_duration,
+        } = self;
+        let tenant = Arc::clone(logged_in.slot.tenant());
+        let registration = shared.sessions.register(Arc::clone(&tenant));
+        let control = &registration.control;
+        // A session that finished logging in after shutdown's grace ran out
+        // would otherwise escape the final sweep.
+        if shared.shutdown_stage() >= Stage::Closing {
+            control.kill(KillReason::Shutdown);
+        }
+        tracing::info!(
+            session = control.id,
+            tenant = tenant.name(),
+            tier = %limits.tier,
+            user,
+            client = %peer,
+            tls = client.is_tls(),
+            backend_pid = logged_in.backend_pid,
+            login_ms = login_duration.as_millis() as u64,
+            "session started"
+        );
+        let started = Instant::now();
+        let LoggedIn {
+            slot,
+            cancel,
+            client_pending,
+            cluster_pending,
+            ..
+        } = logged_in;
+        let (end, traffic) =
+            pump::run(client, cluster, client_pending, cluster_pending, control).await;
+        let detail = match &end {
+            pump::PumpEnd::ClientIo(e) | pump::PumpEnd::ClusterIo(e) => Some(e.to_string()),
+            pump::PumpEnd::ClientProtocol(e) | pump::PumpEnd::ClusterProtocol(e) => {
+                Some(e.to_string())
+            }
+            _ => None,
+        };
+        tracing::info!(
+            session = control.id,
+            tenant = tenant.name(),
+            client = %peer,
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_from_client = traffic.from_client,
+            bytes_to_client = traffic.to_client,
+            reason = end.as_str(),
+            detail,
+            "session ended"
+        );
+        drop(slot);
+        drop(cancel);
+    }
+}
+
+/// Ends a connection that did not become a session: the client's last
+/// word (if there is a stream to say it on), the log line, the metric.
+async fn finish(shared: &Shared, peer: SocketAddr, startup: Option<&StartupMessage>, exit: Exit) {
+    match exit {
+        Exit::Cancel => {}
+        Exit::Lost(detail) => {
+            tracing::debug!(client = %peer, detail, "connection closed before a session started");
+        }
+        Exit::Refused { stream, refusal } => {
+            let error = refusal.error.as_ref().map(ToString::to_string);
+            match startup {
+                Some(startup) => {
+                    tracing::info!(
+                        client = %peer, tenant = startup.database(), user = startup.user(),
+                        reason = refusal.reason, error, "login refused"
+                    );
+                    // Counted against the tenant only if it is known (listed
+                    // in the config or seen authenticated), never creating
+                    // one for a made-up name.
+                    let tenant = shared.tenants.get(startup.database());
+                    shared.metrics.rejected(tenant.as_deref(), refusal.reason);
+                }
+                None => {
+                    tracing::info!(client = %peer, reason = refusal.reason, error, "connection refused");
+                    shared.metrics.rejected(None, refusal.reason);
+                }
+            }
+            if let Some(stream) = stream {
+                goodbye(stream, refusal.error.as_ref()).await;
+            }
+        }
+    }
+}
+
+/// Sends the proxy's last word (if any) and closes the connection cleanly
+/// (TLS `close_notify`, then FIN), without waiting long on a client that
+/// does not read.
+async fn goodbye(mut stream: Stream, error: Option<&ErrorFields>) {
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        if let Some(error) = error {
+            let _ = stream.write_all(&error.to_bytes()).await;
+        }
         let _ = stream.flush().await;
         let _ = stream.shutdown().await;
     })

@@ -27,7 +27,9 @@ pub enum Opening {
         stream: Stream,
         startup: StartupMessage,
     },
-    Cancel(CancelKey),
+    /// A CancelRequest. The stream stays open until the request has been
+    /// acted on: its close is the client's acknowledgement.
+    Cancel { stream: Stream, key: CancelKey },
 }
 
 /// Why a connection ended before its StartupMessage was accepted.
@@ -119,7 +121,7 @@ pub async fn handshake(
             Ok(StartupPacket::GssEncRequest) => {
                 stream.write_all(b"N").await?;
             }
-            Ok(StartupPacket::Cancel(key)) => return Ok(Opening::Cancel(key)),
+            Ok(StartupPacket::Cancel(key)) => return Ok(Opening::Cancel { stream, key }),
             Ok(StartupPacket::Startup(startup)) => {
                 if mode == ClientTlsMode::Require && !stream.is_tls() {
                     return Err(HandshakeError::Refused {

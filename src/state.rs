@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::tenants::Tenants;
 
 /// The file's name inside `state_dir`.
