@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgtier::protocol::frame::{put_frame, Scanner};
-use pgtier::pump::{walk_from_client, walk_from_cluster};
+use pgtier::pump::{walk_from_client, walk_from_cluster, NoHook, Splices};
 
 /// A typical `SELECT` result: RowDescription, `rows` DataRows of a few
 /// columns, CommandComplete, ReadyForQuery.
@@ -82,7 +82,8 @@ fn walk_downstream(stream: &[u8], read_size: usize) -> u64 {
     let mut readies = 0u64;
     for chunk in stream.chunks(read_size) {
         buf.extend_from_slice(chunk);
-        let seen = walk_from_cluster(&mut scanner, &buf).expect("bench stream is well-formed");
+        let seen = walk_from_cluster(&mut scanner, &buf, &mut NoHook, &mut Splices::default())
+            .expect("bench stream is well-formed");
         readies += seen.count;
         black_box(seen.status);
         let walked = scanner.walked();
@@ -101,7 +102,8 @@ fn walk_upstream(stream: &[u8], read_size: usize) -> u64 {
     let mut total = 0u64;
     for chunk in stream.chunks(read_size) {
         buf.extend_from_slice(chunk);
-        let seen = walk_from_client(&mut scanner, &buf).expect("bench stream is well-formed");
+        let seen = walk_from_client(&mut scanner, &buf, &mut NoHook, &mut Splices::default())
+            .expect("bench stream is well-formed");
         total += seen.count;
         black_box(seen.terminate);
         let walked = scanner.walked();

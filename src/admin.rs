@@ -175,11 +175,21 @@ pub struct TenantView {
     pub last_activity: Option<String>,
     pub rejected_total: u64,
     pub sessions_total: u64,
+    /// Rows the tenant's tables hold as far as the proxy knows (the last
+    /// measurement plus committed changes since); null until measured.
+    pub rows: Option<i64>,
+    /// False when `rows` is a lower bound (counting stops past the limit).
+    pub rows_exact: bool,
+    /// 0 = unlimited.
+    pub row_limit: u64,
+    /// Statements that add rows are refused while this is true.
+    pub over_quota: bool,
 }
 
 fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
     let limits = shared.config().limits_for(name);
     let last = tenant.map(Tenant::last_activity).unwrap_or(0);
+    let figure = tenant.and_then(|t| t.rows.figure());
     TenantView {
         name: name.to_owned(),
         tier: limits.tier,
@@ -193,6 +203,10 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
         }),
         rejected_total: tenant.map(Tenant::rejected_total).unwrap_or(0),
         sessions_total: tenant.map(Tenant::sessions_total).unwrap_or(0),
+        rows: figure.map(|f| f.rows),
+        rows_exact: figure.is_some_and(|f| f.exact),
+        row_limit: limits.row_limit,
+        over_quota: figure.is_some_and(|f| f.is_over(limits.row_limit)),
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Admission<'a> {
     pub max_connections: u32,
     pub tier: &'a str,
     pub cancel_keys: &'a Arc<CancelKeys>,
+    /// A NoticeResponse for the client just before its first ReadyForQuery
+    /// (a tenant near its row limit is warned at login).
+    pub notice: Option<ErrorFields>,
 }
 
 /// Runs the login from the StartupMessage to the first ReadyForQuery.
@@ -189,6 +192,9 @@ pub async fn relay(
                 cancel = Some(registration);
             }
             b'Z' => {
+                if let Some(notice) = &admission.notice {
+                    notice.encode(&mut to_client);
+                }
                 to_client.extend_from_slice(&frame);
                 flush_to(client, &mut to_client).await?;
                 let Some(slot) = slot else {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::quota::classify::DenyKind;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "PGTIER_";
 
@@ -102,19 +104,43 @@ impl Default for ClusterConfig {
 }
 
 /// The limits a tier sets. `0` means unlimited (or never, for timeouts).
+///
+/// Every key is optional in the file: a `[tiers.NAME]` table changes the
+/// keys it names and keeps the rest (of the built-in tier of that name, or
+/// of the unlimited defaults for a tier of the operator's own).
 #[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
-    #[serde(default)]
-    pub max_connections: u32,
+    pub max_connections: Option<u32>,
     /// How long a session may sit idle (between ReadyForQuery and the
     /// client's next message) before it is closed with 57P05.
-    #[serde(default, with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
     /// A separate, usually shorter, limit for idling inside a transaction;
     /// `idle_timeout` applies when absent.
     #[serde(default, with = "humantime_serde::option")]
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// Rows a tenant's tables may hold together; above it, statements that
+    /// add rows are refused (53400). Needs `[quota]`.
+    pub row_limit: Option<u64>,
+    /// Statement kinds refused (42501): `extension`, `function`, `trigger`,
+    /// `role`.
+    pub deny: Option<Vec<String>>,
+}
+
+impl TierConfig {
+    /// `self`'s keys over `base`'s.
+    fn over(&self, base: &TierConfig) -> TierConfig {
+        TierConfig {
+            max_connections: self.max_connections.or(base.max_connections),
+            idle_timeout: self.idle_timeout.or(base.idle_timeout),
+            idle_in_transaction_timeout: self
+                .idle_in_transaction_timeout
+                .or(base.idle_in_transaction_timeout),
+            row_limit: self.row_limit.or(base.row_limit),
+            deny: self.deny.clone().or_else(|| base.deny.clone()),
+        }
+    }
 }
 
 /// A tenant listed by name; any tier key can be overridden.
@@ -127,6 +153,38 @@ pub struct TenantConfig {
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     pub idle_in_transaction_timeout: Option<Duration>,
+    pub row_limit: Option<u64>,
+    pub deny: Option<Vec<String>>,
+}
+
+impl TenantConfig {
+    /// The tier keys this tenant overrides.
+    fn as_tier(&self) -> TierConfig {
+        TierConfig {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            idle_in_transaction_timeout: self.idle_in_transaction_timeout,
+            row_limit: self.row_limit,
+            deny: self.deny.clone(),
+        }
+    }
+}
+
+/// `[quota]`: how the proxy measures tenants' rows. It logs into each
+/// tenant's database on the cluster as this role, which needs to read
+/// every table (`pg_read_all_data`) and CONNECT on tenant databases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub user: String,
+    /// Better given as `PGTIER_QUOTA__PASSWORD` than written in the file.
+    pub password: Option<String>,
+    /// The database the auditor logs into first, to check its credentials.
+    #[serde(default = "default_quota_database")]
+    pub database: String,
+    /// How often a tenant that writes is measured again.
+    #[serde(default = "default_quota_interval", with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 /// The whole of `proxy.toml`.
@@ -169,6 +227,9 @@ pub struct Config {
     pub tiers: BTreeMap<String, TierConfig>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// The row quota's auditor; required when any tier or tenant has a
+    /// `row_limit`.
+    pub quota: Option<QuotaConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -195,21 +256,80 @@ fn default_cluster_port() -> u16 {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_quota_database() -> String {
+    "postgres".to_owned()
+}
+fn default_quota_interval() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// The tiers that exist even when `proxy.toml` does not mention them. A
-/// `[tiers.NAME]` table replaces the built-in of that name as a whole.
+/// `[tiers.NAME]` table of the same name changes the keys it names.
 pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
     BTreeMap::from([
         (
             "free".to_owned(),
             TierConfig {
-                max_connections: 2,
-                idle_timeout: Duration::from_secs(300),
+                max_connections: Some(2),
+                idle_timeout: Some(Duration::from_secs(300)),
                 idle_in_transaction_timeout: None,
+                row_limit: Some(10_000),
+                deny: Some(
+                    DenyKind::ALL
+                        .iter()
+                        .map(|k| k.as_str().to_owned())
+                        .collect(),
+                ),
             },
         ),
-        ("standard".to_owned(), TierConfig::default()),
+        (
+            "standard".to_owned(),
+            TierConfig {
+                max_connections: Some(0),
+                idle_timeout: Some(Duration::ZERO),
+                idle_in_transaction_timeout: None,
+                row_limit: Some(0),
+                deny: Some(Vec::new()),
+            },
+        ),
     ])
+}
+
+/// The statement kinds a tier denies, as a set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DenySet(u8);
+
+impl DenySet {
+    pub fn contains(self, kind: DenyKind) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn kinds(self) -> impl Iterator<Item = DenyKind> {
+        DenyKind::ALL.into_iter().filter(move |k| self.contains(*k))
+    }
+
+    fn bit(kind: DenyKind) -> u8 {
+        1 << (kind as u8)
+    }
+
+    /// Reads `deny = [...]`; unknown names are an error naming them.
+    fn parse(names: &[String]) -> Result<DenySet, String> {
+        let mut set = DenySet::default();
+        for name in names {
+            let kind = DenyKind::parse(name).ok_or_else(|| {
+                format!(
+                    "{name:?} is not a statement kind (known: {})",
+                    DenyKind::ALL.map(DenyKind::as_str).join(", ")
+                )
+            })?;
+            set.0 |= Self::bit(kind);
+        }
+        Ok(set)
+    }
 }
 
 /// The limits in force for one tenant, tier and overrides combined.
@@ -221,6 +341,9 @@ pub struct Limits {
     /// Zero = never.
     pub idle_timeout: Duration,
     pub idle_in_transaction_timeout: Duration,
+    /// 0 = unlimited.
+    pub row_limit: u64,
+    pub deny: DenySet,
 }
 
 /// Something worth telling the operator that does not stop the proxy.
@@ -281,7 +404,13 @@ impl Config {
     }
 
     fn validated(mut self, origin: &str) -> Result<Config, ConfigError> {
-        for (name, tier) in builtin_tiers() {
+        let builtin = builtin_tiers();
+        for (name, tier) in self.tiers.iter_mut() {
+            if let Some(base) = builtin.get(name) {
+                *tier = tier.over(base);
+            }
+        }
+        for (name, tier) in builtin {
             self.tiers.entry(name).or_insert(tier);
         }
         let invalid = |message: String| ConfigError::Invalid {
@@ -329,6 +458,32 @@ impl Config {
                 "cluster.connect_timeout must be greater than zero".to_owned(),
             ));
         }
+        let tier_keys = self
+            .tiers
+            .iter()
+            .map(|(name, t)| (format!("tiers.{name}"), t.row_limit, t.deny.as_deref()));
+        let tenant_keys = self
+            .tenants
+            .iter()
+            .map(|(name, t)| (format!("tenants.{name}"), t.row_limit, t.deny.as_deref()));
+        for (key, row_limit, deny) in tier_keys.chain(tenant_keys) {
+            if let Some(names) = deny {
+                DenySet::parse(names).map_err(|e| invalid(format!("{key}.deny: {e}")))?;
+            }
+            if let (Some(limit @ 1..), None) = (row_limit, &self.quota) {
+                return Err(invalid(format!(
+                    "{key}.row_limit = {limit} needs a [quota] table (the role pgtier counts rows as: \
+                     user, password); add one, or set row_limit = 0"
+                )));
+            }
+        }
+        if let Some(quota) = &self.quota {
+            if quota.interval.is_zero() {
+                return Err(invalid(
+                    "quota.interval must be greater than zero".to_owned(),
+                ));
+            }
+        }
         Ok(self)
     }
 
@@ -345,19 +500,23 @@ impl Config {
         // Validation guarantees the tier exists; an empty tier is the safe
         // reading should it ever not.
         let tier = self.tiers.get(tier_name).cloned().unwrap_or_default();
-        let idle_timeout = tenant
-            .and_then(|t| t.idle_timeout)
-            .unwrap_or(tier.idle_timeout);
+        let merged = match tenant {
+            Some(t) => t.as_tier().over(&tier),
+            None => tier,
+        };
+        let idle_timeout = merged.idle_timeout.unwrap_or_default();
         Limits {
             tier: tier_name.to_owned(),
-            max_connections: tenant
-                .and_then(|t| t.max_connections)
-                .unwrap_or(tier.max_connections),
+            max_connections: merged.max_connections.unwrap_or(0),
             idle_timeout,
-            idle_in_transaction_timeout: tenant
-                .and_then(|t| t.idle_in_transaction_timeout)
-                .or(tier.idle_in_transaction_timeout)
-                .unwrap_or(idle_timeout),
+            idle_in_transaction_timeout: merged.idle_in_transaction_timeout.unwrap_or(idle_timeout),
+            row_limit: merged.row_limit.unwrap_or(0),
+            // Validation checked the names.
+            deny: merged
+                .deny
+                .as_deref()
+                .and_then(|names| DenySet::parse(names).ok())
+                .unwrap_or_default(),
         }
     }
 
@@ -476,6 +635,8 @@ mod tests {
         listen = "127.0.0.1:6432"
         [tls]
         mode = "disable"
+        [quota]
+        user = "pgtier_quota"
     "#;
 
     #[test]
@@ -514,6 +675,49 @@ mod tests {
     }
 
     #[test]
+    fn the_free_tier_limits_rows_and_denies_four_kinds_by_default() {
+        let config = Config::from_toml_str(&format!(
+            "{BASE}\n[tiers.free]\nmax_connections = 3\n[tenants.big]\nrow_limit = 50000\ndeny = [\"role\"]\n"
+        ))
+        .unwrap();
+        let free = config.limits_for("someone");
+        assert_eq!(free.max_connections, 3, "the file's key");
+        assert_eq!(free.row_limit, 10_000, "the built-in's key, kept");
+        assert_eq!(free.idle_timeout, Duration::from_secs(300));
+        assert_eq!(free.deny.kinds().count(), 4);
+        let big = config.limits_for("big");
+        assert_eq!(big.row_limit, 50_000);
+        assert_eq!(big.deny.kinds().collect::<Vec<_>>(), vec![DenyKind::Role]);
+        let standard = config.limits_for("x");
+        assert_eq!(standard.tier, "free");
+        let mut with_standard = config.clone();
+        with_standard.default_tier = "standard".to_owned();
+        let standard = with_standard.limits_for("x");
+        assert_eq!((standard.row_limit, standard.deny.is_empty()), (0, true));
+    }
+
+    #[test]
+    fn a_row_limit_without_quota_and_unknown_deny_kinds_are_errors() {
+        let no_quota = "[tls]\nmode = \"disable\"\n";
+        let err = Config::from_toml_str(no_quota).unwrap_err().to_string();
+        assert!(
+            err.contains("tiers.free.row_limit = 10000 needs a [quota] table"),
+            "{err}"
+        );
+        let fixed = format!("{no_quota}[tiers.free]\nrow_limit = 0\n");
+        assert!(Config::from_toml_str(&fixed).is_ok());
+        let err =
+            Config::from_toml_str(&format!("{BASE}\n[tiers.free]\ndeny = [\"extensions\"]\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("tiers.free.deny"), "{err}");
+        assert!(
+            err.contains("\"extensions\" is not a statement kind"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tls_needs_cert_and_key_unless_disabled() {
         let err = Config::from_toml_str("[tls]\nmode = \"require\"\n").unwrap_err();
         assert!(err.to_string().contains("tls.cert"));
@@ -532,7 +736,7 @@ mod tests {
         ];
         let config = Config::from_toml_with_env(BASE, "t", env).unwrap();
         assert_eq!(config.cluster.port, 5433);
-        assert_eq!(config.tiers["free"].max_connections, 7);
+        assert_eq!(config.tiers["free"].max_connections, Some(7));
         assert_eq!(config.default_tier, "standard");
 
         let bad = vec![("PGTIER_CLUSTER__PORT".to_owned(), "many".to_owned())];

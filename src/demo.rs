@@ -13,6 +13,7 @@ use crate::server::Proxy;
 
 const FREE_DB: &str = "hobby";
 const STANDARD_DB: &str = "acme_prod";
+const QUOTA_ROLE: &str = "pgtier_quota";
 
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
@@ -27,6 +28,17 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let standard_password = random_password();
     cluster.create_tenant(FREE_DB, "hobby_user", &free_password)?;
     cluster.create_tenant(STANDARD_DB, "acme_user", &standard_password)?;
+    // The role the row quota counts as: it reads every table.
+    let quota_password = random_password();
+    cluster.create_role(
+        QUOTA_ROLE,
+        Some(&quota_password),
+        crate::sandbox::PasswordEncryption::Scram,
+    )?;
+    cluster.psql(
+        "postgres",
+        &format!("GRANT pg_read_all_data TO {QUOTA_ROLE}"),
+    )?;
     let certs = Certs::generate(dir.path())?;
 
     let config = Config::from_toml_str(&format!(
@@ -40,9 +52,15 @@ mode = "require"
 [cluster]
 host = "127.0.0.1"
 port = {port}
+[quota]
+user = "{QUOTA_ROLE}"
+password = "{quota_password}"
+interval = "5s"
 [tiers.free]
 max_connections = 2
 idle_timeout = "5m"
+row_limit = 10000
+deny = ["extension", "function", "trigger", "role"]
 [tiers.standard]
 max_connections = 0
 [tenants.{STANDARD_DB}]
@@ -62,7 +80,7 @@ tier = "standard"
         cluster.port()
     );
     println!();
-    println!("Free tier (2 connections, 5 minutes idle):");
+    println!("Free tier (2 connections, 5 minutes idle, 10,000 rows, no extensions/functions/triggers/roles):");
     println!(
         "  psql 'postgres://hobby_user:{free_password}@localhost:{}/{FREE_DB}?sslmode=verify-full&sslrootcert={ca}'",
         addr.port()
@@ -74,7 +92,7 @@ tier = "standard"
     );
     println!();
     println!(
-        "Try a third psql on the free URL while two are open. Ctrl-C stops and removes everything."
+        "Try a third psql on the free URL while two are open, or\n  INSERT INTO t SELECT generate_series(1, 20000) after CREATE TABLE t (n int).\nCtrl-C stops and removes everything."
     );
 
     tokio::spawn(crate::app::handle_signals(handle, false));

@@ -6,7 +6,14 @@
 //! arrived, walk the complete frame headers, let the hooks see the few tags
 //! they care about, write the whole batch with one write. Frames are never
 //! decoded or copied, and a frame larger than the buffer streams through in
-//! pieces, so memory per session stays bounded by the read size.
+//! pieces, so memory per session stays bounded by the read size (plus, for
+//! the few frames a hook asks to see whole, their bounded size).
+//!
+//! The pump knows no policy. It tracks what idle detection needs (requests
+//! and the ReadyForQuery that answer them) and hands the frames a [`Hook`]
+//! asks for to it; the hook answers with a [`Verdict`]: forward the frame,
+//! or send other bytes in its place. Quota and statement policy live behind
+//! that trait, in `crate::quota`.
 
 use std::io;
 use std::time::Duration;
@@ -14,7 +21,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use crate::protocol::frame::{FrameError, Interest, Scanner, Step};
+use crate::protocol::frame::{FrameError, FrameHeader, Interest, Scanner, Step};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::sessions::{KillReason, SessionControl};
 use crate::stream::Stream;
@@ -62,6 +69,69 @@ impl PumpEnd {
     }
 }
 
+/// What a hook decides about a frame it was handed whole.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on unchanged.
+    Forward,
+    /// Send these bytes (whole messages) in its place.
+    Replace(BytesMut),
+}
+
+/// A session's rules for one direction: the few frames they want to see,
+/// and what to do with them. Called from the pump's loop, in stream order.
+pub trait Hook {
+    /// Once per batch of reads, before its frames are walked: the moment to
+    /// notice a reloaded configuration.
+    fn batch(&mut self) {}
+    /// What to hand over of a frame whose header has arrived (asked once
+    /// per frame).
+    fn interest(&mut self, header: &FrameHeader) -> Interest;
+    /// A frame the hook asked for: all of it (`Interest::Whole`), or its
+    /// first bytes (`Interest::Peek`, whose verdict must be `Forward`).
+    fn frame(&mut self, header: &FrameHeader, bytes: &[u8]) -> Verdict;
+}
+
+/// No rules: every frame passes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHook;
+
+impl Hook for NoHook {
+    fn interest(&mut self, _: &FrameHeader) -> Interest {
+        Interest::Pass
+    }
+
+    fn frame(&mut self, _: &FrameHeader, _: &[u8]) -> Verdict {
+        Verdict::Forward
+    }
+}
+
+/// Frames replaced in the walked part of a buffer: `(start, len, bytes)`,
+/// in buffer order. Empty in the common case, so forwarding stays one
+/// write of the buffer as it is.
+#[derive(Debug, Default)]
+pub struct Splices(Vec<(usize, usize, BytesMut)>);
+
+impl Splices {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `buf[..walked]` with the replacements applied.
+    fn apply(&mut self, buf: &[u8], walked: usize) -> BytesMut {
+        let extra: usize = self.0.iter().map(|(_, _, b)| b.len()).sum();
+        let mut out = BytesMut::with_capacity(walked + extra);
+        let mut from = 0;
+        for (start, len, bytes) in self.0.drain(..) {
+            out.extend_from_slice(&buf[from..start]);
+            out.extend_from_slice(&bytes);
+            from = start + len;
+        }
+        out.extend_from_slice(&buf[from..walked]);
+        out
+    }
+}
+
 /// Bytes moved by a session.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Traffic {
@@ -98,12 +168,17 @@ impl Progress {
 }
 
 /// Runs the session until either side ends it or the proxy does.
+/// `from_client` and `from_cluster` are the session's rules for each
+/// direction.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Stream,
     cluster: Stream,
     client_pending: BytesMut,
     cluster_pending: BytesMut,
     control: &SessionControl,
+    from_client: &mut (impl Hook + Send),
+    from_cluster: &mut (impl Hook + Send),
 ) -> (PumpEnd, Traffic) {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut cluster_rx, mut cluster_tx) = tokio::io::split(cluster);
@@ -117,6 +192,7 @@ pub async fn run(
             client_pending,
             control,
             &mut up,
+            from_client,
         );
         let downstream = cluster_to_client(
             &mut cluster_rx,
@@ -124,6 +200,7 @@ pub async fn run(
             cluster_pending,
             control,
             &mut down,
+            from_cluster,
         );
         let stuck = async {
             control.killed().await;
@@ -139,9 +216,14 @@ pub async fn run(
     let mut client = client_rx.unsplit(client_tx);
     let mut cluster = cluster_rx.unsplit(cluster_tx);
     let goodbye = async {
-        if let PumpEnd::Killed(reason) = &end {
-            if down.clean() && control.announce_once() {
-                let _ = client.write_all(&kill_message(*reason).to_bytes()).await;
+        let last_word = match &end {
+            PumpEnd::Killed(reason) => control.announce_once().then(|| kill_message(*reason)),
+            PumpEnd::ClientProtocol(e) => Some(protocol_error_message(e)),
+            _ => None,
+        };
+        if let Some(error) = last_word {
+            if down.clean() {
+                let _ = client.write_all(&error.to_bytes()).await;
             }
         }
         // Tell the cluster the session is over unless the client did, so it
@@ -176,6 +258,23 @@ pub fn kill_message(reason: KillReason) -> ErrorFields {
     }
 }
 
+/// The FATAL a client receives when its own bytes end the session: a
+/// message too long for the proxy to inspect (PostgreSQL's
+/// `program_limit_exceeded`), or bytes that are no message at all.
+pub fn protocol_error_message(e: &FrameError) -> ErrorFields {
+    match e {
+        FrameError::TooLong { tag, len, max } => ErrorFields::fatal(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "message type {tag:?} of {len} bytes is longer than the proxy inspects ({max} bytes)"
+            ),
+        ),
+        FrameError::BadLength { .. } => {
+            ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())
+        }
+    }
+}
+
 /// What the client→cluster walk saw in one batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Requests {
@@ -185,19 +284,43 @@ pub struct Requests {
     pub terminate: bool,
 }
 
-/// Walks the client's bytes in `buf` from where `scanner` stopped. Only
-/// headers matter in this direction, so nothing is held back.
-pub fn walk_from_client(scanner: &mut Scanner, buf: &[u8]) -> Result<Requests, FrameError> {
+/// Walks the client's bytes in `buf` from where `scanner` stopped, counting
+/// what earns a ReadyForQuery and handing `hook` the frames it asks for;
+/// replacements it decides on go to `splices`.
+pub fn walk_from_client(
+    scanner: &mut Scanner,
+    buf: &[u8],
+    hook: &mut impl Hook,
+    splices: &mut Splices,
+) -> Result<Requests, FrameError> {
     let mut seen = Requests::default();
-    scanner.next(buf, |h| {
-        match h.tag {
-            b'Q' | b'S' | b'F' => seen.count += 1,
-            b'X' => seen.terminate = true,
-            _ => {}
+    loop {
+        let step = scanner.next(buf, |h| {
+            match h.tag {
+                b'Q' | b'S' | b'F' => seen.count += 1,
+                b'X' => seen.terminate = true,
+                _ => {}
+            }
+            hook.interest(h)
+        })?;
+        match step {
+            Step::Frame { start, header } => {
+                let frame = &buf[start..start + header.frame_len];
+                if let Verdict::Replace(bytes) = hook.frame(&header, frame) {
+                    splices.0.push((start, header.frame_len, bytes));
+                }
+            }
+            Step::Peek { start, header, len } => {
+                let verdict = hook.frame(&header, &buf[start..start + len]);
+                debug_assert_eq!(
+                    verdict,
+                    Verdict::Forward,
+                    "a peeked frame cannot be replaced"
+                );
+            }
+            Step::NeedMore => return Ok(seen),
         }
-        Interest::Pass
-    })?;
-    Ok(seen)
+    }
 }
 
 /// What the cluster→client walk saw in one batch.
@@ -209,23 +332,44 @@ pub struct Readies {
 }
 
 /// Walks the cluster's bytes in `buf` from where `scanner` stopped.
-/// ReadyForQuery is the one message looked into: its status byte, and the
-/// fact that the cluster waits for the client from here on.
-pub fn walk_from_cluster(scanner: &mut Scanner, buf: &[u8]) -> Result<Readies, FrameError> {
+/// ReadyForQuery is the one message the pump itself looks into: its status
+/// byte, and the fact that the cluster waits for the client from here on.
+/// `hook` sees it too, and whatever else it asks for.
+pub fn walk_from_cluster(
+    scanner: &mut Scanner,
+    buf: &[u8],
+    hook: &mut impl Hook,
+    splices: &mut Splices,
+) -> Result<Readies, FrameError> {
     let mut seen = Readies {
         count: 0,
         status: b'I',
     };
     loop {
-        match scanner.next(buf, |h| match h.tag {
+        let step = scanner.next(buf, |h| match h.tag {
             b'Z' => Interest::Whole { max_len: 6 },
-            _ => Interest::Pass,
-        })? {
+            _ => hook.interest(h),
+        })?;
+        match step {
             Step::Frame { start, header } => {
-                seen.count += 1;
-                if header.body_len() == 1 {
-                    seen.status = buf[start + 5];
+                let frame = &buf[start..start + header.frame_len];
+                if header.tag == b'Z' {
+                    seen.count += 1;
+                    if header.body_len() == 1 {
+                        seen.status = frame[5];
+                    }
                 }
+                if let Verdict::Replace(bytes) = hook.frame(&header, frame) {
+                    splices.0.push((start, header.frame_len, bytes));
+                }
+            }
+            Step::Peek { start, header, len } => {
+                let verdict = hook.frame(&header, &buf[start..start + len]);
+                debug_assert_eq!(
+                    verdict,
+                    Verdict::Forward,
+                    "a peeked frame cannot be replaced"
+                );
             }
             Step::NeedMore => return Ok(seen),
         }
@@ -238,11 +382,14 @@ async fn client_to_cluster(
     mut buf: BytesMut,
     control: &SessionControl,
     progress: &mut Progress,
+    hook: &mut impl Hook,
 ) -> PumpEnd {
     let mut scanner = Scanner::default();
+    let mut splices = Splices::default();
     let mut last_read = 0;
     loop {
-        let requests = match walk_from_client(&mut scanner, &buf) {
+        hook.batch();
+        let requests = match walk_from_client(&mut scanner, &buf, hook, &mut splices) {
             Ok(requests) => requests,
             Err(e) => return PumpEnd::ClientProtocol(e),
         };
@@ -252,7 +399,7 @@ async fn client_to_cluster(
             // before the request it answers.
             control.note_requests(requests.count);
             control.tenant.note_from_client(walked, requests.count);
-            if let Err(e) = forward(tx, &mut buf, &mut scanner, progress).await {
+            if let Err(e) = forward(tx, &mut buf, &mut scanner, &mut splices, progress).await {
                 return PumpEnd::ClusterIo(e);
             }
             if requests.terminate {
@@ -273,17 +420,20 @@ async fn cluster_to_client(
     mut buf: BytesMut,
     control: &SessionControl,
     progress: &mut Progress,
+    hook: &mut impl Hook,
 ) -> PumpEnd {
     let mut scanner = Scanner::default();
+    let mut splices = Splices::default();
     let mut last_read = 0;
     loop {
-        let readies = match walk_from_cluster(&mut scanner, &buf) {
+        hook.batch();
+        let readies = match walk_from_cluster(&mut scanner, &buf, hook, &mut splices) {
             Ok(readies) => readies,
             Err(e) => return PumpEnd::ClusterProtocol(e),
         };
         let walked = scanner.walked();
         if walked > 0 {
-            if let Err(e) = forward(tx, &mut buf, &mut scanner, progress).await {
+            if let Err(e) = forward(tx, &mut buf, &mut scanner, &mut splices, progress).await {
                 return PumpEnd::ClientIo(e);
             }
             control.tenant.note_to_client(walked);
@@ -330,16 +480,23 @@ async fn read_more(
     Ok(n)
 }
 
-/// Writes the walked part of `buf` in one write, then drops it from `buf`.
+/// Writes the walked part of `buf` (with any replacements) in one write,
+/// then drops it from `buf`.
 async fn forward(
     tx: &mut (impl AsyncWrite + Unpin),
     buf: &mut BytesMut,
     scanner: &mut Scanner,
+    splices: &mut Splices,
     progress: &mut Progress,
 ) -> io::Result<()> {
     let walked = scanner.walked();
     progress.mid_write = true;
-    tx.write_all(&buf[..walked]).await?;
+    if splices.is_empty() {
+        tx.write_all(&buf[..walked]).await?;
+    } else {
+        let out = splices.apply(buf, walked);
+        tx.write_all(&out).await?;
+    }
     tx.flush().await?;
     progress.mid_write = false;
     progress.bytes += walked as u64;
@@ -364,7 +521,8 @@ mod tests {
         put_frame(&mut stream, b'S', b"");
         put_frame(&mut stream, b'X', b"");
         let mut scanner = Scanner::default();
-        let seen = walk_from_client(&mut scanner, &stream).unwrap();
+        let seen =
+            walk_from_client(&mut scanner, &stream, &mut NoHook, &mut Splices::default()).unwrap();
         assert_eq!(
             seen,
             Requests {
@@ -387,7 +545,8 @@ mod tests {
         let (mut count, mut status) = (0, 0);
         for chunk in stream.chunks(3) {
             buf.extend_from_slice(chunk);
-            let seen = walk_from_cluster(&mut scanner, &buf).unwrap();
+            let seen = walk_from_cluster(&mut scanner, &buf, &mut NoHook, &mut Splices::default())
+                .unwrap();
             if seen.count > 0 {
                 count += seen.count;
                 status = seen.status;

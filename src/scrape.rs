@@ -132,6 +132,43 @@ impl Collector for ProxyCollector {
                 .encode(m.encode_family(&[("tenant", t.name())])?)?;
         }
 
+        let mut m = encoder.encode_descriptor(
+            "pgtier_tenant_rows",
+            "Rows the tenant's tables hold as far as the proxy knows (measured, plus committed changes since)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (t, _) in &tenants {
+            if let Some(figure) = t.rows.figure() {
+                ConstGauge::new(figure.rows).encode(m.encode_family(&[("tenant", t.name())])?)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_tenant_row_limit",
+            "The tenant's row limit (0 = unlimited)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (t, _) in &tenants {
+            let limit = i64::try_from(config.limits_for(t.name()).row_limit).unwrap_or(i64::MAX);
+            ConstGauge::new(limit).encode(m.encode_family(&[("tenant", t.name())])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_statements_refused",
+            "Statements refused: over the row limit (row_limit) or denied by the tier (policy)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (t, _) in &tenants {
+            let (row_limit, policy) = t.statements_refused();
+            for (reason, n) in [("row_limit", row_limit), ("policy", policy)] {
+                let labels = [("tenant", t.name()), ("reason", reason)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
         let login = &shared.metrics.login_duration;
         login.encode(encoder.encode_descriptor(
             "pgtier_login_duration_seconds",

@@ -96,6 +96,7 @@ impl Proxy {
         } = self;
         let mut shutdown = shared.subscribe_shutdown();
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
+        tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
         let admin = admin.map(|l| crate::admin::spawn(l, Arc::clone(&handle.shared)));
         let state_dir = shared.config().state_dir.clone();
         let saver = state_dir

@@ -20,6 +20,7 @@ use crate::auth::{self, Admission, LoggedIn, LoginError};
 use crate::config::{Config, Limits};
 use crate::protocol::startup::{StartupMessage, PROTOCOL_3_0};
 use crate::protocol::{sqlstate, ErrorFields};
+use crate::quota::{gate, policy};
 use crate::sessions::KillReason;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -201,12 +202,16 @@ impl Login<'_> {
             Err(_) => return Err(refused(client, self.login_timeout())),
         };
 
+        let notice = self.shared.tenants.get(tenant_name).and_then(|t| {
+            policy::row_limit_warning(tenant_name, t.rows.figure(), limits.row_limit, &limits.tier)
+        });
         let admission = Admission {
             tenants: &self.shared.tenants,
             name: tenant_name,
             max_connections: limits.max_connections,
             tier: &limits.tier,
             cancel_keys: &self.shared.cancel_keys,
+            notice,
         };
         let logged_in = match timeout_at(
             self.deadline,
@@ -301,6 +306,12 @@ impl Session {
             login_duration,
         } = self;
         let tenant = Arc::clone(logged_in.slot.tenant());
+        if limits.row_limit > 0 && tenant.rows.unknown() {
+            // A tenant's first login after start is when it is measured.
+            tenant.rows.want_measurement();
+            shared.audits.request(&tenant);
+        }
+        let (mut to_cluster, mut to_client) = gate::gates(&shared, &tenant);
         let registration = shared.sessions.register(Arc::clone(&tenant));
         let control = &registration.control;
         // A session that finished logging in after shutdown's grace ran out
@@ -327,8 +338,16 @@ impl Session {
             cluster_pending,
             ..
         } = logged_in;
-        let (end, traffic) =
-            pump::run(client, cluster, client_pending, cluster_pending, control).await;
+        let (end, traffic) = pump::run(
+            client,
+            cluster,
+            client_pending,
+            cluster_pending,
+            control,
+            &mut to_cluster,
+            &mut to_client,
+        )
+        .await;
         let detail = match &end {
             pump::PumpEnd::ClientIo(e) | pump::PumpEnd::ClusterIo(e) => Some(e.to_string()),
             pump::PumpEnd::ClientProtocol(e) | pump::PumpEnd::ClusterProtocol(e) => {

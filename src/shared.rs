@@ -9,15 +9,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::cancel::CancelKeys;
 use crate::config::{ClientTlsMode, Config};
 use crate::metrics::Metrics;
+use crate::quota::classify::Classifier;
+use crate::quota::AuditQueue;
 use crate::sessions::Sessions;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Stage};
-use crate::tenants::Tenants;
+use crate::tenants::{Tenant, Tenants};
 use crate::tls::{self, CertStore, TlsError};
 
 /// TLS toward clients as currently configured.
@@ -38,6 +40,12 @@ pub struct Shared {
     pub sessions: Sessions,
     pub cancel_keys: Arc<CancelKeys>,
     pub metrics: Metrics,
+    /// Statement classification for the quota and policy, with its cache.
+    pub classifier: Classifier,
+    /// Where sessions ask for a tenant's rows to be measured.
+    pub audits: AuditQueue,
+    /// The auditor's end of `audits`, taken once by whoever runs it.
+    audit_requests: Mutex<Option<mpsc::UnboundedReceiver<Arc<Tenant>>>>,
     shutdown: ShutdownTrigger,
     /// Open client connections, logging in or in session.
     open: watch::Sender<usize>,
@@ -67,6 +75,7 @@ impl Shared {
         if let Some(dir) = &config.state_dir {
             crate::state::load(dir, &tenants);
         }
+        let (audits, audit_requests) = AuditQueue::new();
         Ok(Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             config_generation: AtomicU64::new(0),
@@ -76,10 +85,19 @@ impl Shared {
             sessions: Sessions::default(),
             cancel_keys: Arc::new(CancelKeys::default()),
             metrics: Metrics::default(),
+            classifier: Classifier::new(),
+            audits,
+            audit_requests: Mutex::new(Some(audit_requests)),
             shutdown: trigger,
             open: watch::channel(0).0,
             config_path: Mutex::new(None),
         }))
+    }
+
+    /// The measurement requests, for the one auditor that serves them;
+    /// `None` once taken.
+    pub fn take_audit_requests(&self) -> Option<mpsc::UnboundedReceiver<Arc<Tenant>>> {
+        self.audit_requests.lock().ok().and_then(|mut r| r.take())
     }
 
     /// The configuration in force now (a snapshot: a reload does not change

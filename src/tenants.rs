@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+use crate::quota::RowCount;
+
 /// A database on the cluster and the proxy's running figures for it.
 #[derive(Debug)]
 pub struct Tenant {
@@ -27,6 +29,12 @@ pub struct Tenant {
     bytes_to_clients: AtomicU64,
     /// Unix time in seconds of the last login or query; 0 = never seen.
     last_activity: AtomicU64,
+    /// What the proxy knows of the rows the tenant's tables hold.
+    pub rows: RowCount,
+    /// Statements refused because the tenant was over its row limit, and
+    /// because its tier denies what they do.
+    refused_row_limit: AtomicU64,
+    refused_policy: AtomicU64,
 }
 
 /// The tenant is at its cap: `limit` sessions already hold slots.
@@ -47,7 +55,27 @@ impl Tenant {
             bytes_from_clients: AtomicU64::new(0),
             bytes_to_clients: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
+            rows: RowCount::default(),
+            refused_row_limit: AtomicU64::new(0),
+            refused_policy: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a refused statement by reason (`row_limit` or `policy`).
+    pub fn note_statement_refused(&self, reason: &'static str) {
+        let counter = match reason {
+            "row_limit" => &self.refused_row_limit,
+            _ => &self.refused_policy,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Statements refused: (over the row limit, denied by policy).
+    pub fn statements_refused(&self) -> (u64, u64) {
+        (
+            self.refused_row_limit.load(Ordering::Relaxed),
+            self.refused_policy.load(Ordering::Relaxed),
+        )
     }
 
     pub fn name(&self) -> &str {

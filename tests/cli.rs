@@ -20,8 +20,9 @@ fn write_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn check_accepts_a_valid_config() {
-    let (_dir, path) =
-        write_config("[tls]\nmode = \"disable\"\n[tenants.acme]\ntier = \"standard\"\n");
+    let (_dir, path) = write_config(
+        "[tls]\nmode = \"disable\"\n[quota]\nuser = \"q\"\n[tenants.acme]\ntier = \"standard\"\n",
+    );
     let out = pgtier(&["check", "--config", path.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -47,7 +48,7 @@ fn check_names_line_and_key_of_a_bad_value_and_exits_2() {
 #[test]
 fn run_with_a_missing_certificate_fails_cleanly_with_2() {
     let (_dir, path) = write_config(
-        "[tls]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n",
+        "[tls]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n[quota]\nuser = \"q\"\n",
     );
     let out = pgtier(&["--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

@@ -744,6 +744,7 @@ impl Proxy {
              [tiers.free]\n\
              max_connections = 2\n\
              idle_timeout = \"0s\"\n\
+             row_limit = 0\n\
              [tiers.standard]\n\
              max_connections = 0\n\
              idle_timeout = \"0s\"\n",

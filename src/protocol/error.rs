@@ -2,12 +2,14 @@
 //! on its own account.
 
 use bytes::BytesMut;
-use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
 use pgwire::messages::Message;
 
 /// How bad an error the proxy reports is; PostgreSQL's severities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Not an error: sent as a NoticeResponse, the session goes on.
+    Warning,
     /// The statement failed; the session goes on.
     Error,
     /// The session ends right after this message.
@@ -17,6 +19,7 @@ pub enum Severity {
 impl Severity {
     fn as_str(self) -> &'static str {
         match self {
+            Severity::Warning => "WARNING",
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
@@ -53,6 +56,14 @@ impl ErrorFields {
         }
     }
 
+    /// A NoticeResponse of severity WARNING.
+    pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
+        ErrorFields {
+            severity: Severity::Warning,
+            ..Self::fatal(code, message)
+        }
+    }
+
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
@@ -63,7 +74,8 @@ impl ErrorFields {
         self
     }
 
-    /// Appends the encoded ErrorResponse to `out`.
+    /// Appends the encoded message to `out`: an ErrorResponse, or a
+    /// NoticeResponse for a warning.
     pub fn encode(&self, out: &mut BytesMut) {
         let severity = self.severity.as_str().to_owned();
         let mut fields = vec![
@@ -77,6 +89,10 @@ impl ErrorFields {
         }
         if let Some(hint) = &self.hint {
             fields.push((b'H', strip_nul(hint)));
+        }
+        if self.severity == Severity::Warning {
+            let _ = NoticeResponse::new(fields).encode(out);
+            return;
         }
         // Encoding only fails when a message exceeds pgwire's size limit;
         // our messages are short, so fall back to a bare message if it ever does.
@@ -113,13 +129,20 @@ impl std::fmt::Display for ErrorFields {
 /// Reads the SQLSTATE (`C` field) out of an ErrorResponse body (the bytes
 /// after the 5-byte header). Tolerates malformed bodies by returning `None`.
 pub fn sqlstate_of(body: &[u8]) -> Option<&str> {
+    field_of(body, b'C')
+}
+
+/// Reads field `code` (`M` message, `C` SQLSTATE, …) out of an
+/// ErrorResponse or NoticeResponse body. `None` if absent, not UTF-8, or
+/// the body is malformed.
+pub fn field_of(body: &[u8], code: u8) -> Option<&str> {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
             return None;
         }
         let end = tail.iter().position(|&b| b == 0)?;
-        if field == b'C' {
+        if field == code {
             return std::str::from_utf8(&tail[..end]).ok();
         }
         rest = &tail[end + 1..];

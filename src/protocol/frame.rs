@@ -62,13 +62,26 @@ pub enum Interest {
     /// Hand the whole frame to the hook; the frame may not exceed this many
     /// bytes (a larger one is a protocol error).
     Whole { max_len: usize },
+    /// Hand the first `len` bytes of the frame (header included; fewer if
+    /// the frame is shorter) to the hook, then let the rest pass: for the
+    /// few leading fields of messages that may be huge (a Bind's statement
+    /// name before megabytes of parameters).
+    Peek { len: usize },
 }
 
 /// One step of [`Scanner::next`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
-    /// A complete frame the hook asked for, at `buf[start..start+len]`.
+    /// A complete frame the hook asked for, at
+    /// `buf[start..start + header.frame_len]`.
     Frame { start: usize, header: FrameHeader },
+    /// The first `len` bytes of a frame the hook peeks at, at
+    /// `buf[start..start + len]`; the rest of the frame passes.
+    Peek {
+        start: usize,
+        header: FrameHeader,
+        len: usize,
+    },
     /// Everything that can be decided with the bytes at hand has been walked.
     NeedMore,
 }
@@ -83,6 +96,10 @@ pub struct Scanner {
     /// Bytes of the current pass-through frame not yet seen.
     skip: usize,
     pos: usize,
+    /// A frame at `pos` the hook wants (whole or peeked) that has not fully
+    /// arrived yet, with what the hook said of it: the hook is asked once
+    /// per frame, however many reads the frame takes.
+    waiting: Option<(FrameHeader, Interest)>,
 }
 
 impl Scanner {
@@ -90,6 +107,12 @@ impl Scanner {
     /// message of the proxy's own may be inserted after them.
     pub fn at_boundary(&self) -> bool {
         self.skip == 0
+    }
+
+    /// The frame the scanner waits to see whole, if any (its header has
+    /// arrived; its length is known and was accepted).
+    pub fn waiting_for(&self) -> Option<FrameHeader> {
+        self.waiting.map(|(header, _)| header)
     }
 
     /// Bytes of `buf` walked so far.
@@ -118,10 +141,17 @@ impl Scanner {
                     return Ok(Step::NeedMore);
                 }
             }
-            let Some(header) = FrameHeader::parse(&buf[self.pos..])? else {
-                return Ok(Step::NeedMore);
+            let (header, wanted) = match self.waiting.take() {
+                Some(waiting) => waiting,
+                None => {
+                    let Some(header) = FrameHeader::parse(&buf[self.pos..])? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    (header, interest(&header))
+                }
             };
-            match interest(&header) {
+            let available = buf.len() - self.pos;
+            match wanted {
                 Interest::Pass => {
                     self.skip = header.frame_len;
                 }
@@ -133,12 +163,24 @@ impl Scanner {
                             max: max_len,
                         });
                     }
-                    if buf.len() - self.pos < header.frame_len {
+                    if available < header.frame_len {
+                        self.waiting = Some((header, wanted));
                         return Ok(Step::NeedMore);
                     }
                     let start = self.pos;
                     self.pos += header.frame_len;
                     return Ok(Step::Frame { start, header });
+                }
+                Interest::Peek { len } => {
+                    let len = len.clamp(HEADER_LEN, header.frame_len);
+                    if available < len {
+                        self.waiting = Some((header, wanted));
+                        return Ok(Step::NeedMore);
+                    }
+                    let start = self.pos;
+                    self.pos += len;
+                    self.skip = header.frame_len - len;
+                    return Ok(Step::Peek { start, header, len });
                 }
             }
         }
@@ -238,6 +280,50 @@ mod tests {
                 buf.drain(..scanner.walked());
                 scanner.consumed();
             }
+        }
+    }
+
+    #[test]
+    fn the_hook_is_asked_once_per_frame_however_it_is_split() {
+        let mut stream = frame(b'Q', b"select 1\0");
+        stream.extend(frame(b'B', &[9u8; 300]));
+        stream.extend(frame(b'S', b""));
+        for cut in 1..stream.len() {
+            let mut scanner = Scanner::default();
+            let mut buf = Vec::new();
+            let mut asked = Vec::new();
+            let mut whole = Vec::new();
+            let mut peeked = Vec::new();
+            for chunk in [&stream[..cut], &stream[cut..]] {
+                buf.extend_from_slice(chunk);
+                loop {
+                    let step = scanner
+                        .next(&buf, |h| {
+                            asked.push(h.tag);
+                            match h.tag {
+                                b'Q' => Interest::Whole { max_len: 100 },
+                                b'B' => Interest::Peek { len: 12 },
+                                _ => Interest::Pass,
+                            }
+                        })
+                        .unwrap();
+                    match step {
+                        Step::Frame { start, header } => {
+                            whole.push(buf[start..start + header.frame_len].to_vec())
+                        }
+                        Step::Peek { start, len, .. } => {
+                            peeked.push(buf[start..start + len].to_vec())
+                        }
+                        Step::NeedMore => break,
+                    }
+                }
+                buf.drain(..scanner.walked());
+                scanner.consumed();
+            }
+            assert_eq!(asked, b"QBS", "cut at {cut}");
+            assert_eq!(whole, vec![frame(b'Q', b"select 1\0")], "cut at {cut}");
+            assert_eq!(peeked, vec![frame(b'B', &[9u8; 300])[..12].to_vec()]);
+            assert!(buf.is_empty() && scanner.at_boundary());
         }
     }
 

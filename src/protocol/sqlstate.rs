@@ -22,3 +22,12 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "53400";
 /// `insufficient_privilege`: a statement kind the tier denies.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// `warning`: the class of the proxy's own warnings (a tenant near its row
+/// limit).
+pub const WARNING: &str = "01000";
+/// `invalid_sql_statement_name`: what the cluster answers for the marker
+/// statement the proxy substitutes for a refused simple query.
+pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+/// `invalid_cursor_name`: what the cluster answers for the marker portal the
+/// proxy substitutes for a refused extended-protocol message.
+pub const INVALID_CURSOR_NAME: &str = "34000";

@@ -144,8 +144,10 @@ impl Drop for TestProxy {
 }
 
 /// The configuration every test proxy starts from: client TLS `tls_mode`
-/// with [`certs`], the test [`cluster`] behind it over plaintext, free (2)
-/// and standard (unlimited) tiers. `top_level` keys go first (TOML needs
+/// with [`certs`], the test [`cluster`] behind it over plaintext, free (2
+/// connections, the built-in statement policy, no row limit: tests that
+/// need one set it per tenant with a `[quota]`, see [`quota_table`]) and
+/// standard (unlimited) tiers. `top_level` keys go first (TOML needs
 /// them before any table), `tables` last (e.g. `[tenants.x]`).
 pub fn config_text(top_level: &str, tls_mode: &str, tables: &str) -> String {
     let c = cluster();
@@ -164,6 +166,7 @@ tls = "disable"
 [tiers.free]
 max_connections = 2
 idle_timeout = "5m"
+row_limit = 0
 [tiers.standard]
 max_connections = 0
 {tables}
@@ -401,4 +404,26 @@ pub async fn wait_for_cluster(sql: &str, expected: &str, what: &str) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The role the row quota counts as, created once per test binary:
+/// `(user, password)`. It reads every table (`pg_read_all_data`).
+pub fn quota_role() -> &'static (String, String) {
+    static ROLE: OnceLock<(String, String)> = OnceLock::new();
+    ROLE.get_or_init(|| {
+        let user = unique("pgtier_quota");
+        let password = format!("pw-{user}");
+        let c = cluster();
+        c.create_role(&user, Some(&password), PasswordEncryption::Scram)
+            .and_then(|()| c.psql("postgres", &format!("GRANT pg_read_all_data TO {user}")))
+            .unwrap_or_else(|e| panic!("creating the quota role: {e}"));
+        (user, password)
+    })
+}
+
+/// A `[quota]` table for [`config_text`]'s `tables`, measuring every
+/// `interval` (e.g. `"1s"`).
+pub fn quota_table(interval: &str) -> String {
+    let (user, password) = quota_role();
+    format!("[quota]\nuser = \"{user}\"\npassword = \"{password}\"\ninterval = \"{interval}\"\n")
 }

@@ -1,0 +1,354 @@
+//! Measures tenants' rows on the cluster: the live rows of every table (and
+//! populated materialized view) in the tenant's database outside
+//! `pg_catalog`, `information_schema` and `pg_toast`, counted exactly, not
+//! estimated.
+//!
+//! Counting stays cheap however large a tenant grows: each table is
+//! counted at most up to the remaining budget + 1 (a `LIMIT`ed subquery),
+//! so a tenant with ten million rows costs no more than one just over its
+//! limit; a tenant is measured only when asked for (its first login after
+//! start, a statement whose effect the tags do not tell) or when it wrote
+//! and `[quota] interval` has passed since its last measurement; at most
+//! one measurement per tenant runs at a time, and [`MAX_CONCURRENT`]
+//! across the proxy.
+//!
+//! The auditor logs in as `[quota] user` with a real client library
+//! (tokio-postgres, TLS when `cluster.tls` says so), never through the
+//! proxy's own framing, and keeps a few idle connections per database for
+//! the next measurement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::config::{ClusterConfig, ClusterTlsMode, Config, QuotaConfig};
+use crate::quota::log_crossing;
+use crate::shared::Shared;
+use crate::shutdown::Stage;
+use crate::tenants::{unix_now, Tenant};
+
+/// Measurements running at once across the proxy.
+pub const MAX_CONCURRENT: usize = 4;
+/// How often the auditor looks for tenants that are due.
+const TICK: Duration = Duration::from_secs(1);
+/// Idle auditor connections kept for reuse, all databases together, and
+/// how long each is kept.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+/// A measurement never waits long on a lock (a tenant's ALTER TABLE in
+/// progress): it gives up and is tried again later.
+const LOCK_TIMEOUT: &str = "2s";
+const STATEMENT_TIMEOUT: &str = "60s";
+
+/// The tables that hold a tenant's rows.
+const TABLES: &str = "SELECT n.nspname, c.relname \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated)) \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' \
+     ORDER BY c.oid";
+
+/// Serves measurement requests and the periodic re-measurements until
+/// shutdown closes sessions. Does nothing without `[quota]`.
+pub async fn run(shared: Arc<Shared>) {
+    let Some(mut requests) = shared.take_audit_requests() else {
+        return;
+    };
+    let auditor = Arc::new(Auditor {
+        shared: Arc::clone(&shared),
+        idle: Mutex::new(HashMap::new()),
+        running: Semaphore::new(MAX_CONCURRENT),
+    });
+    if shared.config().quota.is_some() {
+        tokio::spawn(Arc::clone(&auditor).check_credentials());
+    }
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.reached(Stage::Closing) => return,
+            request = requests.recv() => match request {
+                Some(tenant) => {
+                    tokio::spawn(Arc::clone(&auditor).measure(tenant));
+                }
+                None => return,
+            },
+            _ = tick.tick() => auditor.queue_due(),
+        }
+    }
+}
+
+struct Auditor {
+    shared: Arc<Shared>,
+    /// Idle connections by database, with when they were last used.
+    idle: Mutex<HashMap<String, Vec<(tokio_postgres::Client, Instant)>>>,
+    running: Semaphore,
+}
+
+/// Why a measurement failed.
+#[derive(Debug, thiserror::Error)]
+enum AuditError {
+    #[error("no [quota] table in the configuration")]
+    NotConfigured,
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl Auditor {
+    /// Queues every tenant that is due (see [`crate::quota::RowCount::due`]).
+    fn queue_due(&self) {
+        let config = self.shared.config();
+        let Some(quota) = &config.quota else {
+            return;
+        };
+        let now = unix_now();
+        let interval = quota.interval.as_secs().max(1);
+        for tenant in self.shared.tenants.all() {
+            if config.limits_for(tenant.name()).row_limit > 0 && tenant.rows.due(now, interval) {
+                self.shared.audits.request(&tenant);
+            }
+        }
+    }
+
+    async fn measure(self: Arc<Self>, tenant: Arc<Tenant>) {
+        let Ok(_running) = self.running.acquire().await else {
+            tenant.rows.release();
+            return;
+        };
+        let config = self.shared.config();
+        let limit = config.limits_for(tenant.name()).row_limit;
+        let Some(quota) = config.quota.as_ref().filter(|_| limit > 0) else {
+            // The limit (or the quota) went away since the request.
+            tenant.rows.release();
+            return;
+        };
+        tenant.rows.begin_measurement();
+        let started = Instant::now();
+        match self.count(&config, tenant.name(), limit).await {
+            Ok((rows, exact)) => {
+                let crossing = tenant.rows.finish_measurement(rows, exact, limit);
+                tracing::debug!(
+                    tenant = tenant.name(),
+                    rows,
+                    exact,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "rows measured"
+                );
+                log_crossing(&tenant, crossing, limit);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    tenant = tenant.name(),
+                    user = quota.user,
+                    error = %e,
+                    "could not measure the tenant's rows; trying again later"
+                );
+                tenant
+                    .rows
+                    .abandon_measurement(quota.interval.as_secs().max(1));
+            }
+        }
+    }
+
+    /// Counts `database`'s rows, stopping past `limit`: `(rows, exact)`.
+    async fn count(
+        &self,
+        config: &Config,
+        database: &str,
+        limit: u64,
+    ) -> Result<(i64, bool), AuditError> {
+        let client = self.connection(config, database).await?;
+        let deadline = config.cluster.connect_timeout + Duration::from_secs(60);
+        let counted = tokio::time::timeout(deadline, count_rows(&client, limit))
+            .await
+            .map_err(|_| AuditError::Timeout)
+            .and_then(|r| r.map_err(AuditError::from));
+        if counted.is_ok() {
+            self.put_back(database, client);
+        }
+        counted
+    }
+
+    async fn connection(
+        &self,
+        config: &Config,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, AuditError> {
+        if let Ok(mut idle) = self.idle.lock() {
+            if let Some(list) = idle.get_mut(database) {
+                while let Some((client, since)) = list.pop() {
+                    if !client.is_closed() && since.elapsed() < IDLE_CONNECTION_TTL {
+                        return Ok(client);
+                    }
+                }
+            }
+        }
+        let quota = config.quota.as_ref().ok_or(AuditError::NotConfigured)?;
+        connect(&config.cluster, quota, database, &self.shared.cluster_tls()).await
+    }
+
+    fn put_back(&self, database: &str, client: tokio_postgres::Client) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.retain(|_, list| {
+            list.retain(|(c, since)| !c.is_closed() && since.elapsed() < IDLE_CONNECTION_TTL);
+            !list.is_empty()
+        });
+        let held: usize = idle.values().map(Vec::len).sum();
+        if held < MAX_IDLE_CONNECTIONS {
+            idle.entry(database.to_owned())
+                .or_default()
+                .push((client, Instant::now()));
+        }
+    }
+
+    /// Logs in once at start, so that a wrong `[quota]` shows in the log
+    /// right away rather than at the first tenant's login; and warns when
+    /// the role cannot read every table.
+    async fn check_credentials(self: Arc<Self>) {
+        let config = self.shared.config();
+        let Some(quota) = &config.quota else {
+            return;
+        };
+        let client = match connect(
+            &config.cluster,
+            quota,
+            &quota.database,
+            &self.shared.cluster_tls(),
+        )
+        .await
+        {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(
+                    user = quota.user,
+                    database = quota.database,
+                    error = %e,
+                    "the quota auditor cannot log in: row limits cannot be measured (see the README's [quota] section)"
+                );
+                return;
+            }
+        };
+        let reads_all = client
+            .query_one(
+                "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_data', 'MEMBER') \
+                 OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+                &[],
+            )
+            .await
+            .map(|row| row.get::<_, Option<bool>>(0).unwrap_or(false));
+        match reads_all {
+            Ok(true) => tracing::info!(user = quota.user, "quota auditor ready"),
+            Ok(false) => tracing::warn!(
+                user = quota.user,
+                "the quota role is not a member of pg_read_all_data: tables it cannot read make measurements fail"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not check the quota role's privileges"),
+        }
+    }
+}
+
+/// Counts the rows of every table visible to `client`'s database, each at
+/// most up to the remaining budget + 1, in one read-only transaction.
+async fn count_rows(
+    client: &tokio_postgres::Client,
+    limit: u64,
+) -> Result<(i64, bool), tokio_postgres::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+    client
+        .batch_execute(&format!(
+            "BEGIN READ ONLY; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
+             SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'"
+        ))
+        .await?;
+    let tables = client.query(TABLES, &[]).await?;
+    let mut total: i64 = 0;
+    let mut exact = true;
+    for table in tables {
+        let budget = limit.saturating_add(1).saturating_sub(total);
+        if budget <= 0 {
+            exact = false;
+            break;
+        }
+        let schema: String = table.get(0);
+        let name: String = table.get(1);
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT FROM ONLY {}.{} LIMIT {budget}) AS t",
+            quote_ident(&schema),
+            quote_ident(&name)
+        );
+        let rows: i64 = client.query_one(&sql, &[]).await?.get(0);
+        total = total.saturating_add(rows);
+        if rows >= budget {
+            // Counting stopped here: the tenant is over, by at least this.
+            exact = false;
+            break;
+        }
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok((total, exact))
+}
+
+/// Logs in to `database` as the quota role.
+async fn connect(
+    cluster: &ClusterConfig,
+    quota: &QuotaConfig,
+    database: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<tokio_postgres::Client, AuditError> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.user(&quota.user)
+        .dbname(database)
+        .application_name("pgtier quota")
+        .connect_timeout(cluster.connect_timeout)
+        .port(cluster.port);
+    if cluster.host.starts_with('/') {
+        pg.host_path(&cluster.host);
+    } else {
+        pg.host(&cluster.host);
+    }
+    if let Some(password) = &quota.password {
+        pg.password(password);
+    }
+    let client = if cluster.tls == ClusterTlsMode::Disable || cluster.host.starts_with('/') {
+        let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    } else {
+        pg.ssl_mode(match cluster.tls {
+            ClusterTlsMode::Require => tokio_postgres::config::SslMode::Require,
+            _ => tokio_postgres::config::SslMode::Prefer,
+        });
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+        let (client, connection) = pg.connect(connector).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    };
+    Ok(client)
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("users"), "\"users\"");
+        assert_eq!(quote_ident("Odd \"Name\""), "\"Odd \"\"Name\"\"\"");
+    }
+}

@@ -1,0 +1,372 @@
+//! The free tier's row quota and statement policy, enforced where every
+//! statement passes.
+//!
+//! - [`classify`]: what a statement does (adds rows? uses a feature a tier
+//!   may deny?), by a lexical fast path and PostgreSQL's own grammar;
+//! - [`policy`]: a tier's `deny` list and `row_limit` turned into verdicts
+//!   and the errors clients see;
+//! - [`auditor`]: measures each tenant's rows on the cluster, bounded in
+//!   cost and concurrency;
+//! - [`gate`]: the per-session hook the pump hands statements and results
+//!   to; it refuses what the tier forbids and keeps the row figure current
+//!   from command tags between measurements;
+//! - [`RowCount`] (here): what the proxy knows of one tenant's rows.
+
+pub mod auditor;
+pub mod classify;
+pub mod gate;
+pub mod policy;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::tenants::{unix_now, Tenant};
+
+/// What the proxy knows of a tenant's rows: the last measurement plus what
+/// transactions committed since then added or removed, as their command
+/// tags said.
+#[derive(Debug, Default)]
+pub struct RowCount {
+    state: Mutex<RowState>,
+    /// A measurement is queued or running: at most one per tenant at a time.
+    busy: AtomicBool,
+    /// Unix seconds when the last measurement finished (0 = never).
+    measured_at: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct RowState {
+    /// None until the first measurement.
+    rows: Option<i64>,
+    /// False when the last measurement stopped counting past the limit:
+    /// `rows` is then a lower bound.
+    exact: bool,
+    /// Rows may have changed since the last measurement began.
+    dirty: bool,
+    /// A measurement should come promptly (after TRUNCATE, DROP, CREATE
+    /// TABLE AS…: changes command tags do not tell).
+    wanted: bool,
+    /// Deltas committed while a measurement runs; added to its result.
+    delta_during: i64,
+    measuring: bool,
+    /// After a failed measurement: not before this Unix second again.
+    retry_at: u64,
+    /// Whether the tenant was over its limit when last looked at, so that
+    /// each crossing is logged once.
+    over: bool,
+}
+
+/// A tenant's row figure at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figure {
+    pub rows: i64,
+    /// False when the figure is a lower bound (counting stopped past the
+    /// limit).
+    pub exact: bool,
+}
+
+impl Figure {
+    pub fn is_over(&self, limit: u64) -> bool {
+        limit > 0 && self.rows > i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+}
+
+/// Which way a tenant crossed its limit, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crossing {
+    Over,
+    Under,
+}
+
+impl RowCount {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RowState> {
+        // A panic while holding this lock cannot leave the figure
+        // inconsistent beyond one update; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The figure, once measured.
+    pub fn figure(&self) -> Option<Figure> {
+        let state = self.lock();
+        state.rows.map(|rows| Figure {
+            rows,
+            exact: state.exact,
+        })
+    }
+
+    /// True when the tenant is known to hold more than `limit` rows.
+    pub fn is_over(&self, limit: u64) -> bool {
+        self.figure().is_some_and(|f| f.is_over(limit))
+    }
+
+    /// Unix seconds of the last finished measurement (0 = never).
+    pub fn measured_at(&self) -> u64 {
+        self.measured_at.load(Ordering::Relaxed)
+    }
+
+    /// A committed transaction changed the row count by `delta` (0 for a
+    /// write whose effect the tags do not tell). Returns the crossing, if
+    /// this commit made one.
+    pub fn commit(&self, delta: i64, limit: u64) -> Option<Crossing> {
+        let mut state = self.lock();
+        state.dirty = true;
+        if state.measuring {
+            state.delta_during += delta;
+        }
+        if delta < 0 && !state.exact {
+            // The figure is only a lower bound (counting stopped past the
+            // limit): what is left after a delete is unknown, so keep the
+            // bound and measure again at once.
+            state.wanted = true;
+        } else if let Some(rows) = state.rows.as_mut() {
+            *rows = rows.saturating_add(delta);
+        }
+        crossed(&mut state, limit)
+    }
+
+    /// Asks for a prompt measurement (the next time the auditor looks).
+    pub fn want_measurement(&self) {
+        let mut state = self.lock();
+        state.wanted = true;
+        state.dirty = true;
+    }
+
+    /// Whether the tenant should be measured now: asked for (its first
+    /// login, a TRUNCATE…), or written to and not measured for
+    /// `interval_s` seconds. A tenant nobody asked about is never measured.
+    pub fn due(&self, now: u64, interval_s: u64) -> bool {
+        let state = self.lock();
+        if now < state.retry_at {
+            return false;
+        }
+        state.wanted
+            || (state.rows.is_some()
+                && state.dirty
+                && now.saturating_sub(self.measured_at()) >= interval_s)
+    }
+
+    /// Whether the tenant has never been measured.
+    pub fn unknown(&self) -> bool {
+        self.lock().rows.is_none()
+    }
+
+    /// Marks the tenant queued for measurement; false if it already is.
+    pub fn try_queue(&self) -> bool {
+        !self.busy.swap(true, Ordering::AcqRel)
+    }
+
+    /// A measurement begins: writes from now on are counted into it.
+    pub fn begin_measurement(&self) {
+        let mut state = self.lock();
+        state.measuring = true;
+        state.delta_during = 0;
+        state.dirty = false;
+        state.wanted = false;
+    }
+
+    /// A measurement found `rows` (`exact` = counted to the end). Returns
+    /// the crossing, if any.
+    pub fn finish_measurement(&self, rows: i64, exact: bool, limit: u64) -> Option<Crossing> {
+        let mut state = self.lock();
+        let during = std::mem::take(&mut state.delta_during);
+        state.measuring = false;
+        // Transactions that committed while counting may or may not be in
+        // the count: adding them errs toward over-counting, and they left
+        // the tenant dirty, so the next measurement settles it.
+        state.rows = Some(rows.saturating_add(during));
+        state.exact = exact;
+        drop(state);
+        self.measured_at.store(unix_now(), Ordering::Relaxed);
+        self.busy.store(false, Ordering::Release);
+        crossed(&mut self.lock(), limit)
+    }
+
+    /// A measurement failed (the cluster was unreachable, a table locked…):
+    /// the old figure stays and the tenant is tried again in `retry_s`
+    /// seconds.
+    pub fn abandon_measurement(&self, retry_s: u64) {
+        let mut state = self.lock();
+        state.measuring = false;
+        state.dirty = true;
+        state.wanted = true;
+        state.delta_during = 0;
+        state.retry_at = unix_now().saturating_add(retry_s);
+        drop(state);
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// The tenant needs no measuring (its limit is gone): release the queue
+    /// mark.
+    pub fn release(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+fn crossed(state: &mut RowState, limit: u64) -> Option<Crossing> {
+    let over = state.rows.is_some_and(|rows| {
+        Figure {
+            rows,
+            exact: state.exact,
+        }
+        .is_over(limit)
+    });
+    if over == state.over {
+        return None;
+    }
+    state.over = over;
+    Some(if over {
+        Crossing::Over
+    } else {
+        Crossing::Under
+    })
+}
+
+/// Logs a crossing of `tenant`'s limit, in either direction.
+pub fn log_crossing(tenant: &Tenant, crossing: Option<Crossing>, limit: u64) {
+    let Some(crossing) = crossing else {
+        return;
+    };
+    let rows = tenant.rows.figure().map(|f| f.rows);
+    match crossing {
+        Crossing::Over => tracing::info!(
+            tenant = tenant.name(),
+            rows,
+            row_limit = limit,
+            "tenant over its row limit: statements that add rows are refused"
+        ),
+        Crossing::Under => tracing::info!(
+            tenant = tenant.name(),
+            rows,
+            row_limit = limit,
+            "tenant back under its row limit: writes accepted again"
+        ),
+    }
+}
+
+/// Where sessions ask for a tenant to be measured; the auditor takes the
+/// requests from the other end. Each tenant is queued at most once.
+#[derive(Debug, Clone)]
+pub struct AuditQueue {
+    tx: mpsc::UnboundedSender<Arc<Tenant>>,
+}
+
+impl AuditQueue {
+    pub fn new() -> (AuditQueue, mpsc::UnboundedReceiver<Arc<Tenant>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (AuditQueue { tx }, rx)
+    }
+
+    /// Queues `tenant` for measurement unless it already is.
+    pub fn request(&self, tenant: &Arc<Tenant>) {
+        if tenant.rows.try_queue() && self.tx.send(Arc::clone(tenant)).is_err() {
+            // No auditor (not running yet, or shut down): nothing measures.
+            tenant.rows.release();
+        }
+    }
+}
+
+/// `12345` → `12,345`, as the quota's messages write numbers.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(10212), "10,212");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(-4000), "-4,000");
+    }
+
+    #[test]
+    fn commits_move_the_figure_and_crossings_are_reported_once() {
+        let count = RowCount::default();
+        assert!(!count.is_over(100));
+        assert!(count.try_queue());
+        assert!(!count.try_queue(), "queued once");
+        count.begin_measurement();
+        assert_eq!(count.finish_measurement(90, true, 100), None);
+        assert!(count.try_queue(), "free again after the measurement");
+        count.release();
+        assert_eq!(count.commit(20, 100), Some(Crossing::Over));
+        assert_eq!(count.commit(5, 100), None);
+        assert!(count.is_over(100));
+        assert_eq!(count.commit(-30, 100), Some(Crossing::Under));
+        assert_eq!(
+            count.figure(),
+            Some(Figure {
+                rows: 85,
+                exact: true
+            })
+        );
+        assert!(!count.is_over(0), "0 = unlimited");
+    }
+
+    #[test]
+    fn writes_during_a_measurement_are_added_and_leave_it_dirty() {
+        let count = RowCount::default();
+        assert!(!count.due(1_000, 30), "never asked about");
+        count.want_measurement();
+        assert!(count.due(1_000, 30), "asked for");
+        count.begin_measurement();
+        count.commit(7, 0);
+        count.finish_measurement(100, true, 0);
+        assert_eq!(count.figure().map(|f| f.rows), Some(107));
+        let now = count.measured_at();
+        assert!(!count.due(now, 30), "dirty, but measured just now");
+        assert!(count.due(now + 30, 30), "dirty and the interval passed");
+        count.want_measurement();
+        assert!(count.due(now, 30), "asked for");
+    }
+
+    #[test]
+    fn a_lower_bound_is_not_lowered_by_deletes_but_measured_again() {
+        let count = RowCount::default();
+        count.begin_measurement();
+        assert_eq!(
+            count.finish_measurement(101, false, 100),
+            Some(Crossing::Over)
+        );
+        let now = count.measured_at();
+        assert!(!count.due(now, 30));
+        assert_eq!(count.commit(-50, 100), None, "still over as far as known");
+        assert!(count.is_over(100));
+        assert!(count.due(now, 30), "a prompt measurement settles it");
+        count.begin_measurement();
+        assert_eq!(
+            count.finish_measurement(51, true, 100),
+            Some(Crossing::Under)
+        );
+    }
+
+    #[test]
+    fn a_failed_measurement_is_retried_after_a_pause() {
+        let count = RowCount::default();
+        count.want_measurement();
+        count.begin_measurement();
+        count.abandon_measurement(30);
+        let now = unix_now();
+        assert!(!count.due(now, 30));
+        assert!(count.due(now + 31, 30));
+        assert!(count.unknown());
+    }
+}
