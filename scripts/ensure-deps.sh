@@ -169,11 +169,15 @@ ensure_pg_majors() {
     for major in "${want_pg[@]}"; do
         pin=$(pinned_pg "$major")
         if [[ -z "$pin" ]]; then
-            # Not pinned: the distribution's (15 on Debian 12).
-            if [[ -x "/usr/lib/postgresql/$major/bin/postgres" ]]; then
-                echo "ensure-deps: PostgreSQL $major present in /usr/lib/postgresql/$major/bin"
-                continue
-            fi
+            # Not pinned: the distribution's (15 on Debian 12) or PG_BIN's.
+            local dir
+            for dir in "$(pg_bin_dir)" "/usr/lib/postgresql/$major/bin"; do
+                if [[ -n "$dir" && -x "$dir/postgres" ]] \
+                    && [[ "$("$dir/postgres" --version 2>/dev/null)" =~ \(PostgreSQL\)\ ${major}[.a-z] ]]; then
+                    echo "ensure-deps: PostgreSQL $major present in $dir"
+                    continue 2
+                fi
+            done
             echo "ensure-deps: missing: PostgreSQL $major (not pinned here; Debian: apt-get install -y postgresql-$major)" >&2
             exit 1
         fi
