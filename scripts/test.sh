@@ -22,11 +22,15 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy --all-targets -- -D warnings"
+t=$SECONDS
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> clippy took $((SECONDS - t)) s"
 
 # Everything is compiled once here; the runs below only execute.
 echo "==> cargo test --no-run (build all test targets)"
+t=$SECONDS
 cargo test --all-targets --locked --no-run
+echo "==> build took $((SECONDS - t)) s"
 
 echo "==> unit tests (lib, bins, benches in test mode)"
 cargo test --locked --lib --bins --benches
