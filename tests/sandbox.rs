@@ -153,6 +153,7 @@ async fn tls_cluster_verifies_against_the_sandbox_ca() {
         Cluster::start(ClusterOptions {
             ssl: true,
             max_connections: 20,
+            installation: common::installation(),
             ..ClusterOptions::default()
         })
     })
@@ -243,6 +244,7 @@ fn wait_until_blocking(deadline: Duration, what: &str, mut f: impl FnMut() -> bo
 fn drop_stops_the_server_and_removes_its_directory() {
     let cluster = Cluster::start(ClusterOptions {
         max_connections: 10,
+        installation: common::installation(),
         ..ClusterOptions::default()
     })
     .unwrap();
@@ -266,6 +268,7 @@ fn watchdog_child() {
     }
     let cluster = Cluster::start(ClusterOptions {
         max_connections: 10,
+        installation: common::installation(),
         ..ClusterOptions::default()
     })
     .unwrap();

@@ -244,7 +244,7 @@ fn run(args: RunArgs) -> Result<()> {
         let cluster = Cluster::start(ClusterOptions {
             max_connections: (2 * fleet + 4 * args.clients + 100) as u32,
             ssl: true,
-            extra_hba: Vec::new(),
+            ..ClusterOptions::default()
         })
         .context("starting the throwaway cluster")?;
         let pg_version = cluster

@@ -2,7 +2,6 @@
 //! `postgres` on a free loopback port, removed again when dropped or when
 //! the process that started it dies.
 
-use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 
+use super::install::Installation;
 use super::{Certs, SandboxError};
 
 /// The cluster's superuser role (also the OS user the server runs as when
@@ -61,6 +61,10 @@ pub struct ClusterOptions {
     /// `host all all 127.0.0.1/32 scram-sha-256`, e.g.
     /// `host all +trust_users 127.0.0.1/32 trust`.
     pub extra_hba: Vec<String>,
+    /// Which PostgreSQL runs the cluster (default: the machine's own, see
+    /// [`Installation::Default`]); e.g. `Installation::Major(18)` for the
+    /// pinned download of 18.
+    pub installation: Installation,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +73,7 @@ impl Default for ClusterOptions {
             max_connections: 300,
             ssl: false,
             extra_hba: Vec::new(),
+            installation: Installation::Default,
         }
     }
 }
@@ -130,6 +135,7 @@ pub struct Cluster {
     root: PathBuf,
     data_dir: PathBuf,
     bin_dir: PathBuf,
+    major_version: u32,
     log_path: PathBuf,
     port: u16,
     password: String,
@@ -141,13 +147,13 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts a cluster; returns once it accepts connections.
     ///
-    /// Server binaries are looked for in `$PG_BIN`, then `pg_config
-    /// --bindir`, then the newest `/usr/lib/postgresql/*/bin`, then `PATH`.
-    /// As root, the server runs as the `postgres` OS user (PostgreSQL
+    /// Server binaries come from `opts.installation`; by default from
+    /// `$PG_BIN`, then `pg_config --bindir`, then the newest
+    /// `/usr/lib/postgresql/*/bin`, then `PATH`. As root, the server runs as the `postgres` OS user (PostgreSQL
     /// refuses to run as root) in a directory under `/tmp` that user can
     /// reach.
     pub fn start(opts: ClusterOptions) -> Result<Cluster, SandboxError> {
-        let bin_dir = find_bin_dir()?;
+        let bin_dir = opts.installation.bin_dir()?;
         if !bin_dir.join("postgres").is_file() {
             return Err(SandboxError::MissingBinary {
                 program: "postgres".into(),
@@ -180,12 +186,14 @@ impl Cluster {
             run_as,
         };
         let (password, certs) = setup.init(&opts)?;
+        let major_version = setup.major_version()?;
         let (postgres, port) = setup.launch()?;
         let mut cluster = Cluster {
             data_dir: root.join("data"),
             log_path: root.join("postgres.log"),
             root: tmp.keep(),
             bin_dir,
+            major_version,
             port,
             password,
             certs,
@@ -236,6 +244,13 @@ impl Cluster {
     /// Directory of the PostgreSQL binaries in use (`psql`, `pgbench`, …).
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// The server's major version (15, 17, 18, …), as initdb wrote it into
+    /// the data directory: what tests branch on where versions genuinely
+    /// differ.
+    pub fn major_version(&self) -> u32 {
+        self.major_version
     }
 
     /// Path of a PostgreSQL client program: the one beside the server when
@@ -567,6 +582,20 @@ impl Setup<'_> {
         Ok((password, certs))
     }
 
+    /// The major version initdb wrote into `PG_VERSION` (`18`; `9.6`
+    /// before 10, read as 9): the data directory's own word on which
+    /// server it belongs to.
+    fn major_version(&self) -> Result<u32, SandboxError> {
+        let path = self.root.join("data").join("PG_VERSION");
+        let text = fs::read_to_string(&path)
+            .map_err(SandboxError::io(format!("reading {}", path.display())))?;
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().map_err(|_| SandboxError::Io {
+            what: format!("reading {}", path.display()),
+            source: std::io::Error::other(format!("unexpected content {:?}", text.trim())),
+        })
+    }
+
     /// Starts the server on a free port, retrying with another port when
     /// someone else took the chosen one first.
     fn launch(&self) -> Result<(Child, u16), SandboxError> {
@@ -773,79 +802,6 @@ fn id(args: &[&str]) -> Result<u32, SandboxError> {
         })
 }
 
-/// Where the PostgreSQL server binaries are; see [`Cluster::start`].
-fn find_bin_dir() -> Result<PathBuf, SandboxError> {
-    let has_initdb = |dir: &Path| dir.join("initdb").is_file();
-    if let Some(dir) = std::env::var_os("PG_BIN") {
-        let dir = PathBuf::from(dir);
-        if has_initdb(&dir) {
-            return Ok(dir);
-        }
-        return Err(SandboxError::MissingBinary {
-            program: "initdb".into(),
-            searched: format!("PG_BIN={}", dir.display()),
-        });
-    }
-    let mut searched = Vec::new();
-    if let Ok(output) = Command::new("pg_config")
-        .arg("--bindir")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-    {
-        if output.status.success() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-            if has_initdb(&dir) {
-                return Ok(dir);
-            }
-            searched.push(format!("{} (pg_config --bindir)", dir.display()));
-        }
-    }
-    let mut installed: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let version = version_key(&name)?;
-            let bin = entry.path().join("bin");
-            has_initdb(&bin).then_some((version, bin))
-        })
-        .collect();
-    installed.sort();
-    if let Some((_, bin)) = installed.pop() {
-        return Ok(bin);
-    }
-    searched.push("/usr/lib/postgresql/*/bin".into());
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let initdb = dir.join("initdb");
-            if initdb.is_file() {
-                // Follow symlinks (e.g. /usr/local/bin/initdb ->
-                // /usr/lib/postgresql/15/bin/initdb) to find the programs
-                // that belong with it.
-                let real = fs::canonicalize(&initdb)
-                    .ok()
-                    .and_then(|p| p.parent().map(Path::to_path_buf));
-                return Ok(real.filter(|d| has_initdb(d)).unwrap_or(dir));
-            }
-        }
-    }
-    searched.push("PATH".into());
-    Err(SandboxError::MissingBinary {
-        program: "initdb".into(),
-        searched: searched.join(", "),
-    })
-}
-
-/// `"15"` → `[15]`, `"9.6"` → `[9, 6]`; anything else is not a version.
-fn version_key(name: &OsStr) -> Option<Vec<u32>> {
-    name.to_str()?
-        .split('.')
-        .map(|part| part.parse().ok())
-        .collect()
-}
-
 /// `"a"b` → `"""a""b"` (an SQL identifier, any characters).
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -893,17 +849,5 @@ mod tests {
         assert_eq!(dollar_quote("x"), "$pgtier$x$pgtier$");
         assert_eq!(dollar_quote("$pgtier$"), "$pgtier1$$pgtier$$pgtier1$");
         assert_eq!(percent_encode("a b@c/d"), "a%20b%40c%2Fd");
-    }
-
-    #[test]
-    fn versions_sort_numerically() {
-        let mut v = [
-            version_key(OsStr::new("9.6")),
-            version_key(OsStr::new("15")),
-            version_key(OsStr::new("10")),
-        ];
-        v.sort();
-        assert_eq!(v[2], Some(vec![15]));
-        assert_eq!(version_key(OsStr::new("main")), None);
     }
 }

@@ -10,14 +10,19 @@
 //!   server refuses to run as root). It stops and removes itself on drop and,
 //!   through a small watchdog process, also when its owner dies without
 //!   dropping it (tests keep clusters in statics, which are never dropped).
+//! * [`Installation`]: which PostgreSQL runs it: the machine's own (the
+//!   default) or a major version, e.g. the pinned downloads of 17 and 18
+//!   that the test matrix uses.
 //! * [`Certs`]: a private CA and a server certificate for `localhost`,
 //!   `127.0.0.1` and `::1`, as PEM files.
 
 pub mod certs;
 pub mod cluster;
+pub mod install;
 
 pub use certs::Certs;
 pub use cluster::{Cluster, ClusterOptions, PasswordEncryption};
+pub use install::{installations, newest_program, Installation};
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -33,6 +38,12 @@ pub enum SandboxError {
          (Debian: apt-get install -y postgresql), or point PG_BIN at the directory holding initdb"
     )]
     MissingBinary { program: String, searched: String },
+    /// A specific major version was asked for and is not installed.
+    #[error(
+        "PostgreSQL {major} not found (looked in {searched}): run scripts/ensure-deps.sh --pg {major} \
+         (pinned download into .deps/), or point PG_BIN at a PostgreSQL {major} bin directory"
+    )]
+    MissingVersion { major: u32, searched: String },
     /// We run as root, but PostgreSQL refuses to run as root and there is no
     /// unprivileged `postgres` user to run it as.
     #[error(

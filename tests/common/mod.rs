@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pgtier::sandbox::{Certs, Cluster, ClusterOptions, PasswordEncryption};
+use pgtier::sandbox::{Certs, Cluster, ClusterOptions, Installation, PasswordEncryption};
 use pgtier::server::{Proxy, ProxyHandle};
 use rustls_pki_types::pem::PemObject;
 use tokio::task::JoinHandle;
@@ -27,7 +27,35 @@ pub const TRUST_GROUP: &str = "trust_users";
 /// as md5, see [`md5_tenant`], or the server upgrades the exchange to SCRAM).
 pub const MD5_GROUP: &str = "md5_users";
 
-/// The cluster of this test binary, started on first use. Roles in
+/// Names the major version of the cluster under test (`15`, `17`, `18`);
+/// `scripts/test.sh` runs the integration tests once per version with it.
+/// Not `PGTIER_…`: that prefix is the proxy's configuration namespace,
+/// and `pgtier check`/`run` refuse unknown `PGTIER_` keys, which
+/// tests/cli.rs would inherit.
+pub const PG_MAJOR_ENV: &str = "TEST_PG_MAJOR";
+/// The version tested when [`PG_MAJOR_ENV`] is unset: Debian 12's.
+pub const DEFAULT_PG_MAJOR: u32 = 15;
+
+/// The major version this run tests ([`PG_MAJOR_ENV`], default
+/// [`DEFAULT_PG_MAJOR`]).
+pub fn pg_major() -> u32 {
+    match std::env::var(PG_MAJOR_ENV) {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{PG_MAJOR_ENV}={text:?} is not a major version")),
+        _ => DEFAULT_PG_MAJOR,
+    }
+}
+
+/// The installation of [`pg_major`], for tests that start clusters of
+/// their own: never a silent fallback to another version.
+pub fn installation() -> Installation {
+    Installation::Major(pg_major())
+}
+
+/// The cluster of this test binary, started on first use, of the version
+/// [`pg_major`] names. Roles in
 /// `trust_users` log in without a password, those in `md5_users` with md5,
 /// every other role with SCRAM-SHA-256.
 pub fn cluster() -> &'static Cluster {
@@ -43,8 +71,15 @@ pub fn cluster() -> &'static Cluster {
                 format!("host all +{TRUST_GROUP} 127.0.0.1/32 trust"),
                 format!("host all +{MD5_GROUP} 127.0.0.1/32 md5"),
             ],
+            installation: installation(),
         })
         .unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
+        assert_eq!(cluster.major_version(), pg_major(), "{PG_MAJOR_ENV}");
+        eprintln!(
+            "test cluster: PostgreSQL {} from {}",
+            cluster.major_version(),
+            cluster.bin_dir().display()
+        );
         for group in [TRUST_GROUP, MD5_GROUP] {
             cluster
                 .create_group(group)
@@ -329,7 +364,12 @@ pub async fn run_psql(url: &str, sql: &str) -> Output {
 /// (stdin, `-f`, a child they can kill). `kill_on_drop` is set, so a test
 /// that panics leaves no psql behind.
 pub fn psql_command(url: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(psql_binary());
+    psql_command_of(&psql_binary(), url)
+}
+
+/// [`psql_command`] with a given `psql` binary (e.g. [`newest_psql`]).
+pub fn psql_command_of(psql: &std::path::Path, url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(psql);
     command
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
         .env("PGSSLROOTCERT", &certs().ca_path);
@@ -349,6 +389,25 @@ pub fn psql_command(url: &str) -> tokio::process::Command {
 /// `psql` of the cluster's installation (so libpq matches the server).
 pub fn psql_binary() -> PathBuf {
     cluster().program("psql")
+}
+
+/// The newest `psql` on the machine and its major version (18 once
+/// `scripts/ensure-deps.sh --pg 18` ran): libpq's newest client features,
+/// whatever version the cluster under test runs.
+pub fn newest_psql() -> (u32, PathBuf) {
+    pgtier::sandbox::newest_program("psql")
+        .unwrap_or_else(|| panic!("no psql found in any PostgreSQL installation"))
+}
+
+/// `psql` of major version `major` (its own libpq, through the binary's
+/// run path), panicking with the install command when it is missing.
+pub fn psql_of(major: u32) -> PathBuf {
+    let dir = Installation::Major(major)
+        .bin_dir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let psql = dir.join("psql");
+    assert!(psql.is_file(), "{} has no psql", dir.display());
+    psql
 }
 
 /// The server's message of a tokio-postgres error (its Display says only
