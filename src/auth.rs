@@ -2,22 +2,26 @@
 //! the exchange through, and takes the tenant's slot the moment the cluster
 //! says AuthenticationOk.
 //!
-//! Two things are changed on the way: `SCRAM-SHA-256-PLUS` is removed from the
-//! mechanisms the cluster offers (the client's TLS ends at the proxy, so it
-//! cannot bind to the cluster's channel), and BackendKeyData gets the proxy's
-//! own secret (see [`crate::cancel`]).
+//! Three things are changed on the way: the protocol version is negotiated
+//! with both sides (the proxy speaks 3.0 and 3.2; the client learns what
+//! the cluster and the proxy both speak), `SCRAM-SHA-256-PLUS` is removed
+//! from the mechanisms the cluster offers (the client's TLS ends at the
+//! proxy, so it cannot bind to the cluster's channel), and BackendKeyData
+//! gets the proxy's own secret (see [`crate::cancel`]).
 
 use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
+use pgwire::messages::startup::NegotiateProtocolVersion;
+use pgwire::messages::Message;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::cancel::{CancelKeys, CancelRegistration};
+use crate::cancel::{CancelKeys, CancelRegistration, LONG_SECRET};
 use crate::protocol::error::sqlstate_of;
 use crate::protocol::frame::{put_frame, FrameHeader};
-use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL_3_2};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::stream::Stream;
 use crate::tenants::{AtCapacity, Slot, Tenants};
@@ -42,6 +46,8 @@ pub struct LoggedIn {
     pub slot: Slot,
     pub cancel: Option<CancelRegistration>,
     pub backend_pid: Option<i32>,
+    /// The protocol version the session runs at (3.0 or 3.2).
+    pub protocol: u32,
     pub client_pending: BytesMut,
     pub cluster_pending: BytesMut,
 }
@@ -89,8 +95,12 @@ pub async fn relay(
     startup: &StartupMessage,
     admission: Admission<'_>,
 ) -> Result<LoggedIn, LoginError> {
+    // Ask the cluster for what the client asked for, up to what the proxy
+    // speaks; a cluster that speaks less says so with its own
+    // NegotiateProtocolVersion, before anything else.
+    let offered = startup.version().min(PROTOCOL_3_2);
     cluster
-        .write_all(&startup.encode_v3())
+        .write_all(&startup.encode(offered))
         .await
         .map_err(LoginError::ClusterIo)?;
 
@@ -100,6 +110,7 @@ pub async fn relay(
     let mut slot = None;
     let mut cancel = None;
     let mut backend_pid = None;
+    let mut protocol = None;
 
     loop {
         let header = read_frame(cluster, &mut from_cluster)
@@ -116,6 +127,31 @@ pub async fn relay(
             })?;
         let frame = from_cluster.split_to(header.frame_len);
         let body = &frame[5..];
+        let negotiated = match protocol {
+            Some(version) => version,
+            None => {
+                let version = match header.tag {
+                    b'v' => cluster_newest(body).map_or(PROTOCOL_3_0, |v| v.min(offered)),
+                    _ => offered,
+                };
+                // The one NegotiateProtocolVersion the client gets, as
+                // PostgreSQL would send it: the newest version both sides
+                // speak (a full version number) and the `_pq_.` options the
+                // proxy does not support (all of them).
+                if version != startup.version() || !startup.unsupported_options.is_empty() {
+                    let answer = NegotiateProtocolVersion::new(
+                        version as i32,
+                        startup.unsupported_options.clone(),
+                    );
+                    let _ = answer.encode(&mut to_client);
+                }
+                protocol = Some(version);
+                if header.tag == b'v' {
+                    continue;
+                }
+                version
+            }
+        };
         match header.tag {
             b'R' => {
                 let code = body.get(..4).map(|mut b| b.get_u32()).unwrap_or(u32::MAX);
@@ -177,18 +213,22 @@ pub async fn relay(
                     }
                 }
             }
-            b'K' if body.len() == 8 => {
-                let mut b = body;
-                let cluster_key = CancelKey {
-                    pid: b.get_i32(),
-                    secret: b.get_i32(),
+            b'K' if CancelKey::from_backend_key_data(body).is_some() => {
+                let Some(cluster_key) = CancelKey::from_backend_key_data(body) else {
+                    continue;
                 };
-                let registration = admission.cancel_keys.register(cluster_key);
-                let mut key = BytesMut::with_capacity(8);
-                key.put_i32(registration.client_key.pid);
-                key.put_i32(registration.client_key.secret);
-                put_frame(&mut to_client, b'K', &key);
+                let secret_len = if negotiated >= PROTOCOL_3_2 {
+                    LONG_SECRET
+                } else {
+                    4
+                };
                 backend_pid = Some(cluster_key.pid);
+                let registration = admission.cancel_keys.register(cluster_key, secret_len);
+                put_frame(
+                    &mut to_client,
+                    b'K',
+                    &registration.client_key.backend_key_data(),
+                );
                 cancel = Some(registration);
             }
             b'Z' => {
@@ -210,6 +250,7 @@ pub async fn relay(
                     slot,
                     cancel,
                     backend_pid,
+                    protocol: negotiated,
                     client_pending: from_client,
                     cluster_pending: from_cluster,
                 });
@@ -310,6 +351,18 @@ async fn read_frame(
             return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
     }
+}
+
+/// The newest protocol version a cluster's NegotiateProtocolVersion names:
+/// a full version number, as PostgreSQL sends it, or (from servers that
+/// send the minor alone) a minor of 3.
+fn cluster_newest(body: &[u8]) -> Option<u32> {
+    let newest = u32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    Some(if newest < PROTOCOL_3_0 {
+        PROTOCOL_3_0 | (newest & 0xffff)
+    } else {
+        newest
+    })
 }
 
 /// Rebuilds an AuthenticationSASL message without `SCRAM-SHA-256-PLUS`.

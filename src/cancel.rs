@@ -3,9 +3,10 @@
 //! Each client gets a BackendKeyData whose process ID is the cluster's real
 //! one (so `pg_backend_pid()`, NOTIFY sender PIDs and `pg_stat_activity`
 //! agree with what the client was told) and whose secret is the proxy's own,
-//! random one. A CancelRequest carrying that pair is forwarded to the cluster
-//! with the real secret; anything else is dropped silently, as PostgreSQL
-//! does.
+//! random one: 4 bytes under protocol 3.0, 32 under 3.2 (a key that cannot
+//! be guessed). A CancelRequest carrying that pair is forwarded to the
+//! cluster with the real key; anything else is dropped silently, as
+//! PostgreSQL does.
 
 use std::sync::Arc;
 
@@ -35,15 +36,27 @@ impl Drop for CancelRegistration {
     }
 }
 
+/// Length of the proxy's own secrets under protocol 3.2 (PostgreSQL 18
+/// uses the same).
+pub const LONG_SECRET: usize = 32;
+
 impl CancelKeys {
-    /// Issues the client key for a session whose cluster key is `cluster_key`.
-    pub fn register(self: &Arc<Self>, cluster_key: CancelKey) -> CancelRegistration {
+    /// Issues the client key for a session whose cluster key is
+    /// `cluster_key`, with a secret of `secret_len` random bytes (4 for
+    /// protocol 3.0, [`LONG_SECRET`] for 3.2).
+    pub fn register(
+        self: &Arc<Self>,
+        cluster_key: CancelKey,
+        secret_len: usize,
+    ) -> CancelRegistration {
         loop {
+            let mut secret = vec![0u8; secret_len];
+            rand::fill(&mut secret[..]);
             let client_key = CancelKey {
                 pid: cluster_key.pid,
-                secret: rand::random(),
+                secret: secret.into(),
             };
-            if let dashmap::Entry::Vacant(slot) = self.map.entry(client_key) {
+            if let dashmap::Entry::Vacant(slot) = self.map.entry(client_key.clone()) {
                 slot.insert(cluster_key);
                 return CancelRegistration {
                     keys: Arc::clone(self),
@@ -54,7 +67,7 @@ impl CancelKeys {
     }
 
     pub fn lookup(&self, client_key: &CancelKey) -> Option<CancelKey> {
-        self.map.get(client_key).map(|k| *k.value())
+        self.map.get(client_key).map(|k| k.value().clone())
     }
 
     pub fn len(&self) -> usize {
@@ -78,11 +91,11 @@ impl CancelKeys {
 /// logged, not returned, as the client expects no answer either way.
 pub async fn forward(
     keys: &CancelKeys,
-    client_key: CancelKey,
+    client_key: &CancelKey,
     config: &ClusterConfig,
     tls: &Arc<rustls::ClientConfig>,
 ) -> bool {
-    let Some(cluster_key) = keys.lookup(&client_key) else {
+    let Some(cluster_key) = keys.lookup(client_key) else {
         tracing::debug!(
             pid = client_key.pid,
             "cancel request with unknown key ignored"
@@ -130,20 +143,30 @@ mod tests {
     #[test]
     fn keys_keep_the_pid_and_vanish_with_their_session() {
         let keys = Arc::new(CancelKeys::default());
-        let cluster_key = CancelKey {
-            pid: 4242,
-            secret: 99,
-        };
-        let reg = keys.register(cluster_key);
-        assert_eq!(reg.client_key.pid, 4242);
-        assert_eq!(keys.lookup(&reg.client_key), Some(cluster_key));
-        let wrong = CancelKey {
-            pid: 4242,
-            secret: reg.client_key.secret.wrapping_add(1),
-        };
-        assert_eq!(keys.lookup(&wrong), None);
-        let client_key = reg.client_key;
-        drop(reg);
-        assert_eq!(keys.lookup(&client_key), None);
+        for (cluster_secret, secret_len) in [(vec![0, 0, 0, 99], 4), (vec![5u8; 32], LONG_SECRET)] {
+            let cluster_key = CancelKey {
+                pid: 4242,
+                secret: cluster_secret.into(),
+            };
+            let reg = keys.register(cluster_key.clone(), secret_len);
+            assert_eq!(reg.client_key.pid, 4242);
+            assert_eq!(reg.client_key.secret.len(), secret_len);
+            assert_ne!(
+                reg.client_key.secret, cluster_key.secret,
+                "the proxy's own secret"
+            );
+            assert_eq!(keys.lookup(&reg.client_key), Some(cluster_key));
+            let mut wrong = reg.client_key.clone();
+            let mut secret = wrong.secret.to_vec();
+            secret[0] = secret[0].wrapping_add(1);
+            wrong.secret = secret.into();
+            assert_eq!(keys.lookup(&wrong), None);
+            let mut truncated = reg.client_key.clone();
+            truncated.secret = reg.client_key.secret[..secret_len - 1].into();
+            assert_eq!(keys.lookup(&truncated), None);
+            let client_key = reg.client_key.clone();
+            drop(reg);
+            assert_eq!(keys.lookup(&client_key), None);
+        }
     }
 }

@@ -9,16 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use pgwire::messages::startup::NegotiateProtocolVersion;
-use pgwire::messages::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
 use crate::auth::{self, Admission, LoggedIn, LoginError};
 use crate::config::{Config, Limits};
-use crate::protocol::startup::{StartupMessage, PROTOCOL_3_0};
+use crate::protocol::startup::StartupMessage;
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::quota::{gate, policy};
 use crate::sessions::KillReason;
@@ -134,7 +131,7 @@ impl Login<'_> {
             Opening::Cancel { stream, key } => {
                 let sent = cancel::forward(
                     &self.shared.cancel_keys,
-                    key,
+                    &key,
                     &self.config.cluster,
                     &self.shared.cluster_tls(),
                 )
@@ -168,20 +165,6 @@ impl Login<'_> {
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
         let limits = self.config.limits_for(tenant_name);
-        if startup.needs_negotiation() {
-            let mut out = BytesMut::new();
-            // The newest version the proxy speaks, as a full version number
-            // (3.0 = 196608), as PostgreSQL sends it: libpq 18 reads a bare
-            // minor number as a downgrade below 3.0 and gives up.
-            let answer = NegotiateProtocolVersion::new(
-                PROTOCOL_3_0 as i32,
-                startup.unsupported_options.clone(),
-            );
-            if answer.encode(&mut out).is_err() || client.write_all(&out).await.is_err() {
-                return Err(Exit::Lost("client gone during negotiation".to_owned()));
-            }
-        }
-
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
             refusal,
@@ -327,6 +310,7 @@ impl Session {
             client = %peer,
             tls = client.is_tls(),
             backend_pid = logged_in.backend_pid,
+            protocol = %format_args!("3.{}", logged_in.protocol & 0xffff),
             login_ms = login_duration.as_millis() as u64,
             "session started"
         );

@@ -136,6 +136,14 @@ pub async fn handshake(
                 }
                 return Ok(Opening::Session { stream, startup });
             }
+            // PostgreSQL answers a malformed cancel request with silence (it
+            // only logs it): a cancel connection expects no reply.
+            Err(StartupError::BadCancel) => {
+                return Err(HandshakeError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    StartupError::BadCancel.to_string(),
+                )))
+            }
             Err(e @ StartupError::UnsupportedVersion { .. }) => {
                 return Err(refuse(stream, sqlstate::FEATURE_NOT_SUPPORTED, e))
             }

@@ -361,3 +361,166 @@ async fn libpq_18_cancel_api_reports_success_through_the_proxy() {
         assert_eq!(outcome.sqlstate, "57014", "sslnegotiation={negotiation}");
     }
 }
+
+/// One message from a raw socket: `(tag, body)`; panics on EOF or errors.
+async fn read_msg(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let tag = s.read_u8().await?;
+        let len = s.read_u32().await? as usize;
+        let mut body = vec![0; len.saturating_sub(4)];
+        s.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>((tag, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the proxy answered in time")
+        .expect("a whole message")
+}
+
+fn startup_packet(version: u32, user: &str, db: &str) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend(k.as_bytes());
+        body.push(0);
+        body.extend(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+fn cancel_packet(pid: &[u8], secret: &[u8]) -> Vec<u8> {
+    let mut packet = ((12 + secret.len()) as u32).to_be_bytes().to_vec();
+    packet.extend([0x04, 0xd2, 0x16, 0x2e]);
+    packet.extend(pid);
+    packet.extend(secret);
+    packet
+}
+
+/// Sends a CancelRequest and waits until the proxy closes the connection,
+/// which it does only once the cluster has acted on it.
+async fn send_cancel(addr: std::net::SocketAddr, packet: &[u8]) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(packet).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "cancel connection closed cleanly: {closed:?}"
+    );
+}
+
+/// A client that asks for protocol 3.2: against PostgreSQL 18 the session
+/// runs at 3.2 and gets a 32-byte cancel secret of the proxy's own, which
+/// cancels; against 15 and 17 it is negotiated down to 3.0 (a full version
+/// number in NegotiateProtocolVersion) with a 4-byte secret.
+#[tokio::test]
+async fn protocol_3_2_is_spoken_where_the_cluster_speaks_it() {
+    let proxy = common::start_proxy_with("", "").await;
+    let t = common::trust_tenant("mx_proto32");
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&startup_packet((3 << 16) | 2, &t.user, &t.db))
+        .await
+        .unwrap();
+    let mut negotiated = None;
+    let mut key = None;
+    loop {
+        let (tag, body) = read_msg(&mut s).await;
+        match tag {
+            b'v' => negotiated = Some(u32::from_be_bytes(body[..4].try_into().unwrap())),
+            b'K' => key = Some(body),
+            b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    let key = key.expect("BackendKeyData");
+    let (pid, secret) = key.split_at(4);
+    if pg_major() >= 18 {
+        assert_eq!(negotiated, None, "3.2 accepted as asked: no negotiation");
+        assert_eq!(secret.len(), 32, "a long secret of the proxy's own");
+    } else {
+        assert_eq!(
+            negotiated,
+            Some(3 << 16),
+            "down to 3.0, as a full version number"
+        );
+        assert_eq!(secret.len(), 4);
+    }
+
+    // A key with a changed secret, or (3.2) with its first 4 bytes only, is
+    // not the key: the query survives.
+    let sleep = |secs: u32| {
+        let sql = format!("SELECT pg_sleep({secs}), 'survived'\0");
+        let mut out = vec![b'Q'];
+        out.extend(((sql.len() + 4) as u32).to_be_bytes());
+        out.extend(sql.as_bytes());
+        out
+    };
+    let active = |what: &str| {
+        format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'SELECT pg_sleep({what})%' AND state = 'active'",
+            t.db
+        )
+    };
+    s.write_all(&sleep(1)).await.unwrap();
+    common::wait_for_cluster(&active("1"), "1", "the short sleep running").await;
+    let mut wrong = secret.to_vec();
+    *wrong.last_mut().unwrap() ^= 1;
+    send_cancel(proxy.addr, &cancel_packet(pid, &wrong)).await;
+    if secret.len() > 4 {
+        send_cancel(proxy.addr, &cancel_packet(pid, &secret[..4])).await;
+    }
+    let mut tags = Vec::new();
+    loop {
+        let (tag, _) = read_msg(&mut s).await;
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert!(!tags.contains(&b'E'), "a partial key cancelled the query");
+
+    // The whole key cancels.
+    s.write_all(&sleep(60)).await.unwrap();
+    common::wait_for_cluster(&active("60"), "1", "the long sleep running").await;
+    let started = Instant::now();
+    send_cancel(proxy.addr, &cancel_packet(pid, secret)).await;
+    let (tag, body) = loop {
+        let (tag, body) = read_msg(&mut s).await;
+        if tag == b'E' || tag == b'Z' {
+            break (tag, body);
+        }
+    };
+    assert_eq!(tag, b'E', "the query was cancelled");
+    assert_eq!(
+        pgtier::protocol::error::sqlstate_of(&body),
+        Some("57014"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// libpq 18 with `max_protocol_version=latest` logs in through the proxy
+/// against every cluster: at 3.2 on 18, negotiated down to 3.0 elsewhere
+/// (before the fix libpq read the proxy's answer as a downgrade below 3.0
+/// and gave up).
+#[tokio::test]
+async fn libpq_18_asking_for_the_latest_protocol_logs_in() {
+    let proxy = start_proxy("").await;
+    let t = scram_tenant("mx_latest");
+    let url = format!(
+        "{}&max_protocol_version=latest",
+        psql_url(proxy.addr, &t.db, &t.user, &t.password, "verify-full")
+    );
+    let info = psql_ok(&psql_of(18), &url, "\\conninfo").await;
+    let expected = if pg_major() >= 18 { "3.2" } else { "3.0" };
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("Protocol Version"))
+        .unwrap_or_else(|| panic!("no protocol version in {info:?}"));
+    assert_eq!(line, format!("Protocol Version|{expected}"), "{info}");
+}

@@ -170,12 +170,18 @@ async fn newer_protocol_and_unknown_options_are_negotiated_down() {
     let msgs = read_until_ready(&mut s).await;
     let (tag, body) = &msgs[0];
     assert_eq!(*tag, b'v', "NegotiateProtocolVersion first");
-    // PostgreSQL sends the full number of the newest version it speaks
-    // (3.0 = 196608); libpq 18 reads a bare minor number as a downgrade.
+    // The newest version both the proxy and the cluster speak, as a full
+    // version number as PostgreSQL sends it (libpq 18 reads a bare minor
+    // as a downgrade): 3.2 with PostgreSQL 18, 3.0 before.
+    let newest: i32 = if common::pg_major() >= 18 {
+        (3 << 16) | 2
+    } else {
+        3 << 16
+    };
     assert_eq!(
         &body[..4],
-        &196_608i32.to_be_bytes(),
-        "newest version 3.0, as a full version number"
+        &newest.to_be_bytes(),
+        "newest version as a full version number"
     );
     assert_eq!(&body[4..8], &1i32.to_be_bytes(), "one unsupported option");
     assert_eq!(&body[8..], b"_pq_.test_option\0");

@@ -14,8 +14,13 @@ const SSL_REQUEST_CODE: u32 = 80_877_103;
 const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 
-/// Protocol 3.0, the only version the proxy speaks.
+/// Protocol 3.0: what every PostgreSQL since 7.4 speaks.
 pub const PROTOCOL_3_0: u32 = 3 << 16;
+/// Protocol 3.2 (PostgreSQL 18): cancel keys of up to 256 bytes. The newest
+/// version the proxy speaks.
+pub const PROTOCOL_3_2: u32 = (3 << 16) | 2;
+/// The longest cancel-key secret protocol 3.2 allows.
+pub const MAX_CANCEL_SECRET: usize = 256;
 
 /// Why a startup packet is refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,27 +33,49 @@ pub enum StartupError {
     NotUtf8,
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
-    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2")]
     UnsupportedVersion { major: u16, minor: u16 },
     #[error("invalid length of cancel request packet")]
     BadCancel,
 }
 
-/// A cancel key as a client presents it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A cancel key: the backend's process ID and a secret. The secret is four
+/// bytes under protocol 3.0 and up to [`MAX_CANCEL_SECRET`] under 3.2.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CancelKey {
     pub pid: i32,
-    pub secret: i32,
+    pub secret: Box<[u8]>,
 }
 
 impl CancelKey {
-    /// The 16-byte CancelRequest packet carrying this key.
-    pub fn request_packet(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..4].copy_from_slice(&16u32.to_be_bytes());
-        out[4..8].copy_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
-        out[8..12].copy_from_slice(&self.pid.to_be_bytes());
-        out[12..].copy_from_slice(&self.secret.to_be_bytes());
+    /// The CancelRequest packet carrying this key.
+    pub fn request_packet(&self) -> Vec<u8> {
+        let len = 12 + self.secret.len();
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+        out.extend_from_slice(&self.pid.to_be_bytes());
+        out.extend_from_slice(&self.secret);
+        out
+    }
+
+    /// Reads a BackendKeyData body (process ID, then the secret); `None`
+    /// when the secret's length is not one a protocol version allows.
+    pub fn from_backend_key_data(body: &[u8]) -> Option<CancelKey> {
+        let (pid, secret) = body.split_first_chunk::<4>()?;
+        (4..=MAX_CANCEL_SECRET)
+            .contains(&secret.len())
+            .then(|| CancelKey {
+                pid: i32::from_be_bytes(*pid),
+                secret: secret.into(),
+            })
+    }
+
+    /// The BackendKeyData body for this key.
+    pub fn backend_key_data(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.secret.len());
+        out.extend_from_slice(&self.pid.to_be_bytes());
+        out.extend_from_slice(&self.secret);
         out
     }
 }
@@ -84,16 +111,16 @@ impl StartupMessage {
         }
     }
 
-    /// True when PostgreSQL would answer NegotiateProtocolVersion.
-    pub fn needs_negotiation(&self) -> bool {
-        self.minor_version > 0 || !self.unsupported_options.is_empty()
+    /// The protocol version the client asked for.
+    pub fn version(&self) -> u32 {
+        PROTOCOL_3_0 | u32::from(self.minor_version)
     }
 
-    /// The StartupMessage to send to the cluster: protocol 3.0 and the
-    /// client's parameters, protocol options removed.
-    pub fn encode_v3(&self) -> BytesMut {
+    /// The StartupMessage to send to the cluster: protocol `version` and
+    /// the client's parameters, protocol options removed.
+    pub fn encode(&self, version: u32) -> BytesMut {
         let mut body = BytesMut::with_capacity(128);
-        body.put_u32(PROTOCOL_3_0);
+        body.put_u32(version);
         for (k, v) in &self.params {
             body.put_slice(k.as_bytes());
             body.put_u8(0);
@@ -135,13 +162,9 @@ pub fn decode(body: &[u8]) -> Result<StartupPacket, StartupError> {
         SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => Err(StartupError::BadLength),
-        CANCEL_REQUEST_CODE => {
-            let key: [u8; 8] = rest.try_into().map_err(|_| StartupError::BadCancel)?;
-            Ok(StartupPacket::Cancel(CancelKey {
-                pid: i32::from_be_bytes([key[0], key[1], key[2], key[3]]),
-                secret: i32::from_be_bytes([key[4], key[5], key[6], key[7]]),
-            }))
-        }
+        CANCEL_REQUEST_CODE => CancelKey::from_backend_key_data(rest)
+            .map(StartupPacket::Cancel)
+            .ok_or(StartupError::BadCancel),
         version => {
             let (major, minor) = ((version >> 16) as u16, version as u16);
             if major != 3 {
@@ -215,7 +238,7 @@ mod tests {
             panic!("not a startup")
         };
         assert_eq!(msg.database(), "alice");
-        assert!(!msg.needs_negotiation());
+        assert_eq!(msg.version(), PROTOCOL_3_0);
     }
 
     #[test]
@@ -227,10 +250,10 @@ mod tests {
         let StartupPacket::Startup(msg) = decode(&body).unwrap() else {
             panic!("not a startup")
         };
-        assert!(msg.needs_negotiation());
+        assert_eq!(msg.version(), PROTOCOL_3_2);
         assert_eq!(msg.unsupported_options, vec!["_pq_.x".to_owned()]);
-        // The cluster gets 3.0 without the options.
-        let encoded = msg.encode_v3();
+        // The cluster gets the version asked for, without the options.
+        let encoded = msg.encode(PROTOCOL_3_0);
         assert_eq!(
             decode(&encoded[4..]).unwrap(),
             StartupPacket::Startup(StartupMessage {
@@ -290,12 +313,29 @@ mod tests {
     }
 
     #[test]
-    fn cancel_request_round_trips() {
-        let key = CancelKey {
-            pid: 42,
-            secret: -7,
-        };
-        let packet = key.request_packet();
-        assert_eq!(decode(&packet[4..]), Ok(StartupPacket::Cancel(key)));
+    fn cancel_requests_of_both_protocol_versions_round_trip() {
+        for secret_len in [4, 32, MAX_CANCEL_SECRET] {
+            let key = CancelKey {
+                pid: 42,
+                secret: vec![7u8; secret_len].into(),
+            };
+            let packet = key.request_packet();
+            assert_eq!(packet.len(), 12 + secret_len);
+            assert_eq!(
+                u32::from_be_bytes(packet[..4].try_into().unwrap()) as usize,
+                packet.len()
+            );
+            assert_eq!(decode(&packet[4..]), Ok(StartupPacket::Cancel(key.clone())));
+            assert_eq!(
+                CancelKey::from_backend_key_data(&key.backend_key_data()),
+                Some(key)
+            );
+        }
+        let mut short = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        short.extend_from_slice(&[0, 0, 0, 1, 9, 9, 9]);
+        assert_eq!(decode(&short), Err(StartupError::BadCancel));
+        let mut long = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        long.extend_from_slice(&vec![1u8; 4 + MAX_CANCEL_SECRET + 1]);
+        assert_eq!(decode(&long), Err(StartupError::BadCancel));
     }
 }
