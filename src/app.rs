@@ -4,20 +4,36 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::config::LogFormat;
 use crate::server::{Proxy, ProxyHandle};
 use crate::shared::load_config;
 
 /// Exit code for an invalid configuration.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
+/// Logs to stderr in `format`; `RUST_LOG` filters (default `info`).
+/// Colours only when stderr is a terminal: a log file or journald gets
+/// plain text. Installed once; later calls do nothing.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // Each line: timestamp, level, message and fields, and the span's
+        // fields (session, tenant, client) flattened alongside.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// The async runtime: `worker_threads` = 1 is a single-threaded runtime,
@@ -69,6 +85,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    init_logging(config.log_format);
     let rt = match runtime(config.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {

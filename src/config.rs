@@ -35,6 +35,17 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, with the same fields, for log shippers.
+    Json,
+}
+
 /// Client-side TLS policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +230,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Where state that survives restarts (last activity) is kept.
     pub state_dir: Option<PathBuf>,
+    /// `text` or `json` log lines (needs a restart). `RUST_LOG` filters.
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]

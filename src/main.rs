@@ -45,8 +45,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    pgtier::app::init_logging();
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if !matches!(command, Command::Run) {
+        // `run` logs in the format its configuration names.
+        pgtier::app::init_logging(pgtier::config::LogFormat::Text);
+    }
+    match command {
         Command::Run => pgtier::app::run(&cli.config),
         Command::Check => pgtier::app::check(&cli.config),
         Command::GenCert { dir } => pgtier::app::gen_cert(&dir),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::sessions::KillReason;
@@ -110,10 +111,21 @@ impl Proxy {
                     Ok((tcp, peer)) => {
                         let open = shared.connection_opened();
                         let shared = Arc::clone(&shared);
-                        tokio::spawn(async move {
-                            crate::session::serve(shared, tcp, peer).await;
-                            drop(open);
-                        });
+                        // Every log line of the connection carries its
+                        // client, and once known its tenant and session id.
+                        let span = tracing::info_span!(
+                            "session",
+                            client = %peer,
+                            tenant = tracing::field::Empty,
+                            id = tracing::field::Empty,
+                        );
+                        tokio::spawn(
+                            async move {
+                                crate::session::serve(shared, tcp).await;
+                                drop(open);
+                            }
+                            .instrument(span),
+                        );
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off

@@ -5,7 +5,6 @@
 //! one place ([`finish`]): the client's last word, the log line and the
 //! metric.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,30 +66,30 @@ enum Exit {
 struct Login<'a> {
     shared: &'a Arc<Shared>,
     config: &'a Config,
-    peer: SocketAddr,
     accepted: Instant,
     deadline: tokio::time::Instant,
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end. The caller's span carries the
+/// client address; the tenant and session id are added to it here.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let accepted = Instant::now();
     let config = shared.config();
     let login = Login {
         shared: &shared,
         config: &config,
-        peer,
         accepted,
         deadline: tokio::time::Instant::from_std(accepted + config.login_timeout),
     };
     let _ = tcp.set_nodelay(true);
     let (client, startup) = match login.open(tcp).await {
         Ok(opened) => opened,
-        Err(exit) => return finish(&shared, peer, None, exit).await,
+        Err(exit) => return finish(&shared, None, exit).await,
     };
+    tracing::Span::current().record("tenant", tracing::field::display(startup.database()));
     match login.log_in(client, &startup).await {
         Ok(session) => session.run().await,
-        Err(exit) => finish(&shared, peer, Some(&startup), exit).await,
+        Err(exit) => finish(&shared, Some(&startup), exit).await,
     }
 }
 
@@ -136,7 +135,7 @@ impl Login<'_> {
                     &self.shared.cluster_tls(),
                 )
                 .await;
-                tracing::debug!(client = %self.peer, pid = key.pid, forwarded = sent, "cancel request");
+                tracing::debug!(pid = key.pid, forwarded = sent, "cancel request");
                 // Only now, after the cluster has acted on it, does the
                 // client learn that its cancel was processed: the close.
                 goodbye(stream, None).await;
@@ -227,7 +226,6 @@ impl Login<'_> {
         self.shared.metrics.login(login_duration);
         Ok(Session {
             shared: Arc::clone(self.shared),
-            peer: self.peer,
             user: startup.user().to_owned(),
             limits,
             client,
@@ -265,7 +263,6 @@ fn cluster_unreachable() -> Refusal {
 /// A logged-in session, ready for the passthrough.
 struct Session {
     shared: Arc<Shared>,
-    peer: SocketAddr,
     user: String,
     limits: Limits,
     client: Stream,
@@ -280,7 +277,6 @@ impl Session {
     async fn run(self) {
         let Session {
             shared,
-            peer,
             user,
             limits,
             client,
@@ -297,17 +293,15 @@ impl Session {
         let (mut to_cluster, mut to_client) = gate::gates(&shared, &tenant);
         let registration = shared.sessions.register(Arc::clone(&tenant));
         let control = &registration.control;
+        tracing::Span::current().record("id", control.id);
         // A session that finished logging in after shutdown's grace ran out
         // would otherwise escape the final sweep.
         if shared.shutdown_stage() >= Stage::Closing {
             control.kill(KillReason::Shutdown);
         }
         tracing::info!(
-            session = control.id,
-            tenant = tenant.name(),
             tier = %limits.tier,
             user,
-            client = %peer,
             tls = client.is_tls(),
             backend_pid = logged_in.backend_pid,
             protocol = %format_args!("3.{}", logged_in.protocol & 0xffff),
@@ -340,9 +334,6 @@ impl Session {
             _ => None,
         };
         tracing::info!(
-            session = control.id,
-            tenant = tenant.name(),
-            client = %peer,
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_from_client = traffic.from_client,
             bytes_to_client = traffic.to_client,
@@ -357,19 +348,21 @@ impl Session {
 
 /// Ends a connection that did not become a session: the client's last
 /// word (if there is a stream to say it on), the log line, the metric.
-async fn finish(shared: &Shared, peer: SocketAddr, startup: Option<&StartupMessage>, exit: Exit) {
+async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
     match exit {
         Exit::Cancel => {}
         Exit::Lost(detail) => {
-            tracing::debug!(client = %peer, detail, "connection closed before a session started");
+            tracing::debug!(detail, "connection closed before a session started");
         }
         Exit::Refused { stream, refusal } => {
             let error = refusal.error.as_ref().map(ToString::to_string);
             match startup {
                 Some(startup) => {
                     tracing::info!(
-                        client = %peer, tenant = startup.database(), user = startup.user(),
-                        reason = refusal.reason, error, "login refused"
+                        user = startup.user(),
+                        reason = refusal.reason,
+                        error,
+                        "login refused"
                     );
                     // Counted against the tenant only if it is known (listed
                     // in the config or seen authenticated), never creating
@@ -378,7 +371,7 @@ async fn finish(shared: &Shared, peer: SocketAddr, startup: Option<&StartupMessa
                     shared.metrics.rejected(tenant.as_deref(), refusal.reason);
                 }
                 None => {
-                    tracing::info!(client = %peer, reason = refusal.reason, error, "connection refused");
+                    tracing::info!(reason = refusal.reason, error, "connection refused");
                     shared.metrics.rejected(None, refusal.reason);
                 }
             }
