@@ -219,6 +219,16 @@ pub struct Config {
     /// file-descriptor limit. 0 = no limit.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// Connections between accept and the end of their login, all tenants
+    /// together; more are refused at once (53300), before any TLS
+    /// handshake or cluster connection. 0 = no limit.
+    #[serde(default = "default_max_pending_logins")]
+    pub max_pending_logins: usize,
+    /// Logins of one tenant in progress at once (from its StartupMessage);
+    /// more are refused (53300) without a cluster connection, and other
+    /// tenants are unaffected. 0 = no limit.
+    #[serde(default = "default_max_pending_logins_per_tenant")]
+    pub max_pending_logins_per_tenant: usize,
     /// Threads serving connections: 0 = one per CPU core; 1 = a single
     /// thread with no cross-thread wake-ups (what PgBouncer does), often the
     /// fastest on small machines shared with the cluster. Needs a restart.
@@ -251,6 +261,12 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_client_connections() -> usize {
     10_000
+}
+fn default_max_pending_logins() -> usize {
+    1_000
+}
+fn default_max_pending_logins_per_tenant() -> usize {
+    8
 }
 fn default_tier() -> String {
     "free".to_owned()

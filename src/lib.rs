@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod idle;
+pub mod logins;
 pub mod metrics;
 pub mod protocol;
 pub mod pump;

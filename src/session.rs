@@ -82,13 +82,33 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         deadline: tokio::time::Instant::from_std(accepted + config.login_timeout),
     };
     let _ = tcp.set_nodelay(true);
+    // Counted as logging in until the session starts or the connection
+    // ends; past the bound, refused before anything else is spent on it.
+    let Some(pending) = shared.logins.begin(config.max_pending_logins) else {
+        let refusal = Refusal::new(
+            ErrorFields::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients logging in already",
+            )
+            .with_hint(format!(
+                "The proxy takes {} logins at once (max_pending_logins); try again shortly.",
+                config.max_pending_logins
+            )),
+            "max_pending_logins",
+        );
+        let stream = Some(Stream::Plain(tcp));
+        return finish(&shared, None, Exit::Refused { stream, refusal }).await;
+    };
     let (client, startup) = match login.open(tcp).await {
         Ok(opened) => opened,
         Err(exit) => return finish(&shared, None, exit).await,
     };
     tracing::Span::current().record("tenant", tracing::field::display(startup.database()));
     match login.log_in(client, &startup).await {
-        Ok(session) => session.run().await,
+        Ok(session) => {
+            drop(pending);
+            session.run().await
+        }
         Err(exit) => finish(&shared, Some(&startup), exit).await,
     }
 }
@@ -164,6 +184,23 @@ impl Login<'_> {
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
         let limits = self.config.limits_for(tenant_name);
+        let max = self.config.max_pending_logins_per_tenant;
+        let Some(_tenant_login) = self.shared.logins.begin_for(tenant_name, max) else {
+            return Err(Exit::Refused {
+                stream: Some(client),
+                refusal: Refusal::new(
+                    ErrorFields::fatal(
+                        sqlstate::TOO_MANY_CONNECTIONS,
+                        format!("too many logins in progress for database \"{tenant_name}\""),
+                    )
+                    .with_hint(format!(
+                        "At most {max} logins of one database may be in progress at once \
+                         (max_pending_logins_per_tenant); try again shortly."
+                    )),
+                    "max_pending_logins_per_tenant",
+                ),
+            });
+        };
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
             refusal,

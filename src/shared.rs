@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cancel::CancelKeys;
 use crate::config::{ClientTlsMode, Config};
+use crate::logins::Logins;
 use crate::metrics::Metrics;
 use crate::quota::classify::Classifier;
 use crate::quota::AuditQueue;
@@ -38,6 +39,8 @@ pub struct Shared {
     cluster_tls: ArcSwap<rustls::ClientConfig>,
     pub tenants: Tenants,
     pub sessions: Sessions,
+    /// Logins in progress, bounded by `max_pending_logins[_per_tenant]`.
+    pub logins: Logins,
     pub cancel_keys: Arc<CancelKeys>,
     pub metrics: Metrics,
     /// Statement classification for the quota and policy, with its cache.
@@ -83,6 +86,7 @@ impl Shared {
             cluster_tls: ArcSwap::new(cluster_tls),
             tenants,
             sessions: Sessions::default(),
+            logins: Logins::default(),
             cancel_keys: Arc::new(CancelKeys::default()),
             metrics: Metrics::default(),
             classifier: Classifier::new(),
