@@ -113,18 +113,7 @@ pub async fn relay(
     let mut protocol = None;
 
     loop {
-        let header = read_frame(cluster, &mut from_cluster)
-            .await
-            .map_err(|e| match e {
-                ReadError::Io(e) => LoginError::ClusterIo(e),
-                ReadError::Protocol(message) => LoginError::Refused {
-                    error: ErrorFields::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        format!("the database cluster sent an invalid message: {message}"),
-                    ),
-                    reason: "cluster_error",
-                },
-            })?;
+        let header = cluster_frame(cluster, &mut from_cluster, client, &mut from_client).await?;
         let frame = from_cluster.split_to(header.frame_len);
         let body = &frame[5..];
         let negotiated = match protocol {
@@ -320,6 +309,42 @@ async fn flush_to(client: &mut Stream, pending: &mut BytesMut) -> Result<(), Log
     client.flush().await.map_err(LoginError::ClientIo)?;
     pending.clear();
     Ok(())
+}
+
+/// Reads the cluster's next login frame, noticing meanwhile a client that
+/// hangs up (a client that gives up mid-login must not keep its login
+/// counted until `login_timeout`). Bytes the client sends early are kept in
+/// `from_client` for later.
+async fn cluster_frame(
+    cluster: &mut Stream,
+    from_cluster: &mut BytesMut,
+    client: &mut Stream,
+    from_client: &mut BytesMut,
+) -> Result<FrameHeader, LoginError> {
+    loop {
+        tokio::select! {
+            biased;
+            frame = read_frame(cluster, from_cluster) => {
+                return frame.map_err(|e| match e {
+                    ReadError::Io(e) => LoginError::ClusterIo(e),
+                    ReadError::Protocol(message) => LoginError::Refused {
+                        error: ErrorFields::fatal(
+                            sqlstate::CONNECTION_FAILURE,
+                            format!("the database cluster sent an invalid message: {message}"),
+                        ),
+                        reason: "cluster_error",
+                    },
+                });
+            }
+            read = client.read_buf(from_client), if from_client.len() < MAX_LOGIN_FRAME => {
+                match read {
+                    Ok(0) => return Err(LoginError::ClientGone),
+                    Ok(_) => {}
+                    Err(e) => return Err(LoginError::ClientIo(e)),
+                }
+            }
+        }
+    }
 }
 
 enum ReadError {

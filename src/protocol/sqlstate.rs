@@ -18,8 +18,10 @@ pub const CONNECTION_FAILURE: &str = "08006";
 /// `feature_not_supported`: e.g. an unsupported protocol major version or
 /// authentication method.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-/// `program_limit_exceeded`: a row quota is exhausted.
-pub const PROGRAM_LIMIT_EXCEEDED: &str = "53400";
+/// `configuration_limit_exceeded`: a tenant over its row limit.
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+/// `program_limit_exceeded`: a message longer than the proxy inspects.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 /// `insufficient_privilege`: a statement kind the tier denies.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// `warning`: the class of the proxy's own warnings (a tenant near its row

@@ -64,7 +64,7 @@ fn holds(figure: Figure, limit: u64) -> String {
 /// add rows.
 pub fn row_limit_error(database: &str, figure: Figure, limit: u64, tier: &str) -> ErrorFields {
     ErrorFields::error(
-        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
         format!(
             "row limit exceeded: database \"{database}\" {}; the {tier} tier allows {}",
             holds(figure, limit),

@@ -1,0 +1,257 @@
+//! Floods and hostile lengths: logins in progress are bounded (in all and
+//! per tenant), a stalled TLS handshake runs into login_timeout, and no
+//! length field a client sends makes the proxy allocate what it claims.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{start_proxy_from, start_proxy_with, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy said before closing: `Ok(Some(sqlstate))` for an
+/// ErrorResponse, `Ok(None)` for a close without one.
+async fn refusal(s: &mut TcpStream) -> Option<String> {
+    let read = async {
+        let mut tag = [0u8; 1];
+        if s.read(&mut tag).await? == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        assert_eq!(tag[0], b'E', "an ErrorResponse");
+        let len = s.read_u32().await? as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await?;
+        Ok(pgtier::protocol::error::sqlstate_of(&body).map(str::to_owned))
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("answered at once")
+        .expect("readable")
+}
+
+fn startup_packet(user: &str, db: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend(k.as_bytes());
+        body.push(0);
+        body.extend(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test]
+async fn past_max_pending_logins_new_connections_are_refused_at_once() {
+    let proxy = start_proxy_with("max_pending_logins = 5", "").await;
+    // Five connections that say nothing are five logins in progress.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let shared = proxy.handle.shared().clone();
+    wait_until(Duration::from_secs(5), "five logins in progress", || {
+        shared.logins.in_progress() == 5
+    })
+    .await;
+    // The sixth is refused before it says anything (an SSLRequest would
+    // get the same: no TLS handshake is started for it).
+    let mut sixth = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(refusal(&mut sixth).await.as_deref(), Some("53300"));
+    // One gives up: there is room again, and a real client logs in.
+    drop(silent.pop());
+    wait_until(Duration::from_secs(5), "a login slot freed", || {
+        shared.logins.in_progress() == 4
+    })
+    .await;
+    let t = common::scram_tenant("pending_ok");
+    let (client, _conn) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .expect("a login once there is room");
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(
+        shared.logins.in_progress(),
+        4,
+        "a logged-in session no longer counts"
+    );
+    let rejected = shared.metrics.unattributed_rejections();
+    assert_eq!(rejected.get("max_pending_logins"), Some(&1));
+}
+
+/// A stand-in cluster that accepts connections and never answers: logins
+/// through the proxy stall there, and the number it accepted is how many
+/// cluster connections the proxy opened.
+async fn silent_cluster() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_hold_more_than_its_share_of_logins() {
+    let (cluster, opened) = silent_cluster().await;
+    let text = common::config_text("max_pending_logins_per_tenant = 2", "prefer", "").replace(
+        &format!("port = {}", common::cluster().port()),
+        &format!("port = {}", cluster.port()),
+    );
+    let proxy = start_proxy_from(&text).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&startup_packet("u", "crowded")).await.unwrap();
+        stalled.push(s);
+    }
+    wait_until(Duration::from_secs(5), "two cluster connections", || {
+        opened.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    third
+        .write_all(&startup_packet("u", "crowded"))
+        .await
+        .unwrap();
+    assert_eq!(refusal(&mut third).await.as_deref(), Some("53300"));
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        2,
+        "no cluster connection for the refused login"
+    );
+    // Another tenant is unaffected.
+    let mut other = TcpStream::connect(proxy.addr).await.unwrap();
+    other
+        .write_all(&startup_packet("u", "elsewhere"))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the other tenant's login reaches the cluster",
+        || opened.load(Ordering::SeqCst) == 3,
+    )
+    .await;
+    let shared = proxy.handle.shared().clone();
+    assert_eq!(shared.logins.in_progress_for("crowded"), 2);
+    drop(stalled);
+    wait_until(Duration::from_secs(5), "the stalled logins ended", || {
+        shared.logins.in_progress_for("crowded") == 0
+    })
+    .await;
+    assert_eq!(
+        shared.logins.tenants_logging_in(),
+        1,
+        "only the other tenant is left"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_runs_into_login_timeout() {
+    let proxy = start_proxy_with("login_timeout = \"1s\"", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), b'S');
+    // Half a ClientHello record header, then nothing.
+    s.write_all(&[0x16, 0x03]).await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}, login_timeout is 1s"
+    );
+    let shared = proxy.handle.shared().clone();
+    wait_until(Duration::from_secs(2), "counted as login_timeout", || {
+        shared
+            .metrics
+            .unattributed_rejections()
+            .get("login_timeout")
+            == Some(&1)
+    })
+    .await;
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Logs a trust role in over plaintext and returns the stream.
+async fn logged_in(addr: SocketAddr, t: &common::Tenant) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet(&t.user, &t.db)).await.unwrap();
+    loop {
+        let tag = s.read_u8().await.unwrap();
+        let len = s.read_u32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+        if tag == b'Z' {
+            return s;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_gb_length_never_allocates_2_gb() {
+    let free = common::trust_tenant("huge_free");
+    let standard = common::trust_tenant("huge_std");
+    let proxy = start_proxy_with(
+        "",
+        &format!("[tenants.{}]\ntier = \"standard\"\n", standard.db),
+    )
+    .await;
+    let before = rss();
+    let huge = |tag: u8| {
+        let mut header = vec![tag];
+        header.extend(0x7fff_fff0u32.to_be_bytes());
+        header
+    };
+    // A free tenant's statements are inspected: a Query longer than the
+    // proxy inspects ends the session with 54000 at its header.
+    let mut s = logged_in(proxy.addr, &free).await;
+    s.write_all(&huge(b'Q')).await.unwrap();
+    assert_eq!(refusal(&mut s).await.as_deref(), Some("54000"));
+    // A standard tenant's bytes stream through: 16 MB of a 2 GB message
+    // pass without the proxy holding more than its read buffers.
+    let mut s = logged_in(proxy.addr, &standard).await;
+    s.write_all(&huge(b'Q')).await.unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..16 {
+        if s.write_all(&chunk).await.is_err() {
+            break; // the cluster may give up on it first
+        }
+    }
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "the proxy grew by {} MiB for a 2 GB length",
+        grown >> 20
+    );
+    // Before login: a startup packet claiming 2 GB is refused at its length.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&0x7fff_fff0u32.to_be_bytes()).await.unwrap();
+    assert_eq!(refusal(&mut s).await.as_deref(), Some("08P01"));
+}
