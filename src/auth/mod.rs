@@ -9,6 +9,8 @@
 //! proxy, so it cannot bind to the cluster's channel), and BackendKeyData
 //! gets the proxy's own secret (see [`crate::cancel`]).
 
+pub mod scram;
+
 use std::io;
 use std::sync::Arc;
 
