@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cancel;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod idle;
 pub mod logins;

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::config::{ClusterConfig, ClusterTlsMode, Config, QuotaConfig};
+use crate::config::Config;
+use crate::control::{self, Login};
 use crate::quota::log_crossing;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -189,7 +190,13 @@ impl Auditor {
             }
         }
         let quota = config.quota.as_ref().ok_or(AuditError::NotConfigured)?;
-        connect(&config.cluster, quota, database, &self.shared.cluster_tls()).await
+        let login = Login {
+            user: &quota.user,
+            password: quota.password.as_deref(),
+            database,
+            application_name: "pgtier quota",
+        };
+        Ok(control::connect(&config.cluster, &login, &self.shared.cluster_tls()).await?)
     }
 
     fn put_back(&self, database: &str, client: tokio_postgres::Client) {
@@ -216,13 +223,14 @@ impl Auditor {
         let Some(quota) = &config.quota else {
             return;
         };
-        let client = match connect(
-            &config.cluster,
-            quota,
-            &quota.database,
-            &self.shared.cluster_tls(),
-        )
-        .await
+        let login = Login {
+            user: &quota.user,
+            password: quota.password.as_deref(),
+            database: &quota.database,
+            application_name: "pgtier quota",
+        };
+        let client = match control::connect(&config.cluster, &login, &self.shared.cluster_tls())
+            .await
         {
             Ok(client) => client,
             Err(e) => {
@@ -293,48 +301,6 @@ async fn count_rows(
     }
     client.batch_execute("COMMIT").await?;
     Ok((total, exact))
-}
-
-/// Logs in to `database` as the quota role.
-async fn connect(
-    cluster: &ClusterConfig,
-    quota: &QuotaConfig,
-    database: &str,
-    tls: &Arc<rustls::ClientConfig>,
-) -> Result<tokio_postgres::Client, AuditError> {
-    let mut pg = tokio_postgres::Config::new();
-    pg.user(&quota.user)
-        .dbname(database)
-        .application_name("pgtier quota")
-        .connect_timeout(cluster.connect_timeout)
-        .port(cluster.port);
-    if cluster.host.starts_with('/') {
-        pg.host_path(&cluster.host);
-    } else {
-        pg.host(&cluster.host);
-    }
-    if let Some(password) = &quota.password {
-        pg.password(password);
-    }
-    let client = if cluster.tls == ClusterTlsMode::Disable || cluster.host.starts_with('/') {
-        let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-    } else {
-        pg.ssl_mode(match cluster.tls {
-            ClusterTlsMode::Require => tokio_postgres::config::SslMode::Require,
-            _ => tokio_postgres::config::SslMode::Prefer,
-        });
-        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-        let (client, connection) = pg.connect(connector).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-    };
-    Ok(client)
 }
 
 /// `name` as a quoted SQL identifier.
