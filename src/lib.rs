@@ -20,6 +20,7 @@ pub mod idle;
 pub mod metrics;
 pub mod protocol;
 pub mod pump;
+pub mod quota;
 pub mod sandbox;
 pub mod scrape;
 pub mod server;
