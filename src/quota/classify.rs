@@ -291,8 +291,14 @@ pub fn classify_lexical(sql: &str) -> Option<Classification> {
         return Some(verdict);
     }
     // A backslash in an ordinary string: decide only when both readings agree.
-    let (other, _) = lexical_verdict(sql, false)?;
-    (other == verdict).then_some(verdict)
+    match lexical_verdict(sql, false) {
+        Some((other, _)) => (other == verdict).then_some(verdict),
+        // With the setting off the text does not even lex (`'C:\dir\'`): a
+        // session with it off gets a syntax error and runs none of it, so the
+        // first reading is the only one that can run.
+        None if unterminated_without_scs(sql) => Some(verdict),
+        None => None,
+    }
 }
 
 /// The parser path alone, without the lexical pass in front (what [`classify`]
@@ -623,6 +629,14 @@ fn lexes_differently_without_scs(sql: &str) -> bool {
     let mut lexer = Lexer::new(sql, true);
     while lexer.next_token().is_some() {}
     lexer.scs_sensitive
+}
+
+/// Whether `sql` ends inside a string, quoted identifier or comment when read
+/// with `standard_conforming_strings` off.
+fn unterminated_without_scs(sql: &str) -> bool {
+    let mut lexer = Lexer::new(sql, false);
+    while lexer.next_token().is_some() {}
+    lexer.unterminated
 }
 
 fn word_is(src: &[u8], start: usize, end: usize, kw: &[u8]) -> bool {

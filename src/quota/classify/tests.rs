@@ -464,6 +464,8 @@ const CORPUS: &[(&str, &str)] = &[
     ("SELECT '\\'' ; CREATE EXTENSION x; -- '", "CREATE EXTENSION"),
     ("SELECT '\\'; CREATE EXTENSION x; --'", "CREATE EXTENSION"),
     ("SELECT 'a\\'; INSERT INTO t VALUES (1); -- '", "adds"),
+    ("INSERT INTO t VALUES ('C:\\dir\\')", "adds"),
+    ("SELECT 'C:\\dir\\' FROM t", ""),
     // --- Empty and comment-only texts ------------------------------------
     ("", ""),
     ("   \n\t", ""),
@@ -499,6 +501,8 @@ const CORPUS: &[(&str, &str)] = &[
     ("$$", UNPARSED),
     (")))((( ;;; @@@", UNPARSED),
     ("WITH x AS (INSERT", UNPARSED),
+    // NUL ends a Query's text on the wire; here it is just unparsable.
+    ("SELECT 1\0; CREATE EXTENSION x", "CREATE EXTENSION, adds, remeasure, unparsed"),
 ];
 
 #[test]
@@ -573,6 +577,7 @@ fn fast_path_decides_common_statements() {
         "LOCK TABLE t IN ACCESS EXCLUSIVE MODE",
         "VACUUM ANALYZE t",
         "SELECT 'C:\\path'",
+        "INSERT INTO t VALUES ('C:\\dir\\')",
         "",
         "-- nothing",
     ];
@@ -915,12 +920,31 @@ fn random_texts_never_panic_and_paths_agree() {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let classifier = Classifier::new();
     let mut disagreements = Vec::new();
-    for _ in 0..3000 {
-        let sql = random_text(&mut rng);
+    // CLASSIFY_FUZZ_ITERATIONS=1000000 for a longer hunt.
+    let iterations = std::env::var("CLASSIFY_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000);
+    let valid: Vec<&str> = CORPUS
+        .iter()
+        .map(|(sql, _)| *sql)
+        .filter(|sql| !classify_parsed(sql).unparsed)
+        .collect();
+    let mut compared = 0;
+    for i in 0..iterations {
+        // Half random fragments, half valid statements glued together.
+        let sql = if i % 2 == 0 {
+            random_text(&mut rng)
+        } else {
+            valid_combination(&mut rng, &valid)
+        };
         let full = classify(&sql);
         assert_eq!(*classifier.classify(&sql), full, "{sql:?}");
         let parsed = classify_parsed(&sql);
         if let Some(lexical) = classify_lexical(&sql) {
+            if !parsed.unparsed {
+                compared += 1;
+            }
             if !parsed.unparsed && lexical != parsed {
                 disagreements.push(format!(
                     "{sql:?}\n   lexical {lexical:?}\n   parser  {parsed:?}"
@@ -929,6 +953,33 @@ fn random_texts_never_panic_and_paths_agree() {
         }
     }
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+    assert!(
+        compared >= iterations / 10,
+        "only {compared} decided valid texts compared"
+    );
+}
+
+/// One to three valid statements of the corpus, with comments and
+/// whitespace between them and, at random, in another letter case.
+fn valid_combination(rng: &mut XorShift, valid: &[&str]) -> String {
+    const GLUE: &[&str] = &[";", "; ", ";\n", " ;\n-- c\n", "; /* c */ ", ";\t"];
+    const LEAD: &[&str] = &["", " ", "\n", "-- c\n", "/* c /* nested */ */", "\t "];
+    let mut s = String::from(LEAD[rng.below(LEAD.len())]);
+    for i in 0..=rng.below(3) {
+        if i > 0 {
+            s.push_str(GLUE[rng.below(GLUE.len())]);
+        }
+        let statement = valid[rng.below(valid.len())].trim_end_matches(';');
+        match rng.below(4) {
+            0 => s.push_str(&statement.to_ascii_lowercase()),
+            1 => s.push_str(&statement.to_ascii_uppercase()),
+            _ => s.push_str(statement),
+        }
+    }
+    if rng.below(2) == 0 {
+        s.push(';');
+    }
+    s
 }
 
 #[test]
