@@ -1335,6 +1335,17 @@ struct Entry {
     referenced: bool,
 }
 
+impl Entry {
+    fn new(text: &str, verdict: Arc<Classification>) -> Entry {
+        Entry {
+            cost: text.len() + verdict.heap_bytes() + ENTRY_OVERHEAD,
+            text: text.into(),
+            verdict,
+            referenced: false,
+        }
+    }
+}
+
 /// The map's keys are already hashes; hashing them again would waste time.
 #[derive(Default)]
 struct HashIsKey(u64);
@@ -1409,7 +1420,9 @@ impl Classifier {
         // once, which costs less than making every other session wait.
         let verdict = Arc::new(classify_parsed(sql));
         if cacheable {
-            lock(shard).insert(hash, sql, Arc::clone(&verdict));
+            // The copy of the text is made before taking the lock.
+            let entry = Entry::new(sql, Arc::clone(&verdict));
+            lock(shard).insert(hash, entry);
         }
         verdict
     }
@@ -1448,14 +1461,8 @@ impl Shard {
     const MAX_ENTRIES: usize = CACHE_MAX_ENTRIES / CACHE_SHARDS;
     const MAX_BYTES: usize = CACHE_MAX_BYTES / CACHE_SHARDS;
 
-    fn insert(&mut self, hash: u64, text: &str, verdict: Arc<Classification>) {
-        let cost = text.len() + verdict.heap_bytes() + ENTRY_OVERHEAD;
-        let entry = Entry {
-            text: text.into(),
-            verdict,
-            cost,
-            referenced: false,
-        };
+    fn insert(&mut self, hash: u64, entry: Entry) {
+        let cost = entry.cost;
         match self.map.insert(hash, entry) {
             // Another session cached it first, or a (keyed, so accidental)
             // hash collision: the key is in the ring already.
