@@ -17,11 +17,20 @@
 //!    else, so DDL, CTEs, `EXPLAIN ANALYZE`, `PREPARE` and friends are judged by
 //!    the same parser the cluster runs, not by a guess.
 //! 3. **A bounded cache** of parser verdicts ([`Classifier`]), because the
-//!    statements that reach the parser repeat (an ORM's CTEs, `DISCARD ALL`).
+//!    statements that reach the parser repeat (an ORM's CTEs, the migrations a
+//!    test suite replays).
 //!
 //! The lexical pass only answers when its verdict is the parser's verdict on
 //! valid SQL; whenever a rule could apply it says "don't know" and the parser
-//! decides. The tests check that agreement over the whole statement corpus.
+//! decides. The tests check that agreement over the whole statement corpus and
+//! over random texts made of valid statements.
+//!
+//! ## What a statement's text cannot tell
+//!
+//! Rows added by code the statement merely triggers: a trigger or rule on the
+//! table an UPDATE touches, a function a SELECT calls. That is why creating
+//! triggers, rules and functions is deny-able; built-in functions that write
+//! (`lo_import`, `lo_from_bytea` into `pg_largeobject`) are not flagged.
 //!
 //! ## Session settings that change how text is read
 //!
@@ -59,7 +68,7 @@ pub enum DenyKind {
     Extension,
     /// CREATE [OR REPLACE] FUNCTION / PROCEDURE / AGGREGATE, CREATE LANGUAGE, DO.
     Function,
-    /// CREATE [CONSTRAINT] TRIGGER, CREATE EVENT TRIGGER, CREATE RULE.
+    /// CREATE \[CONSTRAINT\] TRIGGER, CREATE EVENT TRIGGER, CREATE RULE.
     Trigger,
     /// CREATE / ALTER / DROP ROLE | USER | GROUP, GRANT / REVOKE of role membership.
     Role,
