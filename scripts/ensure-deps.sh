@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the programs pgtier's tests, demo and benchmarks need are
 # installed: PostgreSQL's server binaries (initdb, postgres), psql and
-# pgbench, and with --bench also pgbouncer (the comparison baseline).
+# pgbench, libclang (pg_query's build generates its bindings with it), and
+# with --bench also pgbouncer (the comparison baseline).
 #
 # Idempotent and fast when everything is present (no apt-get update then).
 # As root on Debian/Ubuntu it installs what is missing; otherwise it prints
@@ -69,6 +70,20 @@ have_program() {
     [[ -n "$bin" && -x "$bin/$1" ]] || command -v "$1" >/dev/null 2>&1
 }
 
+# Whether a libclang shared library is installed where clang-sys (bindgen,
+# used by pg_query's build) looks: $LIBCLANG_PATH, LLVM's own directories and
+# the system library directories.
+have_libclang() {
+    local dir
+    for dir in ${LIBCLANG_PATH:-} /usr/lib/llvm-*/lib /usr/lib/*-linux-gnu /usr/lib64 /usr/lib \
+        /usr/local/lib; do
+        if compgen -G "$dir/libclang.so*" >/dev/null || compgen -G "$dir/libclang-[0-9]*.so*" >/dev/null; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 missing() {
     local -a packages=()
     local bin
@@ -78,6 +93,7 @@ missing() {
     fi
     have_program psql || packages+=(postgresql-client)
     have_program pgbench || packages+=(postgresql-contrib)
+    have_libclang || packages+=(libclang-dev)
     if [[ "$want_bench" == 1 ]] && ! command -v pgbouncer >/dev/null 2>&1 \
         && [[ ! -x /usr/sbin/pgbouncer ]]; then
         packages+=(pgbouncer)
@@ -247,7 +263,7 @@ todo=$(missing)
 if [[ -n "$todo" ]]; then
     install_missing_packages "$todo"
 fi
-echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir)"
+echo "ensure-deps: PostgreSQL binaries present in $(pg_bin_dir); libclang present"
 ensure_pg_majors
 
 # --- Python clients -------------------------------------------------------

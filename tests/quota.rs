@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster, connect, quota_table, scram_tenant, start_proxy_with, wait_until};
-use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -96,13 +95,17 @@ async fn over_the_limit_every_way_of_adding_rows_is_refused_and_nothing_else() {
     wait_over(&proxy, &t.db, 100, true).await;
 
     let message = refused(&client, "INSERT INTO t VALUES (200)", "53400").await;
-    assert_eq!(
-        message,
-        format!(
-            "row limit exceeded: database \"{}\" holds 152 rows; the free tier allows 100",
-            t.db
-        )
+    // Exact from the tags (2 + 150), or, once re-measured, what counting
+    // that stops past the limit can say.
+    let exact = format!(
+        "row limit exceeded: database \"{}\" holds 152 rows; the free tier allows 100",
+        t.db
     );
+    let bound = format!(
+        "row limit exceeded: database \"{}\" holds more than 100 rows; the free tier allows 100",
+        t.db
+    );
+    assert!(message == exact || message == bound, "{message}");
     for sql in [
         "WITH x AS (INSERT INTO t VALUES (201) RETURNING n) SELECT * FROM x",
         "CREATE TABLE copy_of_t AS SELECT * FROM t",
@@ -116,18 +119,26 @@ async fn over_the_limit_every_way_of_adding_rows_is_refused_and_nothing_else() {
     }
     let e = client.execute(&prepared, &[&204i32]).await.unwrap_err();
     assert_eq!(code(&e), "53400", "protocol-prepared INSERT: {e:?}");
-    let sink = client
-        .copy_in::<_, bytes::Bytes>("COPY t (n) FROM STDIN")
-        .await;
-    let e = match sink {
-        Ok(sink) => {
-            futures_util::pin_mut!(sink);
-            let _ = sink.send(bytes::Bytes::from_static(b"205\n")).await;
-            sink.finish().await.unwrap_err()
-        }
-        Err(e) => e,
-    };
-    assert_eq!(code(&e), "53400", "COPY FROM: {e:?}");
+    // COPY FROM with psql (tokio-postgres itself loses track of the
+    // connection after a COPY that fails at Execute, also against
+    // PostgreSQL directly).
+    let url = common::psql_url(proxy.addr, &t.db, &t.user, &t.password, "verify-full");
+    let mut copy = common::psql_command(&url)
+        .arg("-c")
+        .arg("COPY t (n) FROM STDIN")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = copy.stdin.take().unwrap();
+        stdin.write_all(b"205\n\\.\n").await.unwrap();
+    }
+    let out = copy.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "COPY FROM was not refused");
+    assert!(stderr.contains("row limit exceeded"), "{stderr}");
 
     // Reading, changing and removing rows keep working, so the tenant can
     // always get back under.
@@ -173,7 +184,7 @@ async fn over_the_limit_every_way_of_adding_rows_is_refused_and_nothing_else() {
             .unwrap()
             .statements_refused()
             .0,
-        10,
+        11,
         "every refusal counted"
     );
 }
@@ -866,10 +877,7 @@ async fn a_reload_applies_the_policy_and_the_limit_to_running_sessions() {
         .expect("reload");
     // The same session, without reconnecting.
     refused(&client, "DO $$ BEGIN END $$", "42501").await;
-    client
-        .batch_execute("INSERT INTO t VALUES (0)")
-        .await
-        .unwrap();
+    // The new limit has the tenant measured (it never was: it had none).
     wait_over(&proxy, &t.db, 20, true).await;
     let message = refused(&client, "INSERT INTO t VALUES (0)", "53400").await;
     assert!(

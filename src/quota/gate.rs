@@ -128,6 +128,7 @@ pub fn gates(shared: &Arc<Shared>, tenant: &Arc<Tenant>) -> (ClientGate, Cluster
         portals: HashMap::new(),
         lost_track: false,
         nonce: rand::random(),
+        asked_measurement: false,
     };
     let cluster = ClusterGate {
         shared: Arc::clone(shared),
@@ -166,6 +167,8 @@ pub struct ClientGate {
     /// Makes markers unguessable, so no statement of the client's own can
     /// be mistaken for one.
     nonce: u64,
+    /// This session has asked for the tenant's first measurement.
+    asked_measurement: bool,
 }
 
 /// How a refused message is replaced.
@@ -183,6 +186,14 @@ impl Hook for ClientGate {
         if self.rules.refresh(&self.shared, &self.tenant) {
             // Statements prepared while nothing was enforced were not seen.
             self.lost_track = true;
+        }
+        if self.rules.limits.row_limit > 0 && self.tenant.rows.unknown() && !self.asked_measurement
+        {
+            // A limit that came with a reload: the tenant has not been
+            // measured yet (that happens at a login under a limit).
+            self.asked_measurement = true;
+            self.tenant.rows.want_measurement();
+            self.shared.audits.request(&self.tenant);
         }
     }
 
@@ -353,10 +364,17 @@ impl ClientGate {
     /// Whether a statement's SQL `EXECUTE`s a prepared statement that adds
     /// rows.
     fn executes_rows(&self, statement: &Classification) -> bool {
-        statement
-            .executes
-            .iter()
-            .any(|name| self.statement_adds_rows(name))
+        statement.executes.iter().any(|name| {
+            // A statement prepared in the same text counts as it says.
+            match statement
+                .prepares
+                .iter()
+                .find(|(prepared, _)| prepared == name)
+            {
+                Some((_, adds_rows)) => *adds_rows,
+                None => self.statement_adds_rows(name),
+            }
+        })
     }
 
     fn statement_adds_rows(&self, name: &str) -> bool {
