@@ -630,13 +630,21 @@ async fn every_refusal_is_counted_under_its_reason() {
             &[("tenant", tenant), ("reason", reason)],
         )
     };
-    assert_eq!(rejected("", "tls_required"), Some(1.0));
-    assert_eq!(rejected("", "bad_startup"), Some(1.0));
-    assert_eq!(rejected("", "max_client_connections"), Some(1.0));
-    assert_eq!(rejected(&db, "cluster_refused"), Some(1.0));
-    assert_eq!(rejected(&db, "login_timeout"), Some(1.0));
-    assert_eq!(rejected(&db, "max_connections"), Some(1.0));
-    assert_eq!(rejected(&db, "idle_timeout"), Some(2.0));
+    for (tenant, reason, count) in [
+        ("", "tls_required", 1.0),
+        ("", "bad_startup", 1.0),
+        ("", "max_client_connections", 1.0),
+        (db.as_str(), "cluster_refused", 1.0),
+        (db.as_str(), "login_timeout", 1.0),
+        (db.as_str(), "max_connections", 1.0),
+        (db.as_str(), "idle_timeout", 2.0),
+    ] {
+        assert_eq!(
+            rejected(tenant, reason),
+            Some(count),
+            "pgtier_connections_rejected_total{{tenant={tenant:?},reason={reason:?}}}"
+        );
+    }
     assert_eq!(sample(&m, "pgtier_session_panics_total", &[]), Some(0.0));
 
     // cluster_unreachable, from a proxy whose cluster is not there.
