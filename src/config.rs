@@ -243,6 +243,13 @@ pub struct Config {
     /// `text` or `json` log lines (needs a restart). `RUST_LOG` filters.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// How long a tenant with no session stays in the per-tenant metrics
+    /// series after its last activity. Leaving keeps the label cardinality
+    /// bounded on a proxy that has seen many tenants; `/tenants` still
+    /// lists it, and its counters come back where they were when it is
+    /// active again.
+    #[serde(default = "default_metrics_series_ttl", with = "humantime_serde")]
+    pub metrics_series_ttl: Duration,
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
@@ -276,6 +283,9 @@ fn default_login_timeout() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
+}
+fn default_metrics_series_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_cluster_host() -> String {
     "127.0.0.1".to_owned()

@@ -26,9 +26,6 @@ enum Command {
     /// Validate a configuration file (and its TLS files) and print what is
     /// wrong, with line and key. Exits 0 when valid, 2 when not.
     Check,
-    /// Start a throwaway PostgreSQL cluster with two tenants (one free, one
-    /// standard), a self-signed certificate and the proxy in front, and print
-    /// psql URLs. Ctrl-C removes it all.
     /// Write a self-signed CA and a server certificate for localhost
     /// (server.crt, server.key, ca.crt) for local use of proxy.toml.
     GenCert {
@@ -36,6 +33,9 @@ enum Command {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
     },
+    /// Start a throwaway PostgreSQL cluster with two tenants (one free, one
+    /// standard), a self-signed certificate and the proxy in front, and print
+    /// psql URLs. Ctrl-C removes it all.
     Demo {
         /// Address the demo proxy listens on.
         #[arg(long, default_value = "127.0.0.1:6432")]

@@ -3,6 +3,7 @@
 //! metrics are scraped, so the hot path never touches a metrics registry.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,6 +22,11 @@ pub struct Metrics {
     pub login_duration: Histogram,
     /// Refusals before a tenant was known (bad startup, TLS required, …).
     unattributed_rejections: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connection tasks that ended in a panic. Each is a bug: the client
+    /// lost its connection without a word. Counted (and logged) so that an
+    /// operator sees it on a dashboard and tests can assert it stays 0;
+    /// tokio would otherwise swallow the panic with the task.
+    session_panics: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -28,6 +34,7 @@ impl Default for Metrics {
         Metrics {
             login_duration: Histogram::new(LOGIN_BUCKETS),
             unattributed_rejections: Mutex::new(BTreeMap::new()),
+            session_panics: AtomicU64::new(0),
         }
     }
 }
@@ -50,6 +57,16 @@ impl Metrics {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
+    }
+
+    /// Counts a connection task that panicked.
+    pub fn session_panicked(&self) {
+        self.session_panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connection tasks that panicked since start.
+    pub fn session_panics(&self) -> u64 {
+        self.session_panics.load(Ordering::Relaxed)
     }
 
     /// Records how long a successful login took, accept to ReadyForQuery.

@@ -4,8 +4,8 @@
 //! atomics on their [`Tenant`], and this [`Collector`] reads them when
 //! Prometheus scrapes. Per-tenant series are kept bounded by leaving out
 //! tenants that hold no session and have had no activity for
-//! [`SERIES_TTL`]; their counters come back (continuing where they were)
-//! when they are active again.
+//! `metrics_series_ttl` (an hour unless configured); their counters come
+//! back (continuing where they were) when they are active again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +22,6 @@ use crate::tenants::{unix_now, Tenant};
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-/// How long after its last activity an idle tenant stays in the series.
-pub const SERIES_TTL: Duration = Duration::from_secs(3600);
 
 /// Renders every metric of the proxy.
 pub fn render(shared: &Arc<Shared>) -> Result<String, std::fmt::Error> {
@@ -43,11 +40,12 @@ struct ProxyCollector {
     shared: Arc<Shared>,
 }
 
-/// Whether `tenant` belongs in the per-tenant series at `now` (Unix secs).
-fn in_series(tenant: &Tenant, now: u64) -> bool {
+/// Whether `tenant` belongs in the per-tenant series at `now` (Unix secs):
+/// while it holds a session, and for `ttl` after its last activity.
+fn in_series(tenant: &Tenant, now: u64, ttl: Duration) -> bool {
     tenant.connections() > 0
         || (tenant.last_activity() > 0
-            && now.saturating_sub(tenant.last_activity()) < SERIES_TTL.as_secs())
+            && now.saturating_sub(tenant.last_activity()) < ttl.as_secs())
 }
 
 impl Collector for ProxyCollector {
@@ -59,7 +57,7 @@ impl Collector for ProxyCollector {
             .tenants
             .all()
             .into_iter()
-            .filter(|t| in_series(t, now))
+            .filter(|t| in_series(t, now, config.metrics_series_ttl))
             .map(|t| {
                 let tier = config.limits_for(t.name()).tier;
                 (t, tier)
@@ -169,6 +167,13 @@ impl Collector for ProxyCollector {
             }
         }
 
+        ConstCounter::new(shared.metrics.session_panics()).encode(encoder.encode_descriptor(
+            "pgtier_session_panics",
+            "Connection tasks that ended in a panic (each is a bug; the log has the panic)",
+            None,
+            MetricType::Counter,
+        )?)?;
+
         let login = &shared.metrics.login_duration;
         login.encode(encoder.encode_descriptor(
             "pgtier_login_duration_seconds",
@@ -195,19 +200,21 @@ mod tests {
     use crate::tenants::Tenants;
 
     #[test]
-    fn idle_tenants_leave_the_series_after_an_hour() {
+    fn idle_tenants_leave_the_series_after_the_ttl() {
+        let hour = Duration::from_secs(3600);
         let tenants = Tenants::default();
         let now = 10_000_000;
         let never = tenants.get_or_insert("never");
-        assert!(!in_series(&never, now));
+        assert!(!in_series(&never, now, hour));
         let recent = tenants.get_or_insert("recent");
         recent.restore_last_activity(now - 60);
-        assert!(in_series(&recent, now));
+        assert!(in_series(&recent, now, hour));
+        assert!(!in_series(&recent, now, Duration::from_secs(60)));
         let old = tenants.get_or_insert("old");
         old.restore_last_activity(now - 7200);
-        assert!(!in_series(&old, now));
+        assert!(!in_series(&old, now, hour));
         let _slot = old.try_take_slot(0).unwrap();
         // Taking a slot touches it; a session keeps it in regardless.
-        assert!(in_series(&old, now + 7200));
+        assert!(in_series(&old, now + 7200, hour));
     }
 }

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::sessions::KillReason;
-use crate::shared::Shared;
+use crate::shared::{OpenConnection, Shared};
 use crate::shutdown::Stage;
 use crate::tls::TlsError;
 
@@ -109,7 +109,7 @@ impl Proxy {
                 _ = shutdown.reached(Stage::Draining) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let open = shared.connection_opened();
+                        let task = ConnectionTask::new(&shared, peer);
                         let shared = Arc::clone(&shared);
                         // Every log line of the connection carries its
                         // client, and once known its tenant and session id.
@@ -122,7 +122,7 @@ impl Proxy {
                         tokio::spawn(
                             async move {
                                 crate::session::serve(shared, tcp).await;
-                                drop(open);
+                                drop(task);
                             }
                             .instrument(span),
                         );
@@ -171,6 +171,42 @@ impl Proxy {
     }
 }
 
+/// What a connection's task holds until it ends: the connection's place
+/// in the open count, and a watch for a panic.
+///
+/// Nobody awaits a connection task's `JoinHandle`, so tokio would swallow
+/// a panic in one with the task; the client just loses its connection. A
+/// panic unwinds through the task's future, which drops this guard on the
+/// way: `Drop` sees [`std::thread::panicking`], counts the panic in
+/// `pgtier_session_panics_total` and logs it with the client's address
+/// (the panic hook has printed the message and location just before).
+/// The count comes before the open connection is given back, so once
+/// [`Shared::all_closed`] holds, every panic has been counted.
+struct ConnectionTask {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    _open: OpenConnection,
+}
+
+impl ConnectionTask {
+    fn new(shared: &Arc<Shared>, peer: SocketAddr) -> Self {
+        ConnectionTask {
+            shared: Arc::clone(shared),
+            peer,
+            _open: shared.connection_opened(),
+        }
+    }
+}
+
+impl Drop for ConnectionTask {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.metrics.session_panicked();
+            tracing::error!(client = %self.peer, "connection task panicked (a bug); the client's connection was dropped");
+        }
+    }
+}
+
 impl ProxyHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -197,16 +233,57 @@ impl ProxyHandle {
         self.shared.sessions.kill_where(None, KillReason::Shutdown);
     }
 
-    /// Sessions of tenant `name` holding a slot now.
-    pub fn tenant_connections(&self, name: &str) -> usize {
+    /// Sessions of tenant `name` holding a slot now; `None` for a tenant
+    /// the proxy has never registered (so that a check of "no slot held"
+    /// cannot pass merely because the name is unknown).
+    pub fn tenant_connections(&self, name: &str) -> Option<usize> {
         self.shared
             .tenants
             .get(name)
             .map(|t| t.connections() as usize)
-            .unwrap_or(0)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        let config =
+            Config::from_toml_str("[tls]\nmode = \"disable\"\n[tiers.free]\nrow_limit = 0\n")
+                .expect("config");
+        Shared::new(config).expect("shared state")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_counted_and_its_connection_given_back() {
+        let shared = shared();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5555));
+        let task = ConnectionTask::new(&shared, peer);
+        assert_eq!(shared.open_connections(), 1);
+        // Held across an await, as in the accept loop: the guard lives in
+        // the future's state, not on the stack of one poll.
+        let join = tokio::spawn(async move {
+            let _task = task;
+            tokio::task::yield_now().await;
+            panic!("a bug in a session");
+        });
+        assert!(join.await.expect_err("the task panicked").is_panic());
+        assert_eq!(shared.metrics.session_panics(), 1);
+        assert_eq!(shared.open_connections(), 0);
+
+        let task = ConnectionTask::new(&shared, peer);
+        tokio::spawn(async move {
+            let _task = task;
+            tokio::task::yield_now().await;
+        })
+        .await
+        .expect("an ordinary end");
+        assert_eq!(shared.metrics.session_panics(), 1, "only panics count");
+        assert_eq!(shared.open_connections(), 0);
     }
 }

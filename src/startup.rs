@@ -86,7 +86,7 @@ pub async fn handshake(
         let len = stream.read_u32().await?;
         let len = match startup::check_length(len) {
             Ok(len) => len,
-            Err(e) => return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, e)),
+            Err(e) => return Err(refuse(stream, e)),
         };
         body.clear();
         body.resize(len - 4, 0);
@@ -144,18 +144,16 @@ pub async fn handshake(
                     StartupError::BadCancel.to_string(),
                 )))
             }
-            Err(e @ StartupError::UnsupportedVersion { .. }) => {
-                return Err(refuse(stream, sqlstate::FEATURE_NOT_SUPPORTED, e))
-            }
-            Err(e) => return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, e)),
+            Err(e) => return Err(refuse(stream, e)),
         }
     }
 }
 
-fn refuse(stream: Stream, code: &'static str, e: StartupError) -> HandshakeError {
+/// Refuses a startup packet with PostgreSQL's own SQLSTATE and message.
+fn refuse(stream: Stream, e: StartupError) -> HandshakeError {
     HandshakeError::Refused {
         stream: Box::new(stream),
-        error: ErrorFields::fatal(code, e.to_string()),
+        error: ErrorFields::fatal(e.sqlstate(), e.to_string()),
         reason: "bad_startup",
     }
 }

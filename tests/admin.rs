@@ -315,7 +315,7 @@ async fn metrics_parse_and_gauges_match_the_sessions() {
         sample(&scrape(api, None).await, conns, &[("tenant", &a)]) == Some(1.0)
     })
     .await;
-    assert_eq!(proxy.handle.tenant_connections(&a), 1);
+    assert_eq!(proxy.handle.tenant_connections(&a), Some(1));
     drop((a2, b1));
 }
 
@@ -349,13 +349,13 @@ async fn disconnect_closes_exactly_that_tenants_sessions() {
         );
     }
     wait_until(Duration::from_secs(2), "a's slots are free", || {
-        proxy.handle.tenant_connections(&a) == 0
+        proxy.handle.tenant_connections(&a) == Some(0)
     })
     .await;
     // The other tenant did not notice.
     let row = b1.query_one("select 41 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
-    assert_eq!(proxy.handle.tenant_connections(&b), 1);
+    assert_eq!(proxy.handle.tenant_connections(&b), Some(1));
     // And `a` may log in again.
     let (again, _c) = connect(proxy.addr, &a, &a_user, &a_pw).await.unwrap();
     again.simple_query("select 1").await.unwrap();
@@ -405,7 +405,7 @@ async fn reload_upgrades_a_tenant_without_dropping_its_sessions() {
             .await
             .expect("every session works");
     }
-    assert_eq!(proxy.handle.tenant_connections(&db), 3);
+    assert_eq!(proxy.handle.tenant_connections(&db), Some(3));
     let view = http(api, "GET", &format!("/tenants/{db}"), None)
         .await
         .json();
@@ -515,4 +515,376 @@ async fn last_activity_survives_a_restart() {
         .await
         .json();
     assert!(names(zero).contains(&db));
+}
+
+/// Every labelled sample of the per-tenant or fleet series that names
+/// `tenant`.
+fn series_of(scrape: &prometheus_parse::Scrape, tenant: &str) -> Vec<String> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("tenant") == Some(tenant))
+        .map(|s| s.metric.clone())
+        .collect()
+}
+
+/// Each refusal the README lists, provoked for real, appears in
+/// `pgtier_connections_rejected_total` under its reason, against the
+/// tenant when the proxy knows which one it was (`tenant=""` before a
+/// StartupMessage).
+#[tokio::test]
+async fn every_refusal_is_counted_under_its_reason() {
+    let (db, user, password) = tenant("reasons");
+    let (other, other_user, other_pw) = tenant("reasonsother");
+    let proxy = admin_proxy(
+        "login_timeout = \"2s\"\nmax_client_connections = 4\n",
+        &format!(
+            "[tenants.{db}]\ntier = \"free\"\nidle_timeout = \"1s\"\n[tenants.{other}]\ntier = \"standard\"\n"
+        ),
+    )
+    .await;
+    let api = admin(&proxy);
+
+    // tls_required: a plaintext StartupMessage.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&common::startup_packet(&[
+        ("user", &user),
+        ("database", &db),
+    ]))
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(
+        pgtier::protocol::error::sqlstate_of(&answer[5..]),
+        Some("28000")
+    );
+    // bad_startup: one byte over the cap.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&10_001u32.to_be_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(
+        pgtier::protocol::error::sqlstate_of(&answer[5..]),
+        Some("08P01")
+    );
+    // cluster_refused: a wrong password.
+    let err = connect(proxy.addr, &db, &user, "wrong").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+    // login_timeout: a client stalled mid-SCRAM.
+    let mut stalled = common::ssl_request_tls(proxy.addr).await;
+    stalled
+        .write_all(&common::startup_packet(&[
+            ("user", &user),
+            ("database", &db),
+        ]))
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("closed at the login timeout");
+    // max_client_connections: four connections held, a fifth refused.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            connect(proxy.addr, &other, &other_user, &other_pw)
+                .await
+                .unwrap(),
+        );
+    }
+    let err = connect(proxy.addr, &other, &other_user, &other_pw)
+        .await
+        .unwrap_err();
+    assert_eq!(common::message(&err), "sorry, too many clients already");
+    drop(held);
+    wait_until(
+        Duration::from_secs(5),
+        "the held connections closed",
+        || proxy.handle.shared().open_connections() == 0,
+    )
+    .await;
+    // max_connections: the free tier's third session.
+    let (_a1, a1_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (_a2, a2_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let err = connect(proxy.addr, &db, &user, &password)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    // idle_timeout: both sessions sit idle past 1 s.
+    for conn in [a1_conn, a2_conn] {
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("closed when idle")
+            .unwrap();
+        let err = ended.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err}");
+    }
+
+    let m = scrape(api, None).await;
+    let rejected = |tenant: &str, reason: &str| {
+        sample(
+            &m,
+            "pgtier_connections_rejected_total",
+            &[("tenant", tenant), ("reason", reason)],
+        )
+    };
+    for (tenant, reason, count) in [
+        ("", "tls_required", 1.0),
+        ("", "bad_startup", 1.0),
+        ("", "max_client_connections", 1.0),
+        (db.as_str(), "cluster_refused", 1.0),
+        (db.as_str(), "login_timeout", 1.0),
+        (db.as_str(), "max_connections", 1.0),
+        (db.as_str(), "idle_timeout", 2.0),
+    ] {
+        assert_eq!(
+            rejected(tenant, reason),
+            Some(count),
+            "pgtier_connections_rejected_total{{tenant={tenant:?},reason={reason:?}}}"
+        );
+    }
+    assert_eq!(sample(&m, "pgtier_session_panics_total", &[]), Some(0.0));
+
+    // cluster_unreachable, from a proxy whose cluster is not there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = common::config_text("admin_listen = \"127.0.0.1:0\"\n", "require", "").replace(
+        &format!("port = {}", common::cluster().port()),
+        &format!("port = {closed}"),
+    );
+    let lonely = common::start_proxy_from(&text).await;
+    let err = connect(lonely.addr, &db, &user, &password)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    let m = scrape(admin(&lonely), None).await;
+    assert_eq!(
+        sample(
+            &m,
+            "pgtier_connections_rejected_total",
+            &[("tenant", ""), ("reason", "cluster_unreachable")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// A tenant with no session and no activity for `metrics_series_ttl` (an
+/// hour by default, 1 s here) leaves the per-tenant series and stays in
+/// `/tenants`; a tenant holding a session stays in the series however long
+/// it has been quiet; activity brings a tenant back with its counters.
+#[tokio::test]
+async fn a_quiet_tenant_leaves_the_series_and_stays_in_tenants() {
+    let proxy = admin_proxy("metrics_series_ttl = \"1s\"\n", "").await;
+    let api = admin(&proxy);
+    let (held, held_user, held_pw) = tenant("ttlheld");
+    let (quiet, quiet_user, quiet_pw) = tenant("ttlquiet");
+    let (h, _h_conn) = connect(proxy.addr, &held, &held_user, &held_pw)
+        .await
+        .unwrap();
+    h.simple_query("select 1").await.unwrap();
+    let (q, q_conn) = connect(proxy.addr, &quiet, &quiet_user, &quiet_pw)
+        .await
+        .unwrap();
+    q.simple_query("select 1").await.unwrap();
+    let m = scrape(api, None).await;
+    assert_eq!(
+        sample(&m, "pgtier_sessions_total", &[("tenant", &quiet)]),
+        Some(1.0)
+    );
+    drop(q);
+    let _ = q_conn.await;
+    wait_until(
+        Duration::from_secs(5),
+        "the quiet tenant's slot back",
+        || proxy.handle.tenant_connections(&quiet) == Some(0),
+    )
+    .await;
+
+    eventually(
+        Duration::from_secs(10),
+        "the quiet tenant leaves the series",
+        || async { series_of(&scrape(api, None).await, &quiet).is_empty() },
+    )
+    .await;
+    // The held tenant was last active before the quiet one, and stays.
+    let m = scrape(api, None).await;
+    assert_eq!(
+        sample(&m, "pgtier_client_connections", &[("tenant", &held)]),
+        Some(1.0)
+    );
+    let listed = http(api, "GET", &format!("/tenants/{quiet}"), None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.json()["connections"], 0);
+
+    let (q, _q_conn) = connect(proxy.addr, &quiet, &quiet_user, &quiet_pw)
+        .await
+        .unwrap();
+    q.simple_query("select 1").await.unwrap();
+    let m = scrape(api, None).await;
+    assert_eq!(
+        sample(&m, "pgtier_sessions_total", &[("tenant", &quiet)]),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn reload_lowering_a_cap_blocks_new_logins_and_keeps_running_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let top = "admin_listen = \"127.0.0.1:0\"\n";
+    let (db, user, password) = tenant("lower");
+    let standard = common::config_text(
+        top,
+        "require",
+        &format!("[tenants.{db}]\ntier = \"standard\"\n"),
+    );
+    write_config(&path, &standard);
+    let proxy = common::start_proxy_from(&standard).await;
+    proxy.handle.set_config_path(&path);
+    let api = admin(&proxy);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(connect(proxy.addr, &db, &user, &password).await.unwrap());
+    }
+
+    write_config(
+        &path,
+        &common::config_text(
+            top,
+            "require",
+            &format!("[tenants.{db}]\ntier = \"free\"\n"),
+        ),
+    );
+    let reply = http(api, "POST", "/reload", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // The three running sessions carry on; a fourth is refused.
+    for (s, _) in &sessions {
+        s.simple_query("select 1")
+            .await
+            .expect("running sessions continue");
+    }
+    let refused = connect(proxy.addr, &db, &user, &password)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    assert_eq!(
+        common::message(&refused),
+        format!("too many connections for database \"{db}\": the free tier allows 2")
+    );
+    // Down to two: still at the cap.
+    let (s, conn) = sessions.pop().unwrap();
+    drop(s);
+    let _ = conn.await;
+    wait_until(Duration::from_secs(5), "two left", || {
+        common::slots(&proxy.handle, &db) == 2
+    })
+    .await;
+    let refused = connect(proxy.addr, &db, &user, &password)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    // Under it: a new login fits.
+    let (s, conn) = sessions.pop().unwrap();
+    drop(s);
+    let _ = conn.await;
+    wait_until(Duration::from_secs(5), "one left", || {
+        common::slots(&proxy.handle, &db) == 1
+    })
+    .await;
+    let (again, _c) = connect(proxy.addr, &db, &user, &password)
+        .await
+        .expect("under the lowered cap again");
+    again.simple_query("select 1").await.unwrap();
+}
+
+/// A tokio-postgres TLS connector trusting only the CA in `ca_pem`.
+fn connector_trusting(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(pgtier::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+async fn connect_trusting(
+    addr: SocketAddr,
+    ca_pem: &str,
+    (db, user, password): (&str, &str, &str),
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("localhost")
+        .hostaddr(addr.ip())
+        .port(addr.port())
+        .dbname(db)
+        .user(user)
+        .password(password)
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(Duration::from_secs(10))
+        .connect(connector_trusting(ca_pem))
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+#[tokio::test]
+async fn reload_serves_a_new_certificate_to_new_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let top = "admin_listen = \"127.0.0.1:0\"\n";
+    let (db, user, password) = tenant("newcert");
+    let login = (db.as_str(), user.as_str(), password.as_str());
+    let text = common::config_text(top, "require", "");
+    write_config(&path, &text);
+    let proxy = common::start_proxy_from(&text).await;
+    proxy.handle.set_config_path(&path);
+    let api = admin(&proxy);
+    let old = common::certs();
+    let before = connect_trusting(proxy.addr, &old.ca_pem, login)
+        .await
+        .expect("the old certificate before the reload");
+
+    // A new certificate from a CA of its own.
+    let new = pgtier::sandbox::Certs::generate(&dir.path().join("new-certs")).unwrap();
+    let renewed = text
+        .replace(
+            &old.cert_path.display().to_string(),
+            &new.cert_path.display().to_string(),
+        )
+        .replace(
+            &old.key_path.display().to_string(),
+            &new.key_path.display().to_string(),
+        );
+    assert_ne!(renewed, text);
+    write_config(&path, &renewed);
+    let reply = http(api, "POST", "/reload", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let after = connect_trusting(proxy.addr, &new.ca_pem, login)
+        .await
+        .expect("new handshakes get the new certificate");
+    after.simple_query("select 1").await.unwrap();
+    let Err(err) = connect_trusting(proxy.addr, &old.ca_pem, login).await else {
+        panic!("the old CA must not verify the new certificate");
+    };
+    assert!(
+        err.as_db_error().is_none(),
+        "refused by TLS, not the server: {err}"
+    );
+    // The session from before the reload goes on.
+    before
+        .simple_query("select 1")
+        .await
+        .expect("the old session continues");
 }

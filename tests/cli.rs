@@ -1,7 +1,19 @@
 //! The `pgtier` command line: `check` explains a bad config in one line
-//! with its location and exits 2; `--help` names the commands.
+//! with its location and exits 2, and warns about an open operator API;
+//! `--help` names the commands; `gen-cert` writes a usable pair; and the
+//! running binary itself: SIGHUP reloads, SIGINT/SIGTERM drain and stop,
+//! `worker_threads = 1` is one thread.
 
-use std::process::Command;
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
 
 fn pgtier(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pgtier"))
@@ -94,4 +106,386 @@ fn the_shipped_proxy_toml_is_valid_apart_from_its_certificate() {
     assert_eq!(config.limits_for("hobby").max_connections, 3);
     assert_eq!(config.limits_for("acme_prod").max_connections, 0);
     assert_eq!(config.limits_for("someone_else").max_connections, 2);
+}
+
+#[test]
+fn check_warns_about_an_operator_api_open_to_others_without_a_token() {
+    let base =
+        "[tls]\nmode = \"require\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n[quota]\nuser = \"q\"\n";
+    let cases = [
+        ("admin_listen = \"0.0.0.0:9930\"\n", true),
+        (
+            "admin_listen = \"0.0.0.0:9930\"\nadmin_token = \"t\"\n",
+            false,
+        ),
+        ("admin_listen = \"127.0.0.1:9930\"\n", false),
+    ];
+    for (top, warned) in cases {
+        // `check` loads the certificate too: give it a real pair.
+        let dir = tempfile::tempdir().unwrap();
+        let certs = pgtier::sandbox::Certs::generate(dir.path()).unwrap();
+        let text = format!("{top}{base}")
+            .replace("c.pem", &certs.cert_path.display().to_string())
+            .replace("k.pem", &certs.key_path.display().to_string());
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = pgtier(&["check", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{top}: {stderr}");
+        let warning = stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("admin_token is not set"));
+        assert_eq!(warning, warned, "{top}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn gen_cert_writes_a_pair_that_the_proxy_serves_and_clients_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = pgtier(&["gen-cert", "--dir", certs.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["server.crt", "server.key", "ca.crt"] {
+        assert!(certs.join(file).is_file(), "{file} written");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(certs.join("server.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "server.key is private: {mode:o}");
+
+    // A proxy with the written pair; a client that trusts only the written
+    // CA verifies it for localhost (verify-full).
+    let text = common::config_text("", "require", "")
+        .replace(
+            &common::certs().cert_path.display().to_string(),
+            &certs.join("server.crt").display().to_string(),
+        )
+        .replace(
+            &common::certs().key_path.display().to_string(),
+            &certs.join("server.key").display().to_string(),
+        );
+    let proxy = common::start_proxy_from(&text).await;
+    let t = common::scram_tenant("gencert");
+    let url = common::psql_url(proxy.addr, &t.db, &t.user, &t.password, "verify-full").replace(
+        &common::encode(&common::certs().ca_path.display().to_string()),
+        &common::encode(&certs.join("ca.crt").display().to_string()),
+    );
+    let out = common::psql_command(&url)
+        .env("PGSSLROOTCERT", certs.join("ca.crt"))
+        .arg("-c")
+        .arg("select current_user")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), t.user);
+}
+
+/// A `pgtier` process started from a config file, its log (stderr) read
+/// line by line into memory. Killed when dropped, if still running.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    addr: SocketAddr,
+}
+
+/// Removes terminal colour codes, in case the logger writes them.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Running {
+    /// Starts `pgtier --config path` and waits until it accepts
+    /// connections, reading its address from the log.
+    async fn start(path: &Path) -> Running {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgtier"));
+        command
+            .args(["--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("PGTIER_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command.spawn().expect("start pgtier");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&strip_ansi(&line));
+                log.push('\n');
+            }
+        });
+        let mut running = Running {
+            child,
+            log,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        running.wait_log("accepting connections").await;
+        let log = running.log();
+        let addr = log
+            .lines()
+            .find(|l| l.contains("accepting connections"))
+            .and_then(|l| l.split("listen=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in the log:\n{log}"));
+        running.addr = addr;
+        running
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (10 s at most) for a log line containing `needle`.
+    async fn wait_log(&mut self, needle: &str) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "pgtier exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "pgtier did not log {needle:?} in 10 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name}");
+    }
+
+    /// Waits for the process to exit within `within` and returns its status.
+    async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for pgtier") {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "pgtier still running after {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `text` as `dir/proxy.toml` and returns its path.
+fn config_file(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_a_changed_listen_is_logged() {
+    let t = common::scram_tenant("hup");
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text("", "require", "");
+    let path = config_file(dir.path(), &text);
+    let mut proxy = Running::start(&path).await;
+    let (_s1, _c1) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let (_s2, _c2) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let err = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+
+    // Upgrade the tenant and move the listener in the file; SIGHUP.
+    let changed = common::config_text(
+        "",
+        "require",
+        &format!("[tenants.{}]\ntier = \"standard\"\n", t.db),
+    )
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
+    std::fs::write(&path, changed).unwrap();
+    proxy.signal("HUP");
+    proxy.wait_log("configuration reloaded").await;
+    let log = proxy.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("listen address changed: it takes effect only after a restart")),
+        "{log}"
+    );
+    // The new limit applies at once, on the old address.
+    let (s3, _c3) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .expect("a third session after SIGHUP upgraded the tenant");
+    s3.simple_query("select 1").await.unwrap();
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
+
+#[tokio::test]
+async fn sigterm_drains_until_the_last_session_ends_then_exits_0() {
+    let t = common::scram_tenant("term");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        dir.path(),
+        &common::config_text("shutdown_grace = \"60s\"\n", "require", ""),
+    );
+    let mut proxy = Running::start(&path).await;
+    let (client, conn) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    proxy.signal("TERM");
+    proxy.wait_log("shutting down: no new connections").await;
+    // Draining: the session works, new connections are refused.
+    let row = client.query_one("select 6 * 7", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert!(common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .is_err());
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "waits for the session"
+    );
+    // The last session ends: the proxy exits long before its 60 s grace.
+    drop(client);
+    let _ = conn.await;
+    let status = proxy.exited(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}\n{}", proxy.log());
+    assert!(proxy.log().contains("shutdown complete"));
+}
+
+#[tokio::test]
+async fn sigint_drains_for_the_grace_period_then_closes_with_57p01() {
+    let t = common::scram_tenant("int");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        dir.path(),
+        &common::config_text("shutdown_grace = \"1s\"\n", "require", ""),
+    );
+    let mut proxy = Running::start(&path).await;
+    let (client, conn) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let signalled = Instant::now();
+    proxy.signal("INT");
+    proxy.wait_log("shutting down: no new connections").await;
+    client
+        .simple_query("select 1")
+        .await
+        .expect("the session outlives the start of the drain");
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("closed after the grace period")
+        .unwrap();
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "closed before the grace ran out"
+    );
+    let err = ended.expect_err("closed with the proxy's FATAL");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    let status = proxy.exited(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}\n{}", proxy.log());
+}
+
+/// Threads of process `pid` now.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn worker_threads_1_serves_everything_on_one_thread() {
+    let t = common::scram_tenant("onethread");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        dir.path(),
+        &common::config_text("worker_threads = 1\n", "require", ""),
+    );
+    let proxy = Running::start(&path).await;
+    // The runtime is the main thread alone (one worker per core would add
+    // a thread per core here).
+    assert_eq!(
+        threads_of(proxy.pid()),
+        1,
+        "threads of a worker_threads = 1 proxy"
+    );
+    // Two sessions and a cancel, all interleaved on that thread.
+    let (a, _ca) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let (b, _cb) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let token = a.cancel_token();
+    let sleeper = tokio::spawn(async move { a.simple_query("select pg_sleep(30)").await });
+    common::wait_for_cluster(
+        &format!(
+            "select count(*) from pg_stat_activity where datname = '{}' and query like 'select pg_sleep%' and state = 'active'",
+            t.db
+        ),
+        "1",
+        "pg_sleep to run",
+    )
+    .await;
+    let row = b.query_one("select 1 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    token.cancel_query(common::tls_connector()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the cancel took effect")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
 }

@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::{connect, wait_until};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::error::SqlState;
 
 const IDLE_MESSAGE: &str = "terminating connection due to idle-session timeout";
@@ -52,7 +53,7 @@ async fn an_idle_session_gets_57p05_and_its_slot_is_free_at_once() {
 
     // Both slots come back as the sessions end, and two new sessions fit.
     wait_until(Duration::from_secs(2), "both slots free", || {
-        proxy.handle.tenant_connections(&db) == 0
+        proxy.handle.tenant_connections(&db) == Some(0)
     })
     .await;
     let (c, _c_conn) = connect(proxy.addr, &db, &user, &password)
@@ -99,10 +100,16 @@ async fn idle_in_transaction_has_its_own_limit() {
         "[tenants.{db}]\nidle_timeout = \"1h\"\nidle_in_transaction_timeout = \"1s\"\n"
     ))
     .await;
+    let log_from = common::cluster_log_len();
     let (in_tx, in_tx_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     let (outside, _outside_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     outside.simple_query("select 1").await.unwrap();
-    in_tx.simple_query("begin; select 1").await.unwrap();
+    in_tx.simple_query("begin").await.unwrap();
+    let pid: i32 = in_tx
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
 
     let err = ended_with(in_tx_conn, Duration::from_secs(5)).await;
     assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err}");
@@ -110,16 +117,114 @@ async fn idle_in_transaction_has_its_own_limit() {
     // The session outside a transaction idled as long and is still there.
     outside.simple_query("select 1").await.unwrap();
     wait_until(Duration::from_secs(2), "the killed session's slot", || {
-        proxy.handle.tenant_connections(&db) == 1
+        common::slots(&proxy.handle, &db) == 1
+    })
+    .await;
+    // The cluster was told Terminate: its backend ended without logging an
+    // unexpected EOF inside the open transaction.
+    common::wait_for_cluster(
+        &format!("select count(*) from pg_stat_activity where pid = {pid}"),
+        "0",
+        "the idle session's backend to end",
+    )
+    .await;
+    let unclean = common::unclean_disconnects(&common::cluster_log_since(log_from), pid);
+    assert!(unclean.is_empty(), "no Terminate: {unclean:?}");
+}
+
+/// COPY FROM STDIN waiting for the client's next rows and a result the
+/// client reads slowly are work in progress, not idleness. A third session
+/// that goes idle after both is the clock: once the proxy has closed it,
+/// the others have sat as long, and must still be there.
+#[tokio::test]
+async fn copy_in_progress_and_a_streaming_result_are_not_idle() {
+    let (db, user, password) = tenant("notidle");
+    let proxy = common::start_proxy(&format!(
+        "[tenants.{db}]\ntier = \"standard\"\nidle_timeout = \"1s\"\n"
+    ))
+    .await;
+    let (copier, _copier_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (reader, _reader_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (clock, clock_conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    copier
+        .simple_query("create table t (v text)")
+        .await
+        .unwrap();
+
+    let sink = copier
+        .copy_in::<_, Bytes>("copy t from stdin")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from_static(b"first\n")).await.unwrap();
+    // 50 MB: far more than the sockets on the way can buffer, so the
+    // cluster is still sending while the client does not read.
+    const ROWS: usize = 50_000;
+    let stream = reader
+        .copy_out("copy (select repeat('x', 999) from generate_series(1, 50000)) to stdout")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(stream);
+    let mut received = stream.next().await.expect("a first chunk").unwrap().len();
+
+    clock.simple_query("select 1").await.unwrap();
+    let err = ended_with(clock_conn, Duration::from_secs(5)).await;
+    assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err}");
+
+    // Both carry on where they were.
+    sink.send(Bytes::from_static(b"second\n")).await.unwrap();
+    assert_eq!(sink.finish().await.expect("the COPY completes"), 2);
+    while let Some(chunk) = stream.next().await {
+        received += chunk.expect("the streamed result completes").len();
+    }
+    assert_eq!(received, ROWS * 1000);
+    wait_until(Duration::from_secs(5), "the clock's slot back", || {
+        common::slots(&proxy.handle, &db) == 2
     })
     .await;
 }
 
-/// 1,000 idle sessions, all closed within 4 s of a 2 s timeout. Plaintext
-/// and trust authentication keep the setup fast; the sessions are opened
-/// under a long timeout, which a reload then shortens (a changed timeout
-/// applies to the current idle period), so that slow setup on a loaded
-/// machine cannot reap the first sessions before the last are open.
+/// `idle_timeout = "0s"` is never, inside a transaction too (whose limit
+/// defaults to it). A session of another tenant with a 1 s limit, idle
+/// since after them, is the clock.
+#[tokio::test]
+async fn idle_timeout_0s_means_never() {
+    let (never, never_user, never_pw) = tenant("never");
+    let (timed, timed_user, timed_pw) = tenant("timed");
+    let proxy = common::start_proxy(&format!(
+        "[tenants.{never}]\nidle_timeout = \"0s\"\n[tenants.{timed}]\nidle_timeout = \"1s\"\n"
+    ))
+    .await;
+    let (idle, _idle_conn) = connect(proxy.addr, &never, &never_user, &never_pw)
+        .await
+        .unwrap();
+    let (in_tx, _in_tx_conn) = connect(proxy.addr, &never, &never_user, &never_pw)
+        .await
+        .unwrap();
+    let (clock, clock_conn) = connect(proxy.addr, &timed, &timed_user, &timed_pw)
+        .await
+        .unwrap();
+    idle.simple_query("select 1").await.unwrap();
+    in_tx.simple_query("begin").await.unwrap();
+    clock.simple_query("select 1").await.unwrap();
+    let err = ended_with(clock_conn, Duration::from_secs(5)).await;
+    assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err}");
+    idle.simple_query("select 1")
+        .await
+        .expect("0s: never idle-closed");
+    in_tx
+        .simple_query("commit")
+        .await
+        .expect("0s: never idle-closed inside a transaction");
+    assert_eq!(common::slots(&proxy.handle, &never), 2);
+}
+
+/// 1,000 idle sessions under a 2 s timeout, each closed neither early nor
+/// late measured from its own last activity. Plaintext and trust
+/// authentication keep the setup fast; the sessions are opened under a
+/// long timeout, which a reload then shortens (a changed timeout applies
+/// to the current idle period), so that slow setup on a loaded machine
+/// cannot reap the first sessions before the last are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_idle_sessions_are_reaped_in_time() {
     const SESSIONS: usize = 1000;
@@ -127,7 +232,9 @@ async fn a_thousand_idle_sessions_are_reaped_in_time() {
     let tables = |timeout: &str| {
         format!("[tenants.{db}]\ntier = \"standard\"\nidle_timeout = \"{timeout}\"\n")
     };
-    let proxy = common::start_proxy_with("", &tables("1h")).await;
+    // 32 logins at once: above the default per-tenant bound on logins in
+    // progress (8), which tests/floods.rs covers.
+    let proxy = common::start_proxy_with("max_pending_logins_per_tenant = 64", &tables("1h")).await;
     let addr = proxy.addr;
 
     let mut config = tokio_postgres::Config::new();
@@ -146,56 +253,78 @@ async fn a_thousand_idle_sessions_are_reaped_in_time() {
                     .connect(tokio_postgres::NoTls)
                     .await
                     .expect("plaintext trust login");
-                (client, tokio::spawn(connection))
+                // The connection's end and when it came.
+                let connection = tokio::spawn(async move {
+                    let result = connection.await;
+                    (result, Instant::now())
+                });
+                (client, connection)
             }
         })
         .buffer_unordered(32)
         .collect()
         .await;
-    assert_eq!(proxy.handle.tenant_connections(&db), SESSIONS);
+    assert_eq!(proxy.handle.tenant_connections(&db), Some(SESSIONS));
 
-    // Make every session busy once more, so that all become idle within a
-    // short span, then start the 2 s clock by reloading the timeout.
-    let busy_from = Instant::now();
-    futures_util::future::join_all(sessions.iter().map(|(c, _)| c.simple_query("select 1")))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .expect("every session answers");
+    // Make every session busy once more, noting when each asked and when
+    // it heard back: the proxy's idle clock for it starts in between. Then
+    // start the 2 s clock by reloading the timeout.
+    let marks: Vec<(Instant, Instant)> =
+        futures_util::future::join_all(sessions.iter().map(|(c, _)| async move {
+            let asked = Instant::now();
+            c.simple_query("select 1")
+                .await
+                .expect("every session answers");
+            (asked, Instant::now())
+        }))
+        .await;
     let text = common::config_text("", "prefer", &tables("2s"));
     let shorter = pgtier::config::Config::from_toml_str(&text).unwrap();
     proxy.handle.shared().apply_config(shorter).unwrap();
-    let idle_from = Instant::now();
+    let reloaded = Instant::now();
 
-    // None goes early (each became idle after `busy_from`; checkable only
-    // if making them busy took less than the timeout)...
-    let early = busy_from + Duration::from_millis(1750);
-    if Instant::now() < early {
-        tokio::time::sleep_until(early.into()).await;
-        assert_eq!(
-            proxy.handle.tenant_connections(&db),
-            SESSIONS,
-            "sessions closed before 2 s of idleness"
-        );
-    }
-    // ...and all are gone within 4 s, each told why.
-    let deadline = Duration::from_secs(4);
-    wait_until(
-        deadline.saturating_sub(idle_from.elapsed()),
-        "all 1,000 reaped",
-        || proxy.handle.tenant_connections(&db) == 0,
-    )
-    .await;
-    let reaped_after = idle_from.elapsed();
-    assert!(
-        reaped_after <= Duration::from_millis(4100),
-        "{reaped_after:?}"
-    );
+    // Each session against its own last activity: none closed before 2 s
+    // of idleness, none later than SLACK after it was due (2 s after it
+    // went idle, or the reload if that came later). All fall due within a
+    // few hundred milliseconds, so one sweep closes nearly all of them:
+    // SLACK covers the sweep's 250 ms period and that burst, 1,000
+    // goodbyes from the proxy (unoptimised in test builds) and 1,000
+    // backends exiting on the cluster, on 2 cores shared with the other
+    // idle tests. Measured: the sweep has asked all 1,000 to end 0.27 s
+    // after the first fell due; the last slot is back after 1.2 s; per
+    // session, median 1.1-1.4 s, max 1.2-1.5 s. It is the 2 s the test always allowed
+    // (all gone 4 s after the reload), now per session, so a session that
+    // went idle early no longer gets its head start as extra time.
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const SLACK: Duration = Duration::from_secs(2);
+    let mut lateness = Vec::with_capacity(SESSIONS);
     let mut told = 0;
-    for (_client, conn) in sessions {
-        let err = ended_with(conn, Duration::from_secs(5)).await;
+    for ((_client, conn), (asked, heard)) in sessions.into_iter().zip(marks) {
+        let (result, ended) = tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the proxy closed the session in time")
+            .expect("connection task");
+        let err = result.expect_err("the session ended with an error from the proxy");
         assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err}");
+        let idle_for = ended.duration_since(asked);
+        assert!(
+            idle_for + Duration::from_millis(5) >= TIMEOUT,
+            "closed after {idle_for:?} of idleness"
+        );
+        let due = (heard + TIMEOUT).max(reloaded);
+        let late = ended.saturating_duration_since(due);
+        lateness.push(late);
+        assert!(late <= SLACK, "closed {late:?} after it was due");
         told += 1;
     }
+    lateness.sort();
+    eprintln!(
+        "1,000 idle sessions closed after they were due: min {:?}, median {:?}, p90 {:?}, max {:?}",
+        lateness[0],
+        lateness[SESSIONS / 2],
+        lateness[SESSIONS * 9 / 10],
+        lateness[SESSIONS - 1]
+    );
+    assert_eq!(common::slots(&proxy.handle, &db), 0);
     assert_eq!(told, SESSIONS);
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{cluster, connect, start_proxy, unique, wait_until};
 use futures_util::{SinkExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
 
 /// A fresh tenant: database `db` owned by a role with a SCRAM password.
@@ -139,13 +140,57 @@ async fn scram_md5_and_trust_logins_pass_through() {
 
 #[tokio::test]
 async fn wrong_password_gives_the_clusters_28p01_and_takes_no_slot() {
-    let proxy = start_proxy("").await;
-    let (db, user, _) = tenant("badpw");
+    let (db, user, password) = tenant("badpw");
+    // Listed, so the proxy counts its slots from the start (a tenant it
+    // never registered reads as 0 whatever happens).
+    let proxy = common::start_proxy_with("", &format!("[tenants.{db}]\ntier = \"free\"\n")).await;
+    let (a, _conn_a) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    // A client stalled in the middle of SCRAM (plaintext, which this proxy
+    // allows): the cluster has asked for its first message.
+    let mut stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stalled
+        .write_all(&common::startup_packet(&[
+            ("user", &user),
+            ("database", &db),
+        ]))
+        .await
+        .unwrap();
+    let tag = tokio::time::timeout(Duration::from_secs(10), stalled.read_u8())
+        .await
+        .expect("the cluster's authentication request")
+        .unwrap();
+    assert_eq!(tag, b'R');
+
     let Err(err) = connect(proxy.addr, &db, &user, "not-the-password").await else {
         panic!("login with a wrong password must fail");
     };
     assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
-    assert_eq!(proxy.handle.tenant_connections(&db), 0);
+    // While the stalled client is still connected (the refused one's task
+    // may take a moment to end), only `a` holds a slot...
+    wait_until(Duration::from_secs(5), "the refused client gone", || {
+        proxy.handle.shared().open_connections() == 2
+    })
+    .await;
+    assert_eq!(common::slots(&proxy.handle, &db), 1);
+    // ...so a second session fits under the cap of 2, and a third is refused.
+    let (b, _conn_b) = connect(proxy.addr, &db, &user, &password)
+        .await
+        .expect("the stalled and the refused clients hold no slot");
+    let Err(err) = connect(proxy.addr, &db, &user, &password).await else {
+        panic!("a third session must be refused");
+    };
+    assert_eq!(code(&err), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert_eq!(common::slots(&proxy.handle, &db), 2);
+    wait_until(
+        Duration::from_secs(5),
+        "the refused third client gone",
+        || proxy.handle.shared().open_connections() == 3,
+    )
+    .await;
+    assert_eq!(common::slots(&proxy.handle, &db), 2);
+    a.simple_query("select 1").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+    drop(stalled);
 }
 
 #[tokio::test]
@@ -169,7 +214,7 @@ async fn free_tenant_gets_two_connections_and_the_third_is_refused() {
     drop(a);
     conn_a.await.ok();
     wait_until(Duration::from_secs(5), "slot given back", || {
-        proxy.handle.tenant_connections(&db) == 1
+        proxy.handle.tenant_connections(&db) == Some(1)
     })
     .await;
     let (c, _conn_c) = connect(proxy.addr, &db, &user, &password)
@@ -189,7 +234,7 @@ async fn standard_tenant_holds_ten_connections() {
     for (client, _) in &clients {
         client.simple_query("select 1").await.unwrap();
     }
-    assert_eq!(proxy.handle.tenant_connections(&db), 10);
+    assert_eq!(proxy.handle.tenant_connections(&db), Some(10));
 }
 
 #[tokio::test]
@@ -206,24 +251,35 @@ async fn racing_logins_never_exceed_the_cap() {
         }
     }
     assert_eq!(ok.len(), 2);
-    assert_eq!(proxy.handle.tenant_connections(&db), 2);
+    assert_eq!(proxy.handle.tenant_connections(&db), Some(2));
 }
 
 #[tokio::test]
 async fn no_slot_leaks_when_clients_vanish_mid_query() {
     let (db, user, password) = tenant("leak");
     let proxy = start_proxy(&format!("[tenants.{db}]\ntier = \"standard\"\n")).await;
+    let log_from = common::cluster_log_len();
+    let mut pids = Vec::new();
     for _wave in 0..5 {
         let mut conns = Vec::new();
         for _ in 0..40 {
             let (client, conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+            // Inside a transaction, so that the backend would log an
+            // unexpected EOF if the proxy hung up without a Terminate.
+            client.batch_execute("begin").await.unwrap();
+            let pid: i32 = client
+                .query_one("select pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            pids.push(pid);
             // A query in flight, then the client disappears without Terminate.
             let query =
-                tokio::spawn(async move { client.simple_query("select pg_sleep(10)").await });
+                tokio::spawn(async move { client.simple_query("select pg_sleep(2)").await });
             conns.push((query, conn));
         }
         wait_until(Duration::from_secs(10), "all sessions in", || {
-            proxy.handle.tenant_connections(&db) == 40
+            proxy.handle.tenant_connections(&db) == Some(40)
         })
         .await;
         for (query, conn) in conns {
@@ -231,17 +287,28 @@ async fn no_slot_leaks_when_clients_vanish_mid_query() {
             query.abort();
         }
         wait_until(Duration::from_secs(10), "slots given back", || {
-            proxy.handle.tenant_connections(&db) == 0
+            proxy.handle.tenant_connections(&db) == Some(0)
         })
         .await;
     }
-    // And the cluster's backends went away too (they were told Terminate).
+    // And the cluster's backends went away too, once their query ended,
+    // because they were told Terminate: none logged an unexpected EOF.
     common::wait_for_cluster(
         &format!("select count(*) from pg_stat_activity where datname = '{db}'"),
         "0",
         "the cluster's backends of the vanished clients to end",
     )
     .await;
+    let log = common::cluster_log_since(log_from);
+    let unclean: Vec<String> = pids
+        .iter()
+        .flat_map(|&pid| common::unclean_disconnects(&log, pid))
+        .collect();
+    assert!(
+        unclean.is_empty(),
+        "backends lost the proxy without a Terminate:\n{}",
+        unclean.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -390,24 +457,149 @@ async fn extended_protocol_and_pipelining() {
 #[tokio::test]
 async fn shutdown_closes_remaining_sessions_with_57p01_after_grace() {
     let (db, user, password) = tenant("shut");
-    let proxy = common::start_proxy_with("shutdown_grace = \"500ms\"\n", "").await;
+    let grace = Duration::from_secs(1);
+    let mut proxy = common::start_proxy_with("shutdown_grace = \"1s\"\n", "").await;
     let (client, conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
-    client.simple_query("select 1").await.unwrap();
+    let pid: i32 = client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(common::slots(&proxy.handle, &db), 1);
+    let drain_started = Instant::now();
     proxy.handle.shutdown();
-    // The session outlives the drain start but not the grace period, and
-    // the connection ends with the proxy's FATAL, not a bare hang-up.
+    // Draining: the session goes on working...
+    let row = client.query_one("select 40 + 2", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // ...while new connections are refused at the door.
+    assert!(connect(proxy.addr, &db, &user, &password).await.is_err());
+    assert!(
+        drain_started.elapsed() < grace,
+        "the checks above took longer than the grace period"
+    );
+    // After the grace period the connection ends with the proxy's FATAL,
+    // not a bare hang-up.
     let ended = tokio::time::timeout(Duration::from_secs(10), conn)
         .await
         .expect("session closed after the grace period")
         .unwrap();
+    assert!(
+        drain_started.elapsed() >= grace,
+        "closed {:?} after the drain began, before the grace of {grace:?}",
+        drain_started.elapsed()
+    );
     let err = ended.expect_err("connection ended by an error from the proxy");
     assert_eq!(code(&err), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
     assert_eq!(
         common::message(&err),
         "terminating connection due to administrator command"
     );
-    // New connections are refused at the door.
-    assert!(connect(proxy.addr, &db, &user, &password).await.is_err());
+    // The proxy stops, the slot is back, the backend is gone.
+    tokio::time::timeout(Duration::from_secs(15), &mut proxy.task)
+        .await
+        .expect("the proxy stopped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(common::slots(&proxy.handle, &db), 0);
+    common::wait_for_cluster(
+        &format!("select count(*) from pg_stat_activity where pid = {pid}"),
+        "0",
+        "the session's backend to end",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_terminated_by_the_cluster_gives_its_slot_back() {
+    let (db, user, password) = tenant("terminated");
+    let proxy = start_proxy("").await;
+    let (a, conn_a) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let (b, _conn_b) = connect(proxy.addr, &db, &user, &password).await.unwrap();
+    let pid: i32 = a
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(common::slots(&proxy.handle, &db), 2);
+    let su = common::superuser_client().await;
+    let row = su
+        .query_one("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    // The client hears the cluster's own FATAL, passed through.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn_a)
+        .await
+        .expect("the terminated session ended")
+        .unwrap();
+    let err = ended.expect_err("ended by the cluster's FATAL");
+    assert_eq!(code(&err), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    wait_until(Duration::from_secs(5), "the slot given back", || {
+        common::slots(&proxy.handle, &db) == 1
+    })
+    .await;
+    let (c, _conn_c) = connect(proxy.addr, &db, &user, &password)
+        .await
+        .expect("the terminated session's slot is free");
+    c.simple_query("select 1").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+}
+
+/// PostgreSQL authenticates a client before it locks the database it logs
+/// into, so a transaction holding that lock (an uncommitted `ALTER
+/// DATABASE … RENAME`) keeps the login between AuthenticationOk and
+/// ReadyForQuery for as long as the test likes.
+#[tokio::test]
+async fn a_client_gone_mid_login_leaves_no_slot_and_no_login_behind() {
+    let t = common::trust_tenant("vanish");
+    let proxy = start_proxy(&format!("[tenants.{}]\ntier = \"free\"\n", t.db)).await;
+    let su = common::superuser_client().await;
+    su.batch_execute(&format!(
+        "begin; alter database {db} rename to {db}_held",
+        db = t.db
+    ))
+    .await
+    .unwrap();
+    let (addr, db, user) = (proxy.addr, t.db.clone(), t.user.clone());
+    let login = tokio::spawn(async move { connect(addr, &db, &user, "").await.map(|_| ()) });
+    common::wait_for_cluster(
+        "select count(*) from pg_locks where locktype = 'object' \
+         and classid = 'pg_database'::regclass and not granted",
+        "1",
+        "the login to wait on the cluster for the database lock",
+    )
+    .await;
+    let shared = proxy.handle.shared().clone();
+    assert_eq!(
+        shared.logins.in_progress_for(&t.db),
+        1,
+        "a login in progress"
+    );
+    // The client vanishes while the cluster still holds its login: the
+    // proxy notices at once (it watches the client while it waits on the
+    // cluster), ends the login and takes no slot.
+    login.abort();
+    let _ = login.await;
+    let db = t.db.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the login ended with its client",
+        || shared.logins.in_progress_for(&db) == 0 && shared.logins.in_progress() == 0,
+    )
+    .await;
+    su.batch_execute("rollback").await.unwrap();
+    common::wait_for_cluster(
+        &format!(
+            "select count(*) from pg_stat_activity where datname = '{}'",
+            t.db
+        ),
+        "0",
+        "the backend of the vanished client to end",
+    )
+    .await;
+    let tenant = shared.tenants.get(&t.db).unwrap();
+    assert_eq!(tenant.connections(), 0, "no slot held");
+    assert_eq!(tenant.sessions_total(), 0, "no session ever started");
 }
 
 #[tokio::test]
@@ -469,4 +661,89 @@ async fn the_whole_proxy_refuses_clients_past_max_client_connections() {
     assert_eq!(code(&err), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
     assert_eq!(common::message(&err), "sorry, too many clients already");
     a.simple_query("select 1").await.unwrap();
+}
+
+/// The cluster link over TLS (`cluster.tls = "require"`, verified against
+/// the cluster's CA) with the methods that pass through it: trust, md5 and
+/// cleartext `password`; and the cleartext relay over a plaintext link too.
+/// (SCRAM over a TLS link is the documented exception, see the README.)
+#[tokio::test]
+async fn a_tls_link_to_the_cluster_relays_trust_md5_and_cleartext_logins() {
+    use pgtier::sandbox::{Cluster, ClusterOptions, PasswordEncryption};
+    let tls_cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start(ClusterOptions {
+            ssl: true,
+            max_connections: 30,
+            extra_hba: vec![
+                "host all +trust_users 127.0.0.1/32 trust".to_owned(),
+                "host all +md5_users 127.0.0.1/32 md5".to_owned(),
+                "host all +password_users 127.0.0.1/32 password".to_owned(),
+            ],
+            installation: common::installation(),
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("starting a TLS cluster: {e}"));
+    let ca = tls_cluster
+        .certs()
+        .expect("ssl clusters have certificates")
+        .ca_path
+        .clone();
+    // (role, password, how it is stored, its group)
+    let roles = [
+        ("tl_trust", "", PasswordEncryption::Scram, "trust_users"),
+        ("tl_md5", "md5-pw", PasswordEncryption::Md5, "md5_users"),
+        (
+            "tl_clear",
+            "clear-pw",
+            PasswordEncryption::Scram,
+            "password_users",
+        ),
+    ];
+    for (role, password, encryption, group) in roles {
+        let password = (!password.is_empty()).then_some(password);
+        tls_cluster.create_group(group).unwrap();
+        tls_cluster.create_role(role, password, encryption).unwrap();
+        tls_cluster
+            .psql("postgres", &format!("grant {group} to {role}"))
+            .unwrap();
+        tls_cluster.create_database(role, role).unwrap();
+    }
+    let link = |tls: &str| {
+        common::config_text("", "require", "")
+            .replace(
+                &format!("port = {}", cluster().port()),
+                &format!("port = {}", tls_cluster.port()),
+            )
+            .replace(
+                "tls = \"disable\"",
+                &format!("tls = \"{tls}\"\nca = {:?}", ca.display().to_string()),
+            )
+    };
+    let over_tls = common::start_proxy_from(&link("require")).await;
+    let over_plain = common::start_proxy_from(&link("disable")).await;
+    let ssl_of_link = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+    for (role, password, _, _) in roles {
+        let (client, _conn) = connect(over_tls.addr, role, role, password)
+            .await
+            .unwrap_or_else(|e| panic!("{role} over a TLS link: {e}"));
+        let row = client.query_one(ssl_of_link, &[]).await.unwrap();
+        assert!(row.get::<_, bool>(0), "{role}: the cluster link is TLS");
+        let row = client
+            .query_one("select current_user::text", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), role);
+    }
+    let (client, _conn) = connect(over_plain.addr, "tl_clear", "tl_clear", "clear-pw")
+        .await
+        .expect("cleartext password over a plaintext link");
+    let row = client.query_one(ssl_of_link, &[]).await.unwrap();
+    assert!(!row.get::<_, bool>(0), "the cluster link is plaintext");
+    // A wrong cleartext password: the cluster's 28P01, relayed.
+    let err = connect(over_tls.addr, "tl_clear", "tl_clear", "wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
 }

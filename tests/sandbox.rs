@@ -109,12 +109,28 @@ async fn md5_and_trust_roles_log_in_as_configured() {
     let client = connect_direct(&trust.db, &trust.user, "").await.unwrap();
     client.simple_query("select 1").await.unwrap();
 
-    // A role outside the groups needs its (SCRAM) password.
+    // A role outside the groups needs its (SCRAM) password: the server
+    // asks for one, and, the role having none, refuses any as PostgreSQL
+    // does for a wrong password.
     let role = unique("sbx_plain");
     cluster
         .create_role(&role, None, pgtier::sandbox::PasswordEncryption::Scram)
         .unwrap();
-    assert!(connect_direct("postgres", &role, "").await.is_err());
+    let Err(err) = connect_direct("postgres", &role, "any-password").await else {
+        panic!("a role outside the groups must not log in without its password");
+    };
+    assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    assert!(
+        common::message(&err).contains(&format!(
+            "password authentication failed for user \"{role}\""
+        )),
+        "{err}"
+    );
+    // Without one, the client itself gives up when asked for it.
+    let Err(err) = connect_direct("postgres", &role, "").await else {
+        panic!("no login without a password");
+    };
+    assert!(format!("{err:?}").contains("password missing"), "{err:?}");
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
+use crate::protocol::sqlstate;
+
 /// PostgreSQL's own limit on a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 /// The length field plus the code.
@@ -37,6 +39,23 @@ pub enum StartupError {
     UnsupportedVersion { major: u16, minor: u16 },
     #[error("invalid length of cancel request packet")]
     BadCancel,
+}
+
+impl StartupError {
+    /// The SQLSTATE PostgreSQL's own server answers this with, so that a
+    /// client cannot tell the proxy's refusal from the cluster's: a missing
+    /// user name is an authorization problem (`28000`), an unsupported
+    /// protocol version `0A000`, anything malformed `08P01`.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            StartupError::NoUser => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            StartupError::UnsupportedVersion { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+            StartupError::BadLength
+            | StartupError::MissingTerminator
+            | StartupError::NotUtf8
+            | StartupError::BadCancel => sqlstate::PROTOCOL_VIOLATION,
+        }
+    }
 }
 
 /// A cancel key: the backend's process ID and a secret. The secret is four
@@ -276,6 +295,13 @@ mod tests {
             decode(&startup_body(PROTOCOL_3_0, &[("database", "x")])),
             Err(StartupError::NoUser)
         );
+        // As PostgreSQL: no user name is 28000, not a protocol violation.
+        assert_eq!(StartupError::NoUser.sqlstate(), "28000");
+        assert_eq!(
+            StartupError::UnsupportedVersion { major: 2, minor: 0 }.sqlstate(),
+            "0A000"
+        );
+        assert_eq!(StartupError::BadLength.sqlstate(), "08P01");
         assert_eq!(
             decode(&startup_body(2 << 16, &[("user", "x")])),
             Err(StartupError::UnsupportedVersion { major: 2, minor: 0 })

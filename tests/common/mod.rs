@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use pgtier::sandbox::{Certs, Cluster, ClusterOptions, Installation, PasswordEncryption};
 use pgtier::server::{Proxy, ProxyHandle};
 use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// Roles granted this group log in over TCP without a password.
@@ -485,4 +487,103 @@ pub fn quota_role() -> &'static (String, String) {
 pub fn quota_table(interval: &str) -> String {
     let (user, password) = quota_role();
     format!("[quota]\nuser = \"{user}\"\npassword = \"{password}\"\ninterval = \"{interval}\"\n")
+}
+
+/// Slots tenant `name` holds now, failing the test if the proxy has no
+/// such tenant (a 0 for a tenant it never registered would let "holds no
+/// slot" pass whatever the proxy does). List the tenant in the config
+/// (`[tenants.x]`) or log it in first.
+pub fn slots(handle: &ProxyHandle, name: &str) -> u32 {
+    handle
+        .shared()
+        .tenants
+        .get(name)
+        .unwrap_or_else(|| panic!("the proxy has no tenant {name:?}"))
+        .connections()
+}
+
+/// Connects straight to the test cluster as its superuser (TCP, no TLS),
+/// for what the tests do behind the proxy's back (hold a lock, terminate a
+/// backend).
+pub async fn superuser_client() -> tokio_postgres::Client {
+    let c = cluster();
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(c.host())
+        .port(c.port())
+        .user(c.superuser())
+        .password(c.superuser_password())
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("superuser connection to the test cluster: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// The cluster's server log from byte `from` on (see [`cluster_log_len`]).
+pub fn cluster_log_since(from: u64) -> String {
+    let bytes = std::fs::read(cluster().log_path())
+        .unwrap_or_else(|e| panic!("reading {}: {e}", cluster().log_path().display()));
+    String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default()).into_owned()
+}
+
+/// The length of the cluster's server log now: where a test's part starts.
+pub fn cluster_log_len() -> u64 {
+    std::fs::metadata(cluster().log_path())
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// The lines of `log` that a backend with PID `pid` wrote on losing its
+/// client without a Terminate inside a transaction. PostgreSQL logs that
+/// case ("unexpected EOF on client connection with an open transaction",
+/// after "could not receive data from client" on a reset) and logs nothing
+/// when the client said Terminate, so an empty answer for a backend killed
+/// mid-transaction proves the proxy sent Terminate. The default
+/// `log_line_prefix` ('%m [%p] ') names the PID.
+pub fn unclean_disconnects(log: &str, pid: i32) -> Vec<String> {
+    let tag = format!("[{pid}] ");
+    log.lines()
+        .filter(|l| l.contains(&tag))
+        .filter(|l| {
+            l.contains("unexpected EOF on client connection")
+                || l.contains("could not receive data from client")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A raw TLS connection to the proxy as libpq opens one: TCP, SSLRequest,
+/// `S`, then a TLS handshake trusting the test CA (name `localhost`).
+pub async fn ssl_request_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .expect("SSLRequest sent");
+    assert_eq!(tcp.read_u8().await.expect("an answer to SSLRequest"), b'S');
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls_config()))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("a DNS name"),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake after SSLRequest")
+}
+
+/// A StartupMessage (protocol 3.0) with `params`.
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
 }
