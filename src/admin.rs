@@ -281,6 +281,9 @@ async fn disconnect(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
     let n = shared
         .sessions
         .kill_where(Some(&name), KillReason::AdminDisconnect);
+    // Its warm cluster connections go too (so that, say, the database can
+    // be dropped next).
+    shared.warm.clear_tenant(&name);
     tracing::info!(tenant = %name, sessions = n, "operator disconnect");
     Json(serde_json::json!({ "disconnected": n })).into_response()
 }

@@ -95,7 +95,7 @@ async fn negotiate_tls(
     let answer = tcp.read_u8().await.map_err(io_error)?;
     if answer != b'S' {
         return match config.tls {
-            ClusterTlsMode::Require => Err(ClusterError::TlsRefused {
+            ClusterTlsMode::Require | ClusterTlsMode::VerifyFull => Err(ClusterError::TlsRefused {
                 addr: addr.to_owned(),
             }),
             _ => Ok(Stream::Plain(tcp)),

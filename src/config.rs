@@ -61,15 +61,55 @@ pub enum ClientTlsMode {
 
 /// TLS on the proxy's own link to the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ClusterTlsMode {
     /// Plaintext (the default: pass-through SCRAM only works this way).
     #[default]
     Disable,
     /// TLS if the cluster offers it.
     Prefer,
-    /// TLS or no connection.
+    /// TLS or no connection (verified against `ca` when given).
     Require,
+    /// TLS, the cluster's certificate verified against `ca` (required) and
+    /// its name against `host`.
+    VerifyFull,
+}
+
+/// Who checks a client's password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// The cluster does, through the proxy (every login reaches the
+    /// cluster; the link to it must be plaintext for SCRAM).
+    #[default]
+    Passthrough,
+    /// The proxy does, against the role's SCRAM verifier (auth_query), then
+    /// logs into the cluster itself: refused logins never reach the
+    /// cluster, cluster connections can be kept warm, TLS to the cluster
+    /// and channel binding to clients work.
+    Proxy,
+}
+
+/// `[auth]`: proxy-side authentication.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// The role auth_query runs as (needed in proxy mode).
+    pub user: Option<String>,
+    /// Better given as `PGTIER_AUTH__PASSWORD`.
+    pub password: Option<String>,
+    /// The database auth_query runs in.
+    #[serde(default = "default_quota_database")]
+    pub database: String,
+    /// Returns the login role's `rolpassword` (one text column) for `$1`.
+    #[serde(default = "default_auth_query")]
+    pub auth_query: String,
+    /// How long a looked-up verifier is trusted: a changed password takes
+    /// effect within it.
+    #[serde(default = "default_auth_cache_ttl", with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -261,6 +301,17 @@ pub struct Config {
     /// The row quota's auditor; required when any tier or tenant has a
     /// `row_limit`.
     pub quota: Option<QuotaConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Proxy mode: how long a warm cluster connection waits for the next
+    /// login of its database and role before it is closed. 0 = no warm
+    /// connections.
+    #[serde(default = "default_server_idle_timeout", with = "humantime_serde")]
+    pub server_idle_timeout: Duration,
+    /// Proxy mode: warm cluster connections kept, all tenants together
+    /// (least recently used closed first).
+    #[serde(default = "default_max_warm_backends")]
+    pub max_warm_backends: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -301,6 +352,22 @@ fn default_quota_database() -> String {
 }
 fn default_quota_interval() -> Duration {
     Duration::from_secs(30)
+}
+/// Reading `pg_authid` needs a superuser; the README shows a SECURITY
+/// DEFINER function to use instead.
+fn default_auth_query() -> String {
+    "SELECT rolpassword::text FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin \
+     AND (rolvaliduntil IS NULL OR rolvaliduntil > now())"
+        .to_owned()
+}
+fn default_auth_cache_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_server_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_warm_backends() -> usize {
+    100
 }
 
 /// The tiers that exist even when `proxy.toml` does not mention them. A
@@ -517,6 +584,17 @@ impl Config {
                 )));
             }
         }
+        if self.auth.mode == AuthMode::Proxy && self.auth.user.is_none() {
+            return Err(invalid(
+                "auth.mode = \"proxy\" needs auth.user (the role auth_query runs as)".to_owned(),
+            ));
+        }
+        if self.cluster.tls == ClusterTlsMode::VerifyFull && self.cluster.ca.is_none() {
+            return Err(invalid(
+                "cluster.tls = \"verify-full\" needs cluster.ca (the CA to verify the cluster against)"
+                    .to_owned(),
+            ));
+        }
         if let Some(quota) = &self.quota {
             if quota.interval.is_zero() {
                 return Err(invalid(
@@ -570,14 +648,18 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.cluster.tls != ClusterTlsMode::Disable && !unix_socket {
+        if self.cluster.tls != ClusterTlsMode::Disable
+            && !unix_socket
+            && self.auth.mode == AuthMode::Passthrough
+        {
             out.push(Warning(format!(
                 "cluster.tls = {:?}: with pass-through authentication, libpq clients using SCRAM over TLS \
                  fail with \"SCRAM channel binding negotiation error\" when the cluster link is TLS too \
                  (the cluster offers SCRAM-SHA-256-PLUS, the client signed that it saw no channel binding); \
-                 use cluster.tls = \"disable\" on a private network, or md5/trust auth on the cluster",
+                 use cluster.tls = \"disable\" on a private network, auth.mode = \"proxy\", or md5/trust auth on the cluster",
                 match self.cluster.tls {
                     ClusterTlsMode::Prefer => "prefer",
+                    ClusterTlsMode::VerifyFull => "verify-full",
                     _ => "require",
                 }
             )));

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod idle;
 pub mod logins;
 pub mod metrics;
+pub mod pool;
 pub mod protocol;
 pub mod pump;
 pub mod quota;

@@ -27,6 +27,13 @@ pub struct Metrics {
     /// operator sees it on a dashboard and tests can assert it stays 0;
     /// tokio would otherwise swallow the panic with the task.
     session_panics: AtomicU64,
+    /// Proxy mode: failed password checks, and those made to wait.
+    pub auth_failures: AtomicU64,
+    pub auth_delayed: AtomicU64,
+    /// Proxy mode: sessions served by a warm cluster connection, and by a
+    /// fresh login to the cluster.
+    pub backends_warm: AtomicU64,
+    pub backends_fresh: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -35,6 +42,10 @@ impl Default for Metrics {
             login_duration: Histogram::new(LOGIN_BUCKETS),
             unattributed_rejections: Mutex::new(BTreeMap::new()),
             session_panics: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            auth_delayed: AtomicU64::new(0),
+            backends_warm: AtomicU64::new(0),
+            backends_fresh: AtomicU64::new(0),
         }
     }
 }
@@ -67,6 +78,24 @@ impl Metrics {
     /// Connection tasks that panicked since start.
     pub fn session_panics(&self) -> u64 {
         self.session_panics.load(Ordering::Relaxed)
+    }
+
+    /// A failed password check (`delayed`: the client was made to wait).
+    pub fn auth_failed(&self, delayed: bool) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        if delayed {
+            self.auth_delayed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A session got a cluster connection: warm, or a fresh login.
+    pub fn backend_handed(&self, warm: bool) {
+        let counter = if warm {
+            &self.backends_warm
+        } else {
+            &self.backends_fresh
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long a successful login took, accept to ReadyForQuery.

@@ -33,6 +33,8 @@ const SMALL_READ: usize = 2 * 1024;
 const LARGE_READ: usize = 64 * 1024;
 /// How long the proxy's own last words (an error, a Terminate) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A Terminate has no body; a longer one is accepted up to this.
+const MAX_TERMINATE: usize = 64;
 /// How long after a kill request a session stuck in a write is cut off.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -167,9 +169,22 @@ impl Progress {
     }
 }
 
+/// How a session ended, and what is left of it.
+#[derive(Debug)]
+pub struct Ended {
+    pub end: PumpEnd,
+    pub traffic: Traffic,
+    /// The cluster connection, when `keep_cluster` was asked for and the
+    /// session ended cleanly: the client said Terminate with every request
+    /// answered, outside a transaction, with nothing of the cluster's
+    /// unsent and no message cut in half. Otherwise it is closed.
+    pub cluster: Option<Stream>,
+}
+
 /// Runs the session until either side ends it or the proxy does.
 /// `from_client` and `from_cluster` are the session's rules for each
-/// direction.
+/// direction; `keep_cluster` asks for the cluster connection back when the
+/// session ends cleanly (see [`Ended::cluster`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Stream,
@@ -179,11 +194,13 @@ pub async fn run(
     control: &SessionControl,
     from_client: &mut (impl Hook + Send),
     from_cluster: &mut (impl Hook + Send),
-) -> (PumpEnd, Traffic) {
+    keep_cluster: bool,
+) -> Ended {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut cluster_rx, mut cluster_tx) = tokio::io::split(cluster);
     let mut up = Progress::default();
     let mut down = Progress::default();
+    let mut cluster_buf = cluster_pending;
 
     let end = {
         let upstream = client_to_cluster(
@@ -193,11 +210,12 @@ pub async fn run(
             control,
             &mut up,
             from_client,
+            keep_cluster,
         );
         let downstream = cluster_to_client(
             &mut cluster_rx,
             &mut client_tx,
-            cluster_pending,
+            &mut cluster_buf,
             control,
             &mut down,
             from_cluster,
@@ -215,6 +233,12 @@ pub async fn run(
 
     let mut client = client_rx.unsplit(client_tx);
     let mut cluster = cluster_rx.unsplit(cluster_tx);
+    let keep = keep_cluster
+        && matches!(end, PumpEnd::ClientTerminated)
+        && up.clean()
+        && down.clean()
+        && cluster_buf.is_empty()
+        && control.settled();
     let goodbye = async {
         let last_word = match &end {
             PumpEnd::Killed(reason) => control.announce_once().then(|| kill_message(*reason)),
@@ -226,22 +250,27 @@ pub async fn run(
                 let _ = client.write_all(&error.to_bytes()).await;
             }
         }
-        // Tell the cluster the session is over unless the client did, so it
-        // logs a clean disconnect rather than an unexpected EOF.
-        if !matches!(end, PumpEnd::ClientTerminated | PumpEnd::ClusterClosed) && up.clean() {
-            let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+        // Tell the cluster the session is over unless the client did (or
+        // the connection is kept), so it logs a clean disconnect rather
+        // than an unexpected EOF.
+        if !keep {
+            let terminated = matches!(end, PumpEnd::ClientTerminated | PumpEnd::ClusterClosed);
+            if (!terminated || keep_cluster) && up.clean() {
+                let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+            }
+            let _ = cluster.shutdown().await;
         }
         let _ = client.shutdown().await;
-        let _ = cluster.shutdown().await;
     };
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
-    (
+    Ended {
         end,
-        Traffic {
+        traffic: Traffic {
             from_client: up.bytes,
             to_client: down.bytes,
         },
-    )
+        cluster: keep.then_some(cluster),
+    }
 }
 
 /// The FATAL a client receives when the proxy ends its session.
@@ -280,8 +309,9 @@ pub fn protocol_error_message(e: &FrameError) -> ErrorFields {
 pub struct Requests {
     /// Query, Sync and FunctionCall messages: each earns one ReadyForQuery.
     pub count: u64,
-    /// The client sent Terminate.
-    pub terminate: bool,
+    /// The client sent Terminate: where its frame is in the buffer
+    /// (`start`, `len`). The walk stops there; nothing after it matters.
+    pub terminate: Option<(usize, usize)>,
 }
 
 /// Walks the client's bytes in `buf` from where `scanner` stopped, counting
@@ -295,15 +325,23 @@ pub fn walk_from_client(
 ) -> Result<Requests, FrameError> {
     let mut seen = Requests::default();
     loop {
-        let step = scanner.next(buf, |h| {
-            match h.tag {
-                b'Q' | b'S' | b'F' => seen.count += 1,
-                b'X' => seen.terminate = true,
-                _ => {}
+        let step = scanner.next(buf, |h| match h.tag {
+            // Seen whole, so that a session whose cluster connection is to
+            // be kept can leave it out.
+            b'X' => Interest::Whole {
+                max_len: MAX_TERMINATE,
+            },
+            b'Q' | b'S' | b'F' => {
+                seen.count += 1;
+                hook.interest(h)
             }
-            hook.interest(h)
+            _ => hook.interest(h),
         })?;
         match step {
+            Step::Frame { start, header } if header.tag == b'X' => {
+                seen.terminate = Some((start, header.frame_len));
+                return Ok(seen);
+            }
             Step::Frame { start, header } => {
                 let frame = &buf[start..start + header.frame_len];
                 if let Verdict::Replace(bytes) = hook.frame(&header, frame) {
@@ -383,6 +421,7 @@ async fn client_to_cluster(
     control: &SessionControl,
     progress: &mut Progress,
     hook: &mut impl Hook,
+    keep_cluster: bool,
 ) -> PumpEnd {
     let mut scanner = Scanner::default();
     let mut splices = Splices::default();
@@ -399,10 +438,15 @@ async fn client_to_cluster(
             // before the request it answers.
             control.note_requests(requests.count);
             control.tenant.note_from_client(walked, requests.count);
+            if let (Some((start, len)), true) = (requests.terminate, keep_cluster) {
+                // The cluster connection may be kept for another client:
+                // the Terminate is this client's, not the connection's.
+                splices.0.push((start, len, BytesMut::new()));
+            }
             if let Err(e) = forward(tx, &mut buf, &mut scanner, &mut splices, progress).await {
                 return PumpEnd::ClusterIo(e);
             }
-            if requests.terminate {
+            if requests.terminate.is_some() {
                 return PumpEnd::ClientTerminated;
             }
         }
@@ -417,7 +461,7 @@ async fn client_to_cluster(
 async fn cluster_to_client(
     rx: &mut ReadHalf<Stream>,
     tx: &mut WriteHalf<Stream>,
-    mut buf: BytesMut,
+    buf: &mut BytesMut,
     control: &SessionControl,
     progress: &mut Progress,
     hook: &mut impl Hook,
@@ -427,13 +471,13 @@ async fn cluster_to_client(
     let mut last_read = 0;
     loop {
         hook.batch();
-        let readies = match walk_from_cluster(&mut scanner, &buf, hook, &mut splices) {
+        let readies = match walk_from_cluster(&mut scanner, buf, hook, &mut splices) {
             Ok(readies) => readies,
             Err(e) => return PumpEnd::ClusterProtocol(e),
         };
         let walked = scanner.walked();
         if walked > 0 {
-            if let Err(e) = forward(tx, &mut buf, &mut scanner, &mut splices, progress).await {
+            if let Err(e) = forward(tx, buf, &mut scanner, &mut splices, progress).await {
                 return PumpEnd::ClientIo(e);
             }
             control.tenant.note_to_client(walked);
@@ -444,7 +488,7 @@ async fn cluster_to_client(
         tokio::select! {
             biased;
             reason = control.killed() => return PumpEnd::Killed(reason),
-            read = read_more(rx, &mut buf, &mut last_read) => match read {
+            read = read_more(rx, buf, &mut last_read) => match read {
                 Ok(0) => return PumpEnd::ClusterClosed,
                 Ok(_) => {}
                 Err(e) => return PumpEnd::ClusterIo(e),
@@ -519,7 +563,11 @@ mod tests {
         put_frame(&mut stream, b'B', b"\0\0\0\0\0\0\0\0");
         put_frame(&mut stream, b'E', b"\0\0\0\0\0");
         put_frame(&mut stream, b'S', b"");
+        let terminate_at = stream.len();
         put_frame(&mut stream, b'X', b"");
+        let walked = stream.len();
+        // Bytes after a Terminate are not walked: nothing after it counts.
+        put_frame(&mut stream, b'Q', b"select 2\0");
         let mut scanner = Scanner::default();
         let seen =
             walk_from_client(&mut scanner, &stream, &mut NoHook, &mut Splices::default()).unwrap();
@@ -527,10 +575,10 @@ mod tests {
             seen,
             Requests {
                 count: 2,
-                terminate: true
+                terminate: Some((terminate_at, 5))
             }
         );
-        assert_eq!(scanner.walked(), stream.len());
+        assert_eq!(scanner.walked(), walked);
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl Proxy {
         let mut shutdown = shared.subscribe_shutdown();
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
         tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
+        tokio::spawn(keep_warm(Arc::clone(&shared)));
         let admin = admin.map(|l| crate::admin::spawn(l, Arc::clone(&handle.shared)));
         let state_dir = shared.config().state_dir.clone();
         let saver = state_dir
@@ -155,6 +156,10 @@ impl Proxy {
             );
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, shared.all_closed()).await;
         }
+        let closed = shared.warm.clear();
+        if closed > 0 {
+            tracing::info!(connections = closed, "warm cluster connections closed");
+        }
         if let Some(saver) = saver {
             saver.abort();
         }
@@ -203,6 +208,44 @@ impl Drop for ConnectionTask {
         if std::thread::panicking() {
             self.shared.metrics.session_panicked();
             tracing::error!(client = %self.peer, "connection task panicked (a bug); the client's connection was dropped");
+        }
+    }
+}
+
+/// Proxy mode's background work on the cluster connections: learns which
+/// protocol the cluster speaks (so clients asking for 3.2 get it where the
+/// cluster has it), and closes warm connections past
+/// `server_idle_timeout`. Ends when sessions are being closed.
+async fn keep_warm(shared: Arc<Shared>) {
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probed = false;
+    let mut since_probe = 0u32;
+    loop {
+        tokio::select! {
+            _ = shutdown.reached(Stage::Closing) => return,
+            _ = tick.tick() => {}
+        }
+        let config = shared.config();
+        if config.auth.mode != crate::config::AuthMode::Proxy {
+            continue;
+        }
+        // Learned once; tried again every half minute while it fails.
+        since_probe += 1;
+        if !probed && (since_probe == 1 || since_probe.is_multiple_of(30)) {
+            if let Some(version) = crate::auth::proxy::probe_cluster_protocol(&shared).await {
+                shared.learn_cluster_protocol(version);
+                tracing::info!(protocol = %format_args!("3.{}", version & 0xffff), "the cluster's newest protocol version");
+                probed = true;
+            }
+        }
+        let expired = shared.warm.expire(config.server_idle_timeout);
+        if expired > 0 {
+            tracing::debug!(
+                connections = expired,
+                "idle warm cluster connections closed"
+            );
         }
     }
 }

@@ -5,6 +5,7 @@
 //! one place ([`finish`]): the client's last word, the log line and the
 //! metric.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +13,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
-use crate::auth::{self, Admission, LoggedIn, LoginError};
-use crate::config::{Config, Limits};
-use crate::protocol::startup::StartupMessage;
+use crate::auth::{self, proxy, Admission, LoggedIn, LoginError};
+use crate::config::{AuthMode, Config, Limits};
+use crate::pool::{self, PoolKey};
+use crate::protocol::startup::{CancelKey, StartupMessage};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::quota::{gate, policy};
 use crate::sessions::KillReason;
@@ -66,6 +68,8 @@ enum Exit {
 struct Login<'a> {
     shared: &'a Arc<Shared>,
     config: &'a Config,
+    /// The client's address (for slowing down its failed logins).
+    peer: IpAddr,
     accepted: Instant,
     deadline: tokio::time::Instant,
 }
@@ -78,6 +82,9 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let login = Login {
         shared: &shared,
         config: &config,
+        peer: tcp
+            .peer_addr()
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip()),
         accepted,
         deadline: tokio::time::Instant::from_std(accepted + config.login_timeout),
     };
@@ -201,6 +208,12 @@ impl Login<'_> {
                 ),
             });
         };
+        let notice = self.shared.tenants.get(tenant_name).and_then(|t| {
+            policy::row_limit_warning(tenant_name, t.rows.figure(), limits.row_limit, &limits.tier)
+        });
+        if self.config.auth.mode == AuthMode::Proxy {
+            return self.log_in_proxied(client, startup, limits, notice).await;
+        }
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
             refusal,
@@ -221,9 +234,6 @@ impl Login<'_> {
             Err(_) => return Err(refused(client, self.login_timeout())),
         };
 
-        let notice = self.shared.tenants.get(tenant_name).and_then(|t| {
-            policy::row_limit_warning(tenant_name, t.rows.figure(), limits.row_limit, &limits.tier)
-        });
         let admission = Admission {
             tenants: &self.shared.tenants,
             name: tenant_name,
@@ -269,6 +279,68 @@ impl Login<'_> {
             cluster,
             logged_in,
             login_duration,
+            keep: None,
+        })
+    }
+
+    /// The login in proxy mode: the proxy checks the password, takes the
+    /// slot, and only then reaches the cluster (warm or fresh).
+    async fn log_in_proxied(
+        &self,
+        mut client: Stream,
+        startup: &StartupMessage,
+        limits: Limits,
+        notice: Option<ErrorFields>,
+    ) -> Result<Session, Exit> {
+        let request = proxy::Request {
+            shared: self.shared,
+            config: self.config,
+            limits: &limits,
+            startup,
+            peer: self.peer,
+            notice,
+        };
+        let refused = |client: Stream, refusal: Refusal| Exit::Refused {
+            stream: Some(client),
+            refusal,
+        };
+        let proxied = match timeout_at(self.deadline, proxy::log_in(&mut client, request)).await {
+            Ok(Ok(proxied)) => proxied,
+            Ok(Err(LoginError::Refused { error, reason })) => {
+                return Err(refused(client, Refusal::new(error, reason)))
+            }
+            Ok(Err(LoginError::ClusterRefused(code))) => {
+                tracing::debug!(sqlstate = %code, "login refused by the cluster");
+                return Err(refused(
+                    client,
+                    Refusal {
+                        error: None,
+                        reason: "cluster_refused",
+                    },
+                ));
+            }
+            Ok(Err(e)) => return Err(Exit::Lost(e.to_string())),
+            Err(_) => return Err(refused(client, self.login_timeout())),
+        };
+        let login_duration = self.accepted.elapsed();
+        self.shared.metrics.login(login_duration);
+        tracing::debug!(warm = proxied.warm, "cluster connection");
+        let keep = (self.config.server_idle_timeout > Duration::ZERO
+            && self.config.max_warm_backends > 0)
+            .then(|| Keep {
+                key: proxied.pool_key,
+                parameters: proxied.parameters,
+                cluster_key: proxied.cluster_key,
+            });
+        Ok(Session {
+            shared: Arc::clone(self.shared),
+            user: startup.user().to_owned(),
+            limits,
+            client,
+            cluster: proxied.cluster,
+            logged_in: proxied.logged_in,
+            login_duration,
+            keep,
         })
     }
 
@@ -297,6 +369,13 @@ fn cluster_unreachable() -> Refusal {
     )
 }
 
+/// What a cluster connection needs to be kept warm after its session.
+struct Keep {
+    key: PoolKey,
+    parameters: bytes::BytesMut,
+    cluster_key: CancelKey,
+}
+
 /// A logged-in session, ready for the passthrough.
 struct Session {
     shared: Arc<Shared>,
@@ -306,6 +385,8 @@ struct Session {
     cluster: Stream,
     logged_in: LoggedIn,
     login_duration: Duration,
+    /// Proxy mode: keep the cluster connection warm after a clean end.
+    keep: Option<Keep>,
 }
 
 impl Session {
@@ -320,6 +401,7 @@ impl Session {
             cluster,
             logged_in,
             login_duration,
+            keep,
         } = self;
         let tenant = Arc::clone(logged_in.slot.tenant());
         if limits.row_limit > 0 && tenant.rows.unknown() {
@@ -353,7 +435,11 @@ impl Session {
             cluster_pending,
             ..
         } = logged_in;
-        let (end, traffic) = pump::run(
+        let pump::Ended {
+            end,
+            traffic,
+            cluster,
+        } = pump::run(
             client,
             cluster,
             client_pending,
@@ -361,6 +447,7 @@ impl Session {
             control,
             &mut to_cluster,
             &mut to_client,
+            keep.is_some(),
         )
         .await;
         let detail = match &end {
@@ -380,6 +467,25 @@ impl Session {
         );
         drop(slot);
         drop(cancel);
+        // The client has gone; its cluster connection, reset, waits for
+        // the next login of the same database, role and parameters.
+        if let (Some(mut stream), Some(keep)) = (cluster, keep) {
+            if pool::reset(&mut stream).await {
+                let config = shared.config();
+                shared.warm.put(
+                    keep.key,
+                    pool::Backend {
+                        stream,
+                        parameters: keep.parameters,
+                        key: keep.cluster_key,
+                    },
+                    limits.max_connections,
+                    config.max_warm_backends,
+                );
+            } else {
+                tracing::debug!("cluster connection not kept: its reset did not succeed");
+            }
+        }
     }
 }
 

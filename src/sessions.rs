@@ -174,6 +174,13 @@ impl SessionControl {
         Some(Duration::from_millis(now_ms.saturating_sub(since)))
     }
 
+    /// Every request answered and no transaction open: the session's
+    /// cluster connection is at rest.
+    pub fn settled(&self) -> bool {
+        self.readies.load(Ordering::Relaxed) >= self.requests.load(Ordering::Relaxed)
+            && self.tx_status() == TxStatus::Idle
+    }
+
     /// Marks the end as announced; returns false if it already was.
     pub fn announce_once(&self) -> bool {
         !self.announced.swap(true, Ordering::AcqRel)

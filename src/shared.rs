@@ -5,17 +5,20 @@
 //! so the proxy's modules form a tree rather than a circle.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::verifiers::Verifiers;
 use crate::cancel::CancelKeys;
 use crate::config::{ClientTlsMode, Config};
 use crate::logins::Logins;
 use crate::metrics::Metrics;
+use crate::pool::WarmPool;
+use crate::protocol::startup::PROTOCOL_3_0;
 use crate::quota::classify::Classifier;
 use crate::quota::AuditQueue;
 use crate::sessions::Sessions;
@@ -47,6 +50,15 @@ pub struct Shared {
     pub classifier: Classifier,
     /// Where sessions ask for a tenant's rows to be measured.
     pub audits: AuditQueue,
+    /// Proxy mode: the roles' SCRAM verifiers and failed-login delays.
+    pub verifiers: Verifiers,
+    /// Proxy mode: warm cluster connections.
+    pub warm: WarmPool,
+    /// The newest protocol version the cluster speaks, as far as known
+    /// (3.0 until learned).
+    cluster_protocol: AtomicU32,
+    /// Whether `cluster_protocol` was learned (by a probe or a login).
+    cluster_protocol_known: std::sync::atomic::AtomicBool,
     /// The auditor's end of `audits`, taken once by whoever runs it.
     audit_requests: Mutex<Option<mpsc::UnboundedReceiver<Arc<Tenant>>>>,
     shutdown: ShutdownTrigger,
@@ -91,6 +103,10 @@ impl Shared {
             metrics: Metrics::default(),
             classifier: Classifier::new(),
             audits,
+            verifiers: Verifiers::default(),
+            warm: WarmPool::default(),
+            cluster_protocol: AtomicU32::new(PROTOCOL_3_0),
+            cluster_protocol_known: std::sync::atomic::AtomicBool::new(false),
             audit_requests: Mutex::new(Some(audit_requests)),
             shutdown: trigger,
             open: watch::channel(0).0,
@@ -110,6 +126,22 @@ impl Shared {
         self.config.load_full()
     }
 
+    /// The newest protocol version the cluster is known to speak.
+    pub fn cluster_protocol(&self) -> u32 {
+        self.cluster_protocol.load(Ordering::Relaxed)
+    }
+
+    /// What a probe or a login found the cluster to speak.
+    pub fn learn_cluster_protocol(&self, version: u32) {
+        self.cluster_protocol.store(version, Ordering::Relaxed);
+        self.cluster_protocol_known.store(true, Ordering::Release);
+    }
+
+    /// Whether the cluster's protocol version has been learned yet.
+    pub fn cluster_protocol_known(&self) -> bool {
+        self.cluster_protocol_known.load(Ordering::Acquire)
+    }
+
     /// Changes with every reload (see [`Shared::apply_config`]).
     pub fn config_generation(&self) -> u64 {
         self.config_generation.load(Ordering::Acquire)
@@ -117,6 +149,15 @@ impl Shared {
 
     pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
         self.client_tls.load().acceptor.clone()
+    }
+
+    /// `tls-server-end-point` data of the certificate served to clients.
+    pub fn channel_binding(&self) -> Option<Vec<u8>> {
+        self.client_tls
+            .load()
+            .certs
+            .as_ref()
+            .and_then(|c| c.channel_binding())
     }
 
     pub fn cluster_tls(&self) -> Arc<rustls::ClientConfig> {

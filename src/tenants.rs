@@ -221,6 +221,16 @@ impl Tenants {
         )
     }
 
+    /// Removes `name` if nothing refers to it but the registry and it has
+    /// no history (no session ever started, no activity recorded): for a
+    /// database the cluster said does not exist, so made-up names do not
+    /// stay registered.
+    pub fn forget_if_unused(&self, name: &str) {
+        self.map.remove_if(name, |_, t| {
+            Arc::strong_count(t) == 1 && t.connections() == 0 && t.sessions_total() <= 1
+        });
+    }
+
     /// A snapshot of all tenants, sorted by name.
     pub fn all(&self) -> Vec<Arc<Tenant>> {
         let mut all: Vec<_> = self.map.iter().map(|t| Arc::clone(t.value())).collect();

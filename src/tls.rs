@@ -71,18 +71,36 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
 #[derive(Debug)]
 pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
+    /// The current certificate's `tls-server-end-point` channel-binding
+    /// data, for SCRAM-SHA-256-PLUS (None for signature algorithms without
+    /// a defined hash).
+    binding: ArcSwap<Option<Vec<u8>>>,
 }
 
 impl CertStore {
     pub fn new(key: CertifiedKey) -> Arc<Self> {
+        let binding = end_point_binding(&key);
         Arc::new(CertStore {
             current: ArcSwap::from_pointee(key),
+            binding: ArcSwap::from_pointee(binding),
         })
     }
 
     pub fn replace(&self, key: CertifiedKey) {
+        self.binding.store(Arc::new(end_point_binding(&key)));
         self.current.store(Arc::new(key));
     }
+
+    /// Channel-binding data of the certificate clients are served now.
+    pub fn channel_binding(&self) -> Option<Vec<u8>> {
+        (*self.binding.load_full()).clone()
+    }
+}
+
+fn end_point_binding(key: &CertifiedKey) -> Option<Vec<u8>> {
+    key.cert
+        .first()
+        .and_then(|cert| crate::auth::scram::tls_server_end_point(cert.as_ref()))
 }
 
 impl ResolvesServerCert for CertStore {

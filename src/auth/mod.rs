@@ -9,7 +9,9 @@
 //! proxy, so it cannot bind to the cluster's channel), and BackendKeyData
 //! gets the proxy's own secret (see [`crate::cancel`]).
 
+pub mod proxy;
 pub mod scram;
+pub mod verifiers;
 
 use std::io;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use crate::tenants::{AtCapacity, Slot, Tenants};
 
 /// Larger authentication-phase messages than this are refused: real ones are
 /// a few hundred bytes.
-const MAX_LOGIN_FRAME: usize = 64 * 1024;
+pub(crate) const MAX_LOGIN_FRAME: usize = 64 * 1024;
 
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT: u32 = 3;
@@ -349,14 +351,14 @@ async fn cluster_frame(
     }
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     Io(io::Error),
     Protocol(String),
 }
 
 /// Reads until `buf` starts with one whole frame of at most
 /// [`MAX_LOGIN_FRAME`] bytes and returns its header.
-async fn read_frame(
+pub(crate) async fn read_frame(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
 ) -> Result<FrameHeader, ReadError> {

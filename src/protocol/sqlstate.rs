@@ -33,3 +33,7 @@ pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 /// `invalid_cursor_name`: what the cluster answers for the marker portal the
 /// proxy substitutes for a refused extended-protocol message.
 pub const INVALID_CURSOR_NAME: &str = "34000";
+/// `invalid_password`: a wrong password (proxy-side authentication).
+pub const INVALID_PASSWORD: &str = "28P01";
+/// `invalid_catalog_name`: the database does not exist.
+pub const INVALID_CATALOG_NAME: &str = "3D000";

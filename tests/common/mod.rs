@@ -587,3 +587,41 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     packet.extend(body);
     packet
 }
+
+/// The role proxy-side authentication looks verifiers up as, created once
+/// per test binary with the SECURITY DEFINER function the README shows
+/// (so it needs no superuser): `(user, password)`.
+pub fn auth_role() -> &'static (String, String) {
+    static ROLE: OnceLock<(String, String)> = OnceLock::new();
+    ROLE.get_or_init(|| {
+        let user = unique("pgtier_auth");
+        let password = format!("pw-{user}");
+        let c = cluster();
+        c.create_role(&user, Some(&password), PasswordEncryption::Scram)
+            .and_then(|()| {
+                c.psql(
+                    "postgres",
+                    &format!(
+                        "CREATE OR REPLACE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
+                         LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
+                         SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name AND rolcanlogin \
+                         AND (rolvaliduntil IS NULL OR rolvaliduntil > now()) $$; \
+                         REVOKE ALL ON FUNCTION public.pgtier_verifier(text) FROM PUBLIC; \
+                         GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {user};"
+                    ),
+                )
+            })
+            .unwrap_or_else(|e| panic!("creating the auth role: {e}"));
+        (user, password)
+    })
+}
+
+/// An `[auth]` table for proxy mode (see [`auth_role`]), verifiers cached
+/// for `ttl`.
+pub fn auth_table(ttl: &str) -> String {
+    let (user, password) = auth_role();
+    format!(
+        "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
+         auth_query = \"SELECT public.pgtier_verifier($1)\"\nauth_cache_ttl = \"{ttl}\"\n"
+    )
+}

@@ -1,0 +1,249 @@
+//! Where proxy-side authentication gets a role's SCRAM verifier: the
+//! operator's `auth_query`, run as `[auth] user` over one tokio-postgres
+//! connection (queries pipeline on it), cached for `auth_cache_ttl`, and
+//! what slows down guessing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::Mutex;
+
+use crate::auth::scram::{Verifier, VerifierError};
+use crate::config::{AuthConfig, ClusterConfig};
+use crate::control::{self, Login};
+
+/// Roles whose answer is cached at once; past it, expired answers go, then
+/// all (a flood of made-up role names cannot grow memory without bound).
+const MAX_CACHED: usize = 10_000;
+/// Failed logins remembered per (client address, role), for the delay.
+const MAX_TRACKED_FAILURES: usize = 100_000;
+/// The delay after the first failure; it doubles with each further one.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest delay.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// A failure is forgotten this long after the last one.
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+
+/// What auth_query said of a role.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A SCRAM verifier to check the client against.
+    Scram(Verifier),
+    /// No such role, or it cannot log in: checked against a mock verifier
+    /// no password matches, so the exchange does not tell.
+    Unknown,
+    /// The role exists but its password cannot be checked by the proxy.
+    Unusable(VerifierError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("auth_query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("[auth] user is not set")]
+    NotConfigured,
+}
+
+/// The verifier cache and the connection auth_query runs on.
+#[derive(Debug)]
+pub struct Verifiers {
+    cache: DashMap<String, (Lookup, Instant)>,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// Seeds mock verifiers: unpredictable, the same for a role for the
+    /// proxy's life, so repeated attempts see the same salt.
+    mock_seed: [u8; 32],
+    failures: DashMap<(IpAddr, String), (u32, Instant)>,
+}
+
+impl Default for Verifiers {
+    fn default() -> Self {
+        let mut mock_seed = [0u8; 32];
+        rand::fill(&mut mock_seed[..]);
+        Verifiers {
+            cache: DashMap::new(),
+            client: Mutex::new(None),
+            mock_seed,
+            failures: DashMap::new(),
+        }
+    }
+}
+
+impl Verifiers {
+    /// The role's verifier, from the cache while fresh, else from
+    /// auth_query.
+    pub async fn lookup(
+        &self,
+        role: &str,
+        auth: &AuthConfig,
+        cluster: &ClusterConfig,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Lookup, LookupError> {
+        if let Some(entry) = self.cache.get(role) {
+            if entry.1.elapsed() < auth.auth_cache_ttl {
+                return Ok(entry.0.clone());
+            }
+        }
+        let lookup = self.query(role, auth, cluster, tls).await?;
+        if self.cache.len() >= MAX_CACHED {
+            let ttl = auth.auth_cache_ttl;
+            self.cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if self.cache.len() >= MAX_CACHED {
+                self.cache.clear();
+            }
+        }
+        self.cache
+            .insert(role.to_owned(), (lookup.clone(), Instant::now()));
+        Ok(lookup)
+    }
+
+    /// A verifier no password matches, for `role`.
+    pub fn mock(&self, role: &str) -> Verifier {
+        let mut seed = self.mock_seed.to_vec();
+        seed.extend_from_slice(role.as_bytes());
+        Verifier::mock(&seed)
+    }
+
+    async fn query(
+        &self,
+        role: &str,
+        auth: &AuthConfig,
+        cluster: &ClusterConfig,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Lookup, LookupError> {
+        let client = self.client(auth, cluster, tls).await?;
+        let row = client.query_opt(&auth.auth_query, &[&role]).await;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                // A broken connection is replaced on the next lookup.
+                if client.is_closed() {
+                    self.client.lock().await.take();
+                }
+                return Err(e.into());
+            }
+        };
+        let Some(row) = row else {
+            return Ok(Lookup::Unknown);
+        };
+        let stored: Option<String> = row.try_get(0)?;
+        Ok(match Verifier::parse(stored.as_deref()) {
+            Ok(verifier) => Lookup::Scram(verifier),
+            // No password (or no such role, for an auth_query that answers
+            // NULL then): nothing a password could match; say nothing more.
+            Err(VerifierError::Missing) => Lookup::Unknown,
+            Err(e) => Lookup::Unusable(e),
+        })
+    }
+
+    async fn client(
+        &self,
+        auth: &AuthConfig,
+        cluster: &ClusterConfig,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Arc<tokio_postgres::Client>, LookupError> {
+        let mut held = self.client.lock().await;
+        if let Some(client) = held.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        let user = auth.user.as_deref().ok_or(LookupError::NotConfigured)?;
+        let login = Login {
+            user,
+            password: auth.password.as_deref(),
+            database: &auth.database,
+            application_name: "pgtier auth",
+        };
+        let client = Arc::new(control::connect(cluster, &login, tls).await?);
+        *held = Some(Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Forgets a role's cached answer (its password was found wrong on the
+    /// cluster: the cache may be stale).
+    pub fn forget(&self, role: &str) {
+        self.cache.remove(role);
+    }
+
+    /// Records a failed login of `role` from `client`; returns how long to
+    /// wait before saying so: nothing for the first, then doubling from
+    /// [`FIRST_DELAY`] up to [`MAX_DELAY`]. Only that login waits; other
+    /// clients are not slowed.
+    pub fn failed(&self, client: IpAddr, role: &str) -> Duration {
+        if self.failures.len() >= MAX_TRACKED_FAILURES {
+            self.failures
+                .retain(|_, (_, last)| last.elapsed() < FAILURE_MEMORY);
+            if self.failures.len() >= MAX_TRACKED_FAILURES {
+                self.failures.clear();
+            }
+        }
+        let mut entry = self
+            .failures
+            .entry((client, role.to_owned()))
+            .or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_MEMORY {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = Instant::now();
+        delay_after(entry.0)
+    }
+
+    /// A successful login clears the record of failures.
+    pub fn succeeded(&self, client: IpAddr, role: &str) {
+        self.failures.remove(&(client, role.to_owned()));
+    }
+
+    /// Roles with a cached answer and (client, role) pairs with failures.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.cache.len(), self.failures.len())
+    }
+}
+
+/// The wait after the `n`th failure in a row.
+fn delay_after(n: u32) -> Duration {
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (n - 2).min(16);
+    FIRST_DELAY.saturating_mul(factor).min(MAX_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_a_bound_and_reset_on_success() {
+        assert_eq!(delay_after(1), Duration::ZERO);
+        assert_eq!(delay_after(2), Duration::from_millis(100));
+        assert_eq!(delay_after(3), Duration::from_millis(200));
+        assert_eq!(delay_after(7), Duration::from_millis(3200));
+        assert_eq!(delay_after(8), MAX_DELAY);
+        assert_eq!(delay_after(1000), MAX_DELAY);
+        let v = Verifiers::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(v.failed(ip, "alice"), Duration::ZERO);
+        assert_eq!(v.failed(ip, "alice"), Duration::from_millis(100));
+        assert_eq!(
+            v.failed("192.0.2.2".parse().unwrap(), "alice"),
+            Duration::ZERO,
+            "another client"
+        );
+        assert_eq!(v.failed(ip, "bob"), Duration::ZERO, "another role");
+        v.succeeded(ip, "alice");
+        assert_eq!(v.failed(ip, "alice"), Duration::ZERO);
+    }
+
+    #[test]
+    fn mock_verifiers_are_stable_per_role_and_differ_between_roles() {
+        let v = Verifiers::default();
+        assert_eq!(v.mock("ghost"), v.mock("ghost"));
+        assert_ne!(v.mock("ghost").salt, v.mock("other").salt);
+        assert_ne!(
+            Verifiers::default().mock("ghost").salt,
+            v.mock("ghost").salt,
+            "unpredictable across proxies"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Proxy-side authentication (`auth.mode = "proxy"`) end to end: pgtier
+//! checks SCRAM itself (channel binding included), refuses wrong passwords
+//! and over-cap logins without touching the cluster, logs into the cluster
+//! with the recovered ClientKey (over a verify-full TLS link too), and keeps
+//! cluster connections warm for the next login, reset.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{auth_table, cluster, config_text, connect, psql_url, scram_tenant, start_proxy_from};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP relay in front of the test cluster that counts the connections
+/// the proxy opens to it: every backend the cluster forks for the proxy
+/// shows here.
+async fn counting_relay() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&opened);
+    let target = SocketAddr::new(cluster().host().parse().unwrap(), cluster().port());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, opened)
+}
+
+/// A proxy-mode proxy; `cluster_at` replaces the cluster's address (a
+/// relay), `tables` are appended.
+async fn proxy_mode(
+    top_level: &str,
+    cluster_at: Option<SocketAddr>,
+    tables: &str,
+) -> common::TestProxy {
+    let mut text = config_text(
+        top_level,
+        "prefer",
+        &format!("{}{tables}", auth_table("30s")),
+    );
+    if let Some(addr) = cluster_at {
+        text = text.replace(
+            &format!("port = {}", cluster().port()),
+            &format!("port = {}", addr.port()),
+        );
+    }
+    start_proxy_from(&text).await
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn wrong_passwords_and_over_cap_logins_never_reach_the_cluster() {
+    let (relay, opened) = counting_relay().await;
+    let t = scram_tenant("pa_refused");
+    let proxy = proxy_mode("server_idle_timeout = \"0s\"", Some(relay), "").await;
+    // The proxy asks the cluster once which protocol it speaks.
+    let shared = proxy.handle.shared().clone();
+    common::wait_until(Duration::from_secs(5), "the protocol probe", || {
+        shared.cluster_protocol_known()
+    })
+    .await;
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "the probe");
+    let (a, _ca) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .expect("the right password logs in");
+    let (b, _cb) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        4,
+        "+ auth_query + two backends"
+    );
+
+    let e = connect(proxy.addr, &t.db, &t.user, "wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "28P01");
+    assert_eq!(
+        common::message(&e),
+        format!("password authentication failed for user \"{}\"", t.user)
+    );
+    let e = connect(proxy.addr, &t.db, "no_such_role_at_all", "x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        "28P01",
+        "an unknown role reads like a wrong password"
+    );
+    let e = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "53300", "the free tier's third connection");
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        4,
+        "no cluster connection for the refused logins"
+    );
+    assert_ne!(backend_pid(&a).await, backend_pid(&b).await);
+}
+
+#[tokio::test]
+async fn psql_with_channel_binding_required_logs_in() {
+    let t = scram_tenant("pa_plus");
+    let proxy = proxy_mode("", None, "").await;
+    let url = format!(
+        "{}&channel_binding=require",
+        psql_url(proxy.addr, &t.db, &t.user, &t.password, "verify-full")
+    );
+    let out = common::run_psql(&url, "SELECT current_user").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), t.user);
+    // Bound to the proxy's certificate: a plaintext client cannot require it.
+    let plain = format!(
+        "{}&channel_binding=require",
+        psql_url(proxy.addr, &t.db, &t.user, &t.password, "disable")
+    );
+    let out = common::run_psql(&plain, "SELECT 1").await;
+    assert!(!out.status.success(), "channel binding without TLS");
+}
+
+#[tokio::test]
+async fn a_warm_backend_is_reused_and_carries_nothing_of_its_last_session() {
+    let t = scram_tenant("pa_warm");
+    let proxy = proxy_mode("", None, "").await;
+    let (first, conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let pid = backend_pid(&first).await;
+    first
+        .batch_execute(
+            "CREATE TEMP TABLE scratch (n int);
+             PREPARE leftover AS SELECT 1;
+             SET statement_timeout = '42s';
+             SET application_name = 'changed';
+             LISTEN channel_left;
+             SELECT pg_advisory_lock(4242);
+             SET ROLE NONE",
+        )
+        .await
+        .unwrap();
+    drop(first);
+    let _ = conn.await;
+    let shared = proxy.handle.shared().clone();
+    let db = t.db.clone();
+    common::wait_until(Duration::from_secs(5), "the backend kept warm", || {
+        shared.warm.len_of(&db) == 1
+    })
+    .await;
+
+    let (second, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    assert_eq!(backend_pid(&second).await, pid, "the same backend, warm");
+    let row = second
+        .query_one(
+            "SELECT to_regclass('pg_temp.scratch') IS NULL,
+                    (SELECT count(*) FROM pg_prepared_statements WHERE name = 'leftover'),
+                    current_setting('statement_timeout'),
+                    current_setting('application_name'),
+                    (SELECT count(*) FROM pg_listening_channels()),
+                    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+                    current_user = session_user",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "no temp table");
+    assert_eq!(row.get::<_, i64>(1), 0, "no prepared statement");
+    assert_eq!(row.get::<_, String>(2), "0", "settings reset");
+    assert_ne!(row.get::<_, String>(3), "changed", "application_name reset");
+    assert_eq!(row.get::<_, i64>(4), 0, "no LISTEN");
+    assert_eq!(row.get::<_, i64>(5), 0, "no advisory lock");
+    assert!(row.get::<_, bool>(6), "no SET ROLE");
+    let metrics = &proxy.handle.shared().metrics;
+    assert_eq!(metrics.backends_warm.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_session_that_ends_inside_a_transaction_never_hands_its_backend_on() {
+    let t = scram_tenant("pa_tx");
+    let proxy = proxy_mode("", None, "").await;
+    let (first, conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let pid = backend_pid(&first).await;
+    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    drop(first);
+    let _ = conn.await;
+    let (second, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    assert_ne!(backend_pid(&second).await, pid, "a fresh backend");
+    assert_eq!(proxy.handle.shared().warm.len_of(&t.db), 0);
+}
+
+#[tokio::test]
+async fn a_changed_password_takes_effect_within_the_cache_ttl() {
+    let t = scram_tenant("pa_rotate");
+    let text = config_text("server_idle_timeout = \"0s\"", "prefer", &auth_table("1s"));
+    let proxy = start_proxy_from(&text).await;
+    let (c, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    drop(c);
+    let new = format!("{}-new", t.password);
+    cluster()
+        .psql(
+            "postgres",
+            &format!("ALTER ROLE {} PASSWORD '{new}'", t.user),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(proxy.addr, &t.db, &t.user, &new).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => assert_eq!(code(&e), "28P01"),
+            Err(e) => panic!("the new password never worked: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let e = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "28P01", "the old password no longer works");
+}
+
+#[tokio::test]
+async fn guessing_is_slowed_down_without_slowing_anyone_else() {
+    let t = scram_tenant("pa_guess");
+    let other = scram_tenant("pa_other");
+    let proxy = proxy_mode("", None, "").await;
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let e = connect(proxy.addr, &t.db, &t.user, "guess")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), "28P01");
+        took.push(started.elapsed());
+    }
+    // 0, 100, 200, 400, 800 ms of added delay.
+    assert!(took[4] >= Duration::from_millis(800), "{took:?}");
+    assert!(took[4] > took[1], "{took:?}");
+    // Another client meanwhile logs in at full speed.
+    let guessing = {
+        let (addr, db, user) = (proxy.addr, t.db.clone(), t.user.clone());
+        tokio::spawn(async move { connect(addr, &db, &user, "guess").await.is_err() })
+    };
+    let started = Instant::now();
+    let (c, _conn) = connect(proxy.addr, &other.db, &other.user, &other.password)
+        .await
+        .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "another client waited {:?}",
+        started.elapsed()
+    );
+    assert!(guessing.await.unwrap());
+    // The right password clears the record.
+    connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let _ = connect(proxy.addr, &t.db, &t.user, "guess")
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(700));
+    let failures = proxy
+        .handle
+        .shared()
+        .metrics
+        .auth_failures
+        .load(Ordering::Relaxed);
+    assert_eq!(failures, 7);
+}
