@@ -303,3 +303,115 @@ async fn guessing_is_slowed_down_without_slowing_anyone_else() {
         .load(Ordering::Relaxed);
     assert_eq!(failures, 7);
 }
+
+/// A cluster of its own that serves TLS (the shared test cluster does not),
+/// with a tenant and the auth role and function on it.
+fn tls_cluster() -> (pgtier::sandbox::Cluster, common::Tenant, (String, String)) {
+    let c = pgtier::sandbox::Cluster::start(pgtier::sandbox::ClusterOptions {
+        ssl: true,
+        max_connections: 30,
+        installation: common::installation(),
+        ..pgtier::sandbox::ClusterOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("starting a TLS cluster: {e}"));
+    let t = common::Tenant {
+        db: common::unique("pa_tls"),
+        user: common::unique("pa_tls_owner"),
+        password: "pw-tls".to_owned(),
+    };
+    c.create_tenant(&t.db, &t.user, &t.password).unwrap();
+    let auth = ("pgtier_auth_tls".to_owned(), "pw-auth-tls".to_owned());
+    c.create_role(
+        &auth.0,
+        Some(&auth.1),
+        pgtier::sandbox::PasswordEncryption::Scram,
+    )
+    .unwrap();
+    c.psql(
+        "postgres",
+        &format!(
+            "CREATE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
+             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
+             SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name $$; \
+             GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {}",
+            auth.0
+        ),
+    )
+    .unwrap();
+    (c, t, auth)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_full_tls_link_to_the_cluster_with_scram_from_three_clients() {
+    let (tls, t, (user, password)) = tls_cluster();
+    let ca = tls
+        .certs()
+        .expect("the TLS cluster's certificates")
+        .ca_path
+        .clone();
+    let text = config_text("", "require", "[auth]\n")
+        .replace("[auth]\n", "")
+        .replace(
+            &format!("port = {}\ntls = \"disable\"", cluster().port()),
+            &format!(
+                "port = {}\ntls = \"verify-full\"\nca = {:?}",
+                tls.port(),
+                ca.display().to_string()
+            ),
+        )
+        + &format!(
+            "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
+             auth_query = \"SELECT public.pgtier_verifier($1)\"\n"
+        );
+    assert!(text.contains("verify-full"), "{text}");
+    let proxy = start_proxy_from(&text).await;
+    let on_tls = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+    let (client, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .expect("tokio-postgres");
+    let ssl: bool = client.query_one(on_tls, &[]).await.unwrap().get(0);
+    assert!(ssl, "the cluster leg is TLS");
+    drop(client);
+
+    let url = psql_url(proxy.addr, &t.db, &t.user, &t.password, "verify-full");
+    let out = common::run_psql(&url, on_tls).await;
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python");
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/psycopg_query.py");
+    let dsn = format!(
+        "host=localhost hostaddr={} port={} dbname={} user={} password={} sslmode=verify-full sslrootcert={}",
+        proxy.addr.ip(),
+        proxy.addr.port(),
+        t.db,
+        t.user,
+        t.password,
+        common::certs().ca_path.display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python)
+            .arg(script)
+            .arg(dsn)
+            .arg(on_tls)
+            .env("PSYCOPG_IMPL", "python")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("psycopg finished")
+    .expect("python ran");
+    assert!(
+        out.status.success(),
+        "psycopg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True");
+}

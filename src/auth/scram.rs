@@ -124,14 +124,7 @@ impl Verifier {
     /// The verifier of `password` (with `salt` and `iterations`): what
     /// PostgreSQL stores for it. For tests and for mock exchanges.
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Verifier {
-        let mut salted = [0u8; KEY_LEN];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            std::num::NonZeroU32::new(iterations.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
-            salt,
-            password.as_bytes(),
-            &mut salted,
-        );
+        let salted = salted_password(password, salt, iterations);
         let client_key = hmac_sha256(&salted, b"Client Key");
         Verifier {
             iterations,
@@ -165,6 +158,25 @@ impl Verifier {
             BASE64.encode(self.server_key)
         )
     }
+}
+
+fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Key {
+    let mut salted = [0u8; KEY_LEN];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iterations.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        salt,
+        password.as_bytes(),
+        &mut salted,
+    );
+    salted
+}
+
+/// The ClientKey a client with `password` proves, for the salt and
+/// iterations a server-first message named: what a client computes (test
+/// clients use it with [`ClientExchange`]).
+pub fn client_key(password: &str, salt: &[u8], iterations: u32) -> Key {
+    hmac_sha256(&salted_password(password, salt, iterations), b"Client Key")
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Key {

@@ -189,6 +189,14 @@ impl Drop for TestProxy {
 pub fn config_text(top_level: &str, tls_mode: &str, tables: &str) -> String {
     let c = cluster();
     let certs = certs();
+    // TEST_AUTH_MODE=proxy runs the suite with proxy-side authentication
+    // (scripts/test.sh does, against one cluster version).
+    let auth = if auth_mode() == "proxy" && !tables.contains("[auth]") {
+        auth_table("30s")
+    } else {
+        String::new()
+    };
+    let tables = format!("{tables}{auth}");
     format!(
         r#"listen = "127.0.0.1:0"
 {top_level}
@@ -624,4 +632,9 @@ pub fn auth_table(ttl: &str) -> String {
         "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
          auth_query = \"SELECT public.pgtier_verifier($1)\"\nauth_cache_ttl = \"{ttl}\"\n"
     )
+}
+
+/// `TEST_AUTH_MODE`: `passthrough` (the default) or `proxy`.
+pub fn auth_mode() -> String {
+    std::env::var("TEST_AUTH_MODE").unwrap_or_else(|_| "passthrough".to_owned())
 }
