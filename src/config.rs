@@ -35,6 +35,20 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+/// How the threads that serve connections share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threading {
+    /// One single-threaded runtime per thread, each with its own listener
+    /// (the kernel spreads new connections, SO_REUSEPORT): a session's
+    /// sockets and timers stay on one thread, so no wake-up crosses
+    /// threads and nothing is stolen (fewer instructions per query).
+    #[default]
+    PerCore,
+    /// One multi-threaded, work-stealing runtime for all sessions.
+    Shared,
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -269,11 +283,15 @@ pub struct Config {
     /// tenants are unaffected. 0 = no limit.
     #[serde(default = "default_max_pending_logins_per_tenant")]
     pub max_pending_logins_per_tenant: usize,
-    /// Threads serving connections: 0 = one per CPU core; 1 = a single
-    /// thread with no cross-thread wake-ups (what PgBouncer does), often the
-    /// fastest on small machines shared with the cluster. Needs a restart.
+    /// Threads serving connections: 0 = one per CPU core. Needs a restart.
     #[serde(default)]
     pub worker_threads: usize,
+    /// How those threads share the work (needs a restart): `per-core`, each
+    /// thread a runtime of its own with its own listener (SO_REUSEPORT), a
+    /// session living its whole life on one thread; or `shared`, one
+    /// work-stealing runtime.
+    #[serde(default)]
+    pub threading: Threading,
     /// Operator API and metrics; absent = off.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token required by every admin endpoint but `/health`.

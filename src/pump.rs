@@ -221,7 +221,7 @@ pub async fn run(
             from_cluster,
         );
         let stuck = async {
-            control.killed().await;
+            control.kill_signal().await;
             tokio::time::sleep(KILL_DEADLINE).await;
         };
         tokio::select! {
@@ -469,6 +469,9 @@ async fn cluster_to_client(
     let mut scanner = Scanner::default();
     let mut splices = Splices::default();
     let mut last_read = 0;
+    // Polled on every wake-up: an atomic load, not a Notify.
+    let killed = control.kill_signal();
+    tokio::pin!(killed);
     loop {
         hook.batch();
         let readies = match walk_from_cluster(&mut scanner, buf, hook, &mut splices) {
@@ -487,7 +490,7 @@ async fn cluster_to_client(
         }
         tokio::select! {
             biased;
-            reason = control.killed() => return PumpEnd::Killed(reason),
+            reason = &mut killed => return PumpEnd::Killed(reason),
             read = read_more(rx, buf, &mut last_read) => match read {
                 Ok(0) => return PumpEnd::ClusterClosed,
                 Ok(_) => {}
