@@ -450,7 +450,7 @@ async fn hostile(
         Hostile::BytesForClientHello => {
             // Half ask for TLS first, half start "direct" TLS; then noise
             // where the ClientHello belongs.
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
                 let mut answer = [0u8; 1];
                 s.read_exact(&mut answer).await?;
@@ -576,7 +576,7 @@ async fn sigterm_with_100_active_sessions_finishes_or_ends_them_with_57p01_and_e
     let mut short = Vec::new();
     let mut long = Vec::new();
     for (i, (client, conn)) in sessions.into_iter().enumerate() {
-        let sql = if i % 2 == 0 {
+        let sql = if i.is_multiple_of(2) {
             "SELECT pg_sleep(1)"
         } else {
             "SELECT pg_sleep(10)"
@@ -585,7 +585,7 @@ async fn sigterm_with_100_active_sessions_finishes_or_ends_them_with_57p01_and_e
             let result = client.simple_query(sql).await.map(drop);
             (result, client)
         });
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             short.push((query, conn));
         } else {
             long.push((query, conn));

@@ -53,7 +53,7 @@ async fn mid_tls(addr: SocketAddr, i: usize) {
     let mut tls = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
     let mut hello = Vec::new();
     tls.write_tls(&mut hello).unwrap();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         s.write_all(&hello[..hello.len() / 2]).await.unwrap();
     } else {
         // The whole hello; the proxy answers and waits for the rest.
@@ -113,7 +113,7 @@ async fn one(addr: SocketAddr, phase: Phase, t: &common::Tenant, i: usize) {
         Phase::MidScram => mid_scram(addr, t).await,
         Phase::AfterLogin => {
             let session = logged_in(addr, t).await;
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 session.0.simple_query("SELECT 1").await.unwrap();
             }
             kill(session);

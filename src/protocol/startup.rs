@@ -190,7 +190,7 @@ fn decode_params(minor_version: u16, rest: &[u8]) -> Result<StartupMessage, Star
         // An empty name is the list's terminator, so it must be the last
         // byte, as PostgreSQL insists: accepting parameters after it would
         // make the proxy read a different startup packet than the cluster.
-        if end == 0 && strings.len() % 2 == 0 {
+        if end == 0 && strings.len().is_multiple_of(2) {
             return Err(StartupError::MissingTerminator);
         }
         let s = std::str::from_utf8(&remaining[..end]).map_err(|_| StartupError::NotUtf8)?;
