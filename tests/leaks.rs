@@ -5,7 +5,8 @@
 //! backend left in the cluster's `pg_stat_activity`, and the proxy counts
 //! no connection and no login in progress.
 //!
-//! 1,000 sessions per phase, 16 at a time: about 20 s on a 2-core machine.
+//! 1,000 sessions per phase, 16 at a time: 20–45 s on a shared 2-core
+//! machine.
 
 mod common;
 mod harden;
