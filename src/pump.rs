@@ -392,10 +392,17 @@ pub fn walk_from_cluster(
             Step::Frame { start, header } => {
                 let frame = &buf[start..start + header.frame_len];
                 if header.tag == b'Z' {
-                    seen.count += 1;
-                    if header.body_len() == 1 {
-                        seen.status = frame[5];
+                    // A ReadyForQuery is its status byte and nothing else;
+                    // anything else is no PostgreSQL and would leave the
+                    // transaction status to chance.
+                    if header.body_len() != 1 {
+                        return Err(FrameError::BadLength {
+                            tag: 'Z',
+                            len: (header.frame_len - 1) as u32,
+                        });
                     }
+                    seen.count += 1;
+                    seen.status = frame[5];
                 }
                 if let Verdict::Replace(bytes) = hook.frame(&header, frame) {
                     splices.0.push((start, header.frame_len, bytes));
