@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 seconds=${FUZZ_SECONDS:-600}
-all=(startup frames_from_client frames_from_cluster classify sasl)
+all=(startup frames_from_client frames_from_cluster classify sasl scram)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 
