@@ -49,6 +49,64 @@ pub enum Threading {
     Shared,
 }
 
+/// Where the limits several instances share are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetStore {
+    /// In this process: one instance.
+    #[default]
+    Local,
+    /// In Redis (`[fleet] url`): slots, cancel keys, quota figures and last
+    /// activity shared by every instance.
+    Redis,
+}
+
+/// What an instance does while the fleet's store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Keep serving: each instance holds its own count against the limit
+    /// (the fleet may briefly hold up to one limit per instance).
+    #[default]
+    Open,
+    /// Refuse logins that need a slot until the store answers again.
+    Closed,
+}
+
+/// `[fleet]`: several instances, one set of limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    #[serde(default)]
+    pub store: FleetStore,
+    /// `redis://host:port/` (needed for `store = "redis"`).
+    pub url: Option<String>,
+    /// This instance's name in the fleet (default: host name and port).
+    pub instance: Option<String>,
+    /// How long a dead instance's slots and cancel keys outlive it; its
+    /// heartbeat renews them three times per lease.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            store: FleetStore::Local,
+            url: None,
+            instance: None,
+            lease_ttl: default_lease_ttl(),
+            on_store_error: OnStoreError::Open,
+        }
+    }
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -321,6 +379,8 @@ pub struct Config {
     pub quota: Option<QuotaConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// Proxy mode: how long a warm cluster connection waits for the next
     /// login of its database and role before it is closed. 0 = no warm
     /// connections.
@@ -601,6 +661,15 @@ impl Config {
                      user, password); add one, or set row_limit = 0"
                 )));
             }
+        }
+        if self.fleet.store == FleetStore::Redis && self.fleet.url.is_none() {
+            return Err(invalid(
+                "fleet.store = \"redis\" needs fleet.url (e.g. \"redis://10.0.0.5:6379/\")"
+                    .to_owned(),
+            ));
+        }
+        if self.fleet.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("fleet.lease_ttl must be at least 1s".to_owned()));
         }
         if self.auth.mode == AuthMode::Proxy && self.auth.user.is_none() {
             return Err(invalid(

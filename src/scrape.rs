@@ -213,6 +213,25 @@ impl Collector for ProxyCollector {
             ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
         }
 
+        if shared.fleet.is_shared() {
+            let mut m = encoder.encode_descriptor(
+                "pgtier_fleet_store_up",
+                "1 while the fleet's store answered the last time it was asked",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(shared.fleet.store_up()))
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+            let mut m = encoder.encode_descriptor(
+                "pgtier_fleet_store_errors",
+                "Calls to the fleet's store that failed",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(shared.fleet.store_errors())
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+        }
+
         let mut m = encoder.encode_descriptor(
             "pgtier_warm_backends",
             "Proxy mode: warm cluster connections waiting for a login now",

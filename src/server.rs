@@ -111,6 +111,7 @@ impl Proxy {
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
         tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
         tokio::spawn(keep_warm(Arc::clone(&shared)));
+        let fleet_sync = tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared)));
         let admin = admin.map(|l| crate::admin::spawn(l, Arc::clone(&handle.shared)));
         let state_dir = shared.config().state_dir.clone();
         let saver = state_dir
@@ -176,6 +177,11 @@ impl Proxy {
             let joined = tokio::task::spawn_blocking(move || thread.join());
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, joined).await;
         }
+        // Everything that waits for the closing stage ends now (the
+        // sessions are gone); the fleet's farewell drops this instance's
+        // leases at once.
+        shared.advance_shutdown(Stage::Closing);
+        let _ = tokio::time::timeout(Duration::from_secs(2), fleet_sync).await;
         let closed = shared.warm.clear();
         if closed > 0 {
             tracing::info!(connections = closed, "warm cluster connections closed");

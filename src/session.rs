@@ -180,6 +180,7 @@ impl Login<'_> {
             Opening::Cancel { stream, key } => {
                 let sent = cancel::forward(
                     &self.shared.cancel_keys,
+                    &self.shared.fleet,
                     &key,
                     &self.config.cluster,
                     &self.shared.cluster_tls(),
@@ -263,6 +264,7 @@ impl Login<'_> {
             max_connections: limits.max_connections,
             tier: &limits.tier,
             cancel_keys: &self.shared.cancel_keys,
+            fleet: &self.shared.fleet,
             notice,
         };
         let logged_in = match timeout_at(

@@ -20,6 +20,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use pgtier::auth::{relay, Admission};
 use pgtier::cancel::CancelKeys;
+use pgtier::config::FleetConfig;
+use pgtier::fleet::Fleet;
 use pgtier::protocol::frame::FrameHeader;
 use pgtier::protocol::startup::{StartupMessage, MAX_CANCEL_SECRET};
 use pgtier::stream::Stream;
@@ -138,6 +140,10 @@ async fn run(input: Input<'_>) {
     };
     let tenants = Tenants::default();
     let cancel_keys = Arc::new(CancelKeys::default());
+    let fleet = Fleet::new(
+        &FleetConfig::default(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
     let mut client_stream = Stream::Unix(proxy_client);
     let mut cluster_stream = Stream::Unix(proxy_cluster);
     let admission = Admission {
@@ -146,6 +152,7 @@ async fn run(input: Input<'_>) {
         max_connections: input.max_connections,
         tier: "free",
         cancel_keys: &cancel_keys,
+        fleet: &fleet,
         notice: None,
     };
     let result = tokio::time::timeout(

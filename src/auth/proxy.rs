@@ -30,7 +30,6 @@ use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::shared::Shared;
 use crate::stream::Stream;
-use crate::tenants::AtCapacity;
 
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT: u32 = 3;
@@ -172,22 +171,13 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
 
     // The cap, before the cluster is touched.
     let tenant = shared.tenants.get_or_insert(database);
-    let slot = tenant
-        .try_take_slot(limits.max_connections)
-        .map_err(|AtCapacity { limit }| {
-            refused(
-                ErrorFields::fatal(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    format!(
-                        "too many connections for database \"{database}\": the {} tier allows {limit}",
-                        limits.tier
-                    ),
-                )
-                .with_hint(
-                    "Close an idle connection (check your pool size) or upgrade the database's tier.",
-                ),
-                "max_connections",
-            )
+    let slot = shared
+        .fleet
+        .take_slot(&tenant, limits.max_connections)
+        .await
+        .map_err(|refusal| {
+            let (error, reason) = refusal.error(database, &limits.tier);
+            refused(error, reason)
         })?;
 
     let pool_key = PoolKey::new(startup, protocol);
