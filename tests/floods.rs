@@ -198,20 +198,12 @@ fn rss() -> u64 {
     kb * 1024
 }
 
-/// Logs a trust role in over plaintext and returns the stream.
+/// Logs `t` in over plaintext ([`common::raw_login_ok`]) and returns the
+/// stream.
 async fn logged_in(addr: SocketAddr, t: &common::Tenant) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet(&t.user, &t.db)).await.unwrap();
-    loop {
-        let tag = s.read_u8().await.unwrap();
-        let len = s.read_u32().await.unwrap() as usize;
-        let mut body = vec![0; len - 4];
-        s.read_exact(&mut body).await.unwrap();
-        assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
-        if tag == b'Z' {
-            return s;
-        }
-    }
+    common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
