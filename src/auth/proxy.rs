@@ -568,9 +568,18 @@ fn cannot_answer(what: &str) -> LoginError {
 /// Learns the newest protocol the cluster speaks: a StartupMessage for 3.2
 /// that is answered either with a NegotiateProtocolVersion (an older
 /// cluster) or anything else (it speaks 3.2). Nothing is logged in; the
-/// connection is closed after the first answer.
+/// connection is closed after the first answer. A cluster that has not
+/// answered within `cluster.connect_timeout` gives `None` (the caller
+/// tries again later; its other work must not wait on a silent cluster).
 pub async fn probe_cluster_protocol(shared: &Shared) -> Option<u32> {
     let config = shared.config();
+    tokio::time::timeout(config.cluster.connect_timeout, probe(shared, &config))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn probe(shared: &Shared, config: &Config) -> Option<u32> {
     let mut stream = crate::cluster::connect(&config.cluster, &shared.cluster_tls())
         .await
         .ok()?;
