@@ -416,6 +416,33 @@ async fn a_verify_full_tls_link_to_the_cluster_with_scram_from_three_clients() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True");
 }
 
+/// A client asking for protocol 3.2 the moment the proxy has started, before
+/// the background probe has learned what the cluster speaks, gets what the
+/// cluster speaks: 3.2 (and a long cancel secret) from PostgreSQL 18, 3.0
+/// from older ones. (It used to get 3.0 from any cluster until the probe
+/// had answered.)
+#[tokio::test]
+async fn the_first_login_after_start_gets_the_protocol_the_cluster_speaks() {
+    let t = scram_tenant("pa_first");
+    let proxy = proxy_mode("", None, "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let msgs = common::raw_login(&mut s, &t.user, &t.db, &t.password, (3 << 16) | 2).await;
+    let (tag, body) = msgs.last().unwrap();
+    assert_eq!(*tag, b'Z', "{}", String::from_utf8_lossy(body));
+    let negotiated = msgs
+        .iter()
+        .find(|m| m.0 == b'v')
+        .map(|m| u32::from_be_bytes(m.1[..4].try_into().unwrap()));
+    let key = &msgs.iter().find(|m| m.0 == b'K').expect("BackendKeyData").1;
+    if common::pg_major() >= 18 {
+        assert_eq!(negotiated, None, "3.2 as asked");
+        assert_eq!(key.len(), 4 + 32, "a long cancel secret");
+    } else {
+        assert_eq!(negotiated, Some(3 << 16), "3.0");
+        assert_eq!(key.len(), 4 + 4);
+    }
+}
+
 /// A relay to the test cluster that holds the proxy's protocol probe (a
 /// StartupMessage naming `application_name` "pgtier probe") without ever
 /// answering, and passes every other connection through.

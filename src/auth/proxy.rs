@@ -80,6 +80,15 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     // that hangs up ends its login (and gives back its slot) at once, as in
     // passthrough mode, not at login_timeout.
     let mut from_client = BytesMut::new();
+    if startup.version() > PROTOCOL_3_0 && !shared.cluster_protocol_known() {
+        // The background probe has not answered yet (the proxy has just
+        // started): ask now rather than hold this client to 3.0.
+        if let Some(newest) =
+            watching_client(client, &mut from_client, probe_cluster_protocol(shared)).await?
+        {
+            shared.learn_cluster_protocol(newest);
+        }
+    }
     // The version the client gets: what it asked for, up to what the proxy
     // and (as far as known) the cluster speak.
     let protocol = startup
