@@ -136,23 +136,17 @@ async fn a_killed_instance_frees_its_slots_within_the_lease() {
     );
 }
 
-/// Logs a trust role in over plaintext; returns the stream and its
-/// BackendKeyData body.
+/// Logs `t` in over plaintext (trust, or SCRAM in proxy mode); returns
+/// the stream and its BackendKeyData body.
 async fn raw_session(addr: SocketAddr, t: &common::Tenant) -> (tokio::net::TcpStream, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(&harden::startup_packet(&t.user, &t.db))
-        .await
-        .unwrap();
-    let mut key = None;
-    loop {
-        let (tag, body) = harden::read_message(&mut s).await.expect("a message");
-        match tag {
-            b'K' => key = Some(body),
-            b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
-            b'Z' => return (s, key.expect("BackendKeyData")),
-            _ => {}
-        }
-    }
+    let msgs = common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
+    let key = msgs
+        .into_iter()
+        .find(|(tag, _)| *tag == b'K')
+        .map(|(_, body)| body)
+        .expect("BackendKeyData");
+    (s, key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
