@@ -110,6 +110,15 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     )
     .await?
     .map_err(|e| {
+        // A cluster starting up or shutting down refuses the lookup with
+        // its own 57P03, which says more than "unavailable" and tells the
+        // client it is worth retrying: pass it on, as passthrough would.
+        if let Some(starting) = e.cannot_connect_now() {
+            return refused(
+                ErrorFields::fatal(sqlstate::CANNOT_CONNECT_NOW, starting),
+                "cluster_refused",
+            );
+        }
         tracing::warn!(error = %e, "cannot look up the role's password verifier");
         refused(
             ErrorFields::fatal(

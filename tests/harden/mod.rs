@@ -35,15 +35,31 @@ pub fn own_cluster() -> Cluster {
     cluster
         .create_group(common::TRUST_GROUP)
         .unwrap_or_else(|e| panic!("creating the trust group: {e}"));
+    // Proxy mode: the `[auth]` table of [`common::config_text`] names the
+    // shared cluster's auth role; the same role exists here too.
+    if common::proxy_auth() {
+        let (user, password) = common::auth_role();
+        common::install_auth_role(&cluster, user, password);
+    }
     cluster
 }
 
-/// A trust tenant (database and owner) on `cluster`.
+/// A trust tenant (database and owner) on `cluster`; in proxy mode its
+/// role has a password too, as [`common::trust_tenant`]'s has.
 pub fn trust_tenant_on(cluster: &Cluster, prefix: &str) -> common::Tenant {
     let db = common::unique(prefix);
     let user = format!("{db}_owner");
+    let password = if common::proxy_auth() {
+        format!("pw-{db}")
+    } else {
+        String::new()
+    };
     cluster
-        .create_role(&user, None, pgtier::sandbox::PasswordEncryption::Scram)
+        .create_role(
+            &user,
+            (!password.is_empty()).then_some(password.as_str()),
+            pgtier::sandbox::PasswordEncryption::Scram,
+        )
         .and_then(|()| {
             cluster.psql(
                 "postgres",
@@ -52,11 +68,7 @@ pub fn trust_tenant_on(cluster: &Cluster, prefix: &str) -> common::Tenant {
         })
         .and_then(|_| cluster.create_database(&db, &user))
         .unwrap_or_else(|e| panic!("creating tenant {db}: {e}"));
-    common::Tenant {
-        db,
-        user,
-        password: String::new(),
-    }
+    common::Tenant { db, user, password }
 }
 
 /// [`common::config_text`] pointed at a cluster listening on `port`
@@ -217,25 +229,13 @@ pub async fn read_message(
     Ok((tag, body))
 }
 
-/// Logs a trust role in over plaintext (the proxy must allow it) and
-/// returns the stream, at its first ReadyForQuery.
-pub async fn raw_login(addr: SocketAddr, user: &str, db: &str) -> TcpStream {
+/// Logs `tenant` in over plaintext (the proxy must allow it), answering
+/// whatever the authentication mode asks, and returns the stream at its
+/// first ReadyForQuery.
+pub async fn raw_login(addr: SocketAddr, tenant: &common::Tenant) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&startup_packet(user, db))
-        .await
-        .expect("send startup");
-    loop {
-        let (tag, body) = read_message(&mut s).await.expect("a login message");
-        assert_ne!(
-            tag,
-            b'E',
-            "login refused: {}",
-            String::from_utf8_lossy(&body)
-        );
-        if tag == b'Z' {
-            return s;
-        }
-    }
+    common::raw_login_ok(&mut s, &tenant.user, &tenant.db, &tenant.password).await;
+    s
 }
 
 /// SQLSTATE of an ErrorResponse body.
