@@ -8,12 +8,13 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::sandbox::certs::Certs;
-use crate::sandbox::cluster::{Cluster, ClusterOptions};
+use crate::sandbox::cluster::{Cluster, ClusterOptions, VERIFIER_QUERY};
 use crate::server::Proxy;
 
 const FREE_DB: &str = "hobby";
 const STANDARD_DB: &str = "acme_prod";
 const QUOTA_ROLE: &str = "pgtier_quota";
+const AUTH_ROLE: &str = "pgtier_auth";
 
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
@@ -39,6 +40,11 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         "postgres",
         &format!("GRANT pg_read_all_data TO {QUOTA_ROLE}"),
     )?;
+    // Proxy-mode authentication, as proxy.toml ships it: pgtier checks
+    // passwords itself, as a role that may only call one SECURITY DEFINER
+    // function (README, "Authentication").
+    let auth_password = random_password();
+    cluster.install_auth_role(AUTH_ROLE, &auth_password)?;
     let certs = Certs::generate(dir.path())?;
 
     let config = Config::from_toml_str(&format!(
@@ -52,6 +58,11 @@ mode = "require"
 [cluster]
 host = "127.0.0.1"
 port = {port}
+[auth]
+mode = "proxy"
+user = "{AUTH_ROLE}"
+password = "{auth_password}"
+auth_query = "{VERIFIER_QUERY}"
 [quota]
 user = "{QUOTA_ROLE}"
 password = "{quota_password}"

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::pem::PemObject;
 use tokio_postgres::error::SqlState;
 
 fn pgtier(args: &[&str]) -> std::process::Output {
@@ -106,6 +107,8 @@ fn the_shipped_proxy_toml_is_valid_apart_from_its_certificate() {
     assert_eq!(config.limits_for("hobby").max_connections, 3);
     assert_eq!(config.limits_for("acme_prod").max_connections, 0);
     assert_eq!(config.limits_for("someone_else").max_connections, 2);
+    assert_eq!(config.auth.mode, pgtier::config::AuthMode::Proxy);
+    assert_eq!(config.auth.auth_query, pgtier::sandbox::VERIFIER_QUERY);
 }
 
 #[test]
@@ -492,4 +495,241 @@ async fn shared_threading_with_one_worker_serves_everything_on_one_thread() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+}
+
+/// `pgtier demo` as a child: its stdout gathered line by line. Stopped
+/// with SIGINT on drop (so its cluster is removed), killed if that fails.
+struct Demo {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Demo {
+    fn start(listen: SocketAddr) -> Demo {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgtier"));
+        command
+            .args(["demo", "--listen", &listen.to_string()])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("PGTIER_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command.spawn().expect("start pgtier demo");
+        let out = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sink = Arc::clone(&out);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = sink.lock().unwrap();
+                    out.push_str(&strip_ansi(&line));
+                    out.push('\n');
+                }
+            });
+        }
+        Demo { child, out }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits (`within` at most) for output containing `needle`.
+    async fn wait_for(&mut self, needle: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while !self.output().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the demo exited ({status}):\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < end,
+                "the demo did not print {needle:?} in {within:?}:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `psql '…'` URLs it printed, in order (free, then standard).
+    fn urls(&self) -> Vec<String> {
+        self.output()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("psql '"))
+            .filter_map(|l| l.strip_suffix('\''))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-s", "INT", &self.child.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// tokio-postgres on one of the demo's URLs: the CA from its
+/// `sslrootcert`, verified for `localhost` (verify-full).
+async fn demo_client(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (base, query) = url.split_once('?').expect("a query string");
+    let ca = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sslrootcert="))
+        .expect("sslrootcert");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+        rustls::ClientConfig::builder_with_provider(pgtier::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let (client, conn) = tokio_postgres::connect(&format!("{base}?sslmode=require"), tls).await?;
+    Ok((
+        client,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    ))
+}
+
+/// The README's first command: `pgtier demo` starts a cluster and a proxy
+/// in proxy-mode authentication, prints URLs that work as printed (psql
+/// with verify-full), and its free tenant has the free tier's limits; on
+/// SIGINT it stops and says it removed everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_urls_that_work_and_a_free_tier_that_holds() {
+    let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut demo = Demo::start(listen);
+    demo.wait_for("Ctrl-C stops", Duration::from_secs(120))
+        .await;
+    let urls = demo.urls();
+    assert_eq!(urls.len(), 2, "two URLs:\n{}", demo.output());
+    let (free, standard) = (&urls[0], &urls[1]);
+    assert!(free.contains("sslmode=verify-full"), "{free}");
+
+    // As printed, with the newest psql (libpq's own TLS verification).
+    let (_, psql) = common::newest_psql();
+    let out = tokio::process::Command::new(&psql)
+        .args(["-X", "-A", "-t", "-d", free, "-c"])
+        .arg("SELECT current_user")
+        .env_remove("PGSSLROOTCERT")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hobby_user");
+
+    // The free tier: no extensions, two connections.
+    let (one, _c1) = demo_client(free).await.unwrap();
+    let e = one
+        .batch_execute("CREATE EXTENSION hstore")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    // Its rows: 20,000 in, then the next insert refused once measured
+    // (the demo counts every 5 s).
+    one.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 20000)")
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match one.batch_execute("INSERT INTO t VALUES (0)").await {
+            Err(e) => break e,
+            Ok(()) => assert!(Instant::now() < end, "never refused past the row limit"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED),
+        "{refused}"
+    );
+    let message = common::message(&refused);
+    assert!(
+        message.starts_with("row limit exceeded: database \"hobby\" holds 20,0")
+            && message.ends_with("rows; the free tier allows 10,000"),
+        "{message}"
+    );
+    let (_two, _c2) = demo_client(free).await.unwrap();
+    let e = match demo_client(free).await {
+        Ok(_) => panic!("a third connection accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e}");
+    // The standard tier has no cap.
+    let mut standards = Vec::new();
+    for _ in 0..3 {
+        standards.push(demo_client(standard).await.unwrap());
+    }
+    // A wrong password is refused by pgtier itself (proxy mode).
+    let at = free.find('@').expect("user:password@ in the URL");
+    let colon = free[..at].rfind(':').expect("user:password@ in the URL");
+    let wrong = format!("{}not-the-password{}", &free[..=colon], &free[at..]);
+    let e = match demo_client(&wrong).await {
+        Ok(_) => panic!("a wrong password accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD), "{e}");
+    demo.wait_for("wrong_password", Duration::from_secs(5))
+        .await;
+    drop((one, standards));
+
+    let status = {
+        Command::new("kill")
+            .args(["-s", "INT", &demo.child.id().to_string()])
+            .status()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = demo.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < end,
+                "the demo did not stop:\n{}",
+                demo.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(status.success(), "{status}:\n{}", demo.output());
+    demo.wait_for(
+        "Demo cluster and certificates removed.",
+        Duration::from_secs(5),
+    )
+    .await;
 }

@@ -321,23 +321,7 @@ fn tls_cluster() -> (pgtier::sandbox::Cluster, common::Tenant, (String, String))
     };
     c.create_tenant(&t.db, &t.user, &t.password).unwrap();
     let auth = ("pgtier_auth_tls".to_owned(), "pw-auth-tls".to_owned());
-    c.create_role(
-        &auth.0,
-        Some(&auth.1),
-        pgtier::sandbox::PasswordEncryption::Scram,
-    )
-    .unwrap();
-    c.psql(
-        "postgres",
-        &format!(
-            "CREATE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
-             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
-             SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name $$; \
-             GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {}",
-            auth.0
-        ),
-    )
-    .unwrap();
+    c.install_auth_role(&auth.0, &auth.1).unwrap();
     (c, t, auth)
 }
 
@@ -361,7 +345,8 @@ async fn a_verify_full_tls_link_to_the_cluster_with_scram_from_three_clients() {
         )
         + &format!(
             "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
-             auth_query = \"SELECT public.pgtier_verifier($1)\"\n"
+             auth_query = \"{}\"\n",
+            pgtier::sandbox::VERIFIER_QUERY
         );
     assert!(text.contains("verify-full"), "{text}");
     let proxy = start_proxy_from(&text).await;

@@ -48,6 +48,9 @@ const LIBPQ_ENV: [&str; 12] = [
     "PGDATA",
 ];
 
+/// The `auth_query` that calls [`Cluster::install_auth_role`]'s function.
+pub const VERIFIER_QUERY: &str = "SELECT public.pgtier_verifier($1)";
+
 /// How [`Cluster::start`] sets the cluster up.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -321,6 +324,26 @@ impl Cluster {
             stdout.pop();
         }
         Ok(stdout)
+    }
+
+    /// Creates `role` with a SCRAM `password` and the README's
+    /// `public.pgtier_verifier(role_name)` function in `postgres`,
+    /// executable by `role` alone: what proxy mode's `auth_query`
+    /// ([`VERIFIER_QUERY`]) needs without a superuser.
+    pub fn install_auth_role(&self, role: &str, password: &str) -> Result<(), SandboxError> {
+        self.create_role(role, Some(password), PasswordEncryption::Scram)?;
+        self.psql(
+            "postgres",
+            &format!(
+                "CREATE OR REPLACE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
+                 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
+                 SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name AND rolcanlogin \
+                 AND (rolvaliduntil IS NULL OR rolvaliduntil > now()) $$; \
+                 REVOKE ALL ON FUNCTION public.pgtier_verifier(text) FROM PUBLIC; \
+                 GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {role};"
+            ),
+        )
+        .map(drop)
     }
 
     /// A LOGIN role with a SCRAM password and a database it owns; calling it

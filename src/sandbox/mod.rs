@@ -23,7 +23,7 @@ pub mod install;
 pub mod redis;
 
 pub use certs::Certs;
-pub use cluster::{Cluster, ClusterOptions, PasswordEncryption};
+pub use cluster::{Cluster, ClusterOptions, PasswordEncryption, VERIFIER_QUERY};
 pub use install::{installations, newest_program, Installation};
 pub use redis::RedisServer;
 

@@ -634,20 +634,7 @@ pub fn auth_role() -> &'static (String, String) {
 /// `public.pgtier_verifier(role)` function (in `postgres`) that [`auth_table`]'s
 /// `auth_query` calls, executable by `user` alone.
 pub fn install_auth_role(c: &Cluster, user: &str, password: &str) {
-    c.create_role(user, Some(password), PasswordEncryption::Scram)
-        .and_then(|()| {
-            c.psql(
-                "postgres",
-                &format!(
-                    "CREATE OR REPLACE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
-                     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
-                     SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name AND rolcanlogin \
-                     AND (rolvaliduntil IS NULL OR rolvaliduntil > now()) $$; \
-                     REVOKE ALL ON FUNCTION public.pgtier_verifier(text) FROM PUBLIC; \
-                     GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {user};"
-                ),
-            )
-        })
+    c.install_auth_role(user, password)
         .unwrap_or_else(|e| panic!("creating the auth role: {e}"));
 }
 
@@ -663,7 +650,8 @@ pub fn auth_table(ttl: &str) -> String {
 pub fn auth_table_for(user: &str, password: &str, ttl: &str) -> String {
     format!(
         "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
-         auth_query = \"SELECT public.pgtier_verifier($1)\"\nauth_cache_ttl = \"{ttl}\"\n"
+         auth_query = \"{query}\"\nauth_cache_ttl = \"{ttl}\"\n",
+        query = pgtier::sandbox::VERIFIER_QUERY
     )
 }
 
