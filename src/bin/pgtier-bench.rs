@@ -1166,6 +1166,9 @@ impl Proxy {
         let config = work.join(format!("{name}.toml"));
         fs::write(&config, toml)?;
         let log = work.join(format!("{name}.log"));
+        // PGTIER_BENCH_LOG sets pgtier's RUST_LOG; it must not reach pgtier
+        // itself, which reads every PGTIER_ variable as a configuration key
+        // and refuses unknown ones.
         let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
@@ -1173,6 +1176,7 @@ impl Proxy {
                 "RUST_LOG",
                 std::env::var("PGTIER_BENCH_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env_remove("PGTIER_BENCH_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log)?)
