@@ -94,6 +94,9 @@ missing() {
     have_program psql || packages+=(postgresql-client)
     have_program pgbench || packages+=(postgresql-contrib)
     have_libclang || packages+=(libclang-dev)
+    # The fleet's tests keep shared limits in a throwaway Redis.
+    command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] \
+        || packages+=(redis-server)
     if [[ "$want_bench" == 1 ]] && ! command -v pgbouncer >/dev/null 2>&1 \
         && [[ ! -x /usr/sbin/pgbouncer ]]; then
         packages+=(pgbouncer)

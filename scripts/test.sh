@@ -6,17 +6,35 @@
 # TEST_PG_MAJORS="15 17 18" (the default) names the cluster versions; e.g.
 # TEST_PG_MAJORS=15 for a quick local run. Each run sets TEST_PG_MAJOR for
 # the test binaries (tests/common/mod.rs).
+#
+# TEST_AUTH_MODES="passthrough proxy" (the default) names the authentication
+# modes: passthrough runs against every version above; proxy (pgtier checks
+# SCRAM itself, auth.mode = "proxy") runs the integration tests once more,
+# against PostgreSQL 18. Each run sets TEST_AUTH_MODE for the test binaries.
+# E.g. TEST_AUTH_MODES=proxy for the proxy-mode run alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 majors=${TEST_PG_MAJORS:-15 17 18}
 read -r -a majors <<<"${majors//,/ }"
 ((${#majors[@]})) || { echo "test.sh: TEST_PG_MAJORS names no version" >&2; exit 2; }
+modes=${TEST_AUTH_MODES:-passthrough proxy}
+read -r -a modes <<<"${modes//,/ }"
+((${#modes[@]})) || { echo "test.sh: TEST_AUTH_MODES names no mode" >&2; exit 2; }
+for mode in "${modes[@]}"; do
+    case $mode in
+    passthrough | proxy) ;;
+    *) echo "test.sh: TEST_AUTH_MODES: unknown mode \"$mode\" (passthrough, proxy)" >&2; exit 2 ;;
+    esac
+done
+# The one version the proxy-mode run uses.
+proxy_major=18
 started=$SECONDS
 
 echo "==> dependencies"
 # tests/matrix.rs runs psql 18 (libpq 18) against every cluster version,
-# so 18 is installed even when TEST_PG_MAJORS leaves it out.
+# and the proxy-mode run uses an 18 cluster, so 18 is installed even when
+# TEST_PG_MAJORS leaves it out.
 pg_list=$(IFS=,; echo "${majors[*]},18")
 scripts/ensure-deps.sh --pg "$pg_list"
 
@@ -39,22 +57,35 @@ cargo test --locked --lib --bins --benches
 
 # Plain `cargo test`: the tests of one binary share one process and so one
 # throwaway cluster (nextest would start a cluster per test). A failing
-# version does not stop the others: the summary says which failed.
+# run does not stop the others: the summary says which failed.
 failed=()
-for major in "${majors[@]}"; do
-    echo "==> integration tests against PostgreSQL $major (TEST_PG_MAJOR=$major)"
-    t=$SECONDS
+# integration MODE MAJOR: one run of every integration test binary.
+integration() {
+    local mode=$1 major=$2 t=$SECONDS
+    local label="PostgreSQL $major, $mode authentication"
+    echo "==> integration tests against $label (TEST_PG_MAJOR=$major TEST_AUTH_MODE=$mode)"
     # --no-fail-fast: a failing test binary must not hide the ones after it.
-    if TEST_PG_MAJOR=$major cargo test --locked --no-fail-fast --test '*'; then
-        echo "==> PostgreSQL $major: passed in $((SECONDS - t)) s"
+    if TEST_PG_MAJOR=$major TEST_AUTH_MODE=$mode cargo test --locked --no-fail-fast --test '*'; then
+        echo "==> $label: passed in $((SECONDS - t)) s"
     else
-        echo "==> PostgreSQL $major: FAILED after $((SECONDS - t)) s"
-        failed+=("$major")
+        echo "==> $label: FAILED after $((SECONDS - t)) s"
+        failed+=("$major ($mode)")
     fi
+}
+for mode in "${modes[@]}"; do
+    case $mode in
+    passthrough)
+        for major in "${majors[@]}"; do
+            integration passthrough "$major"
+        done
+        ;;
+    proxy) integration proxy "$proxy_major" ;;
+    esac
 done
 
 echo "==> total $((SECONDS - started)) s"
 if ((${#failed[@]})); then
-    echo "==> integration tests failed against PostgreSQL ${failed[*]}" >&2
+    printf -v list '%s, ' "${failed[@]}"
+    echo "==> integration tests failed against PostgreSQL ${list%, }" >&2
     exit 1
 fi

@@ -80,6 +80,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/tenants/{name}", get(one_tenant))
         .route("/tenants/{name}/disconnect", post(disconnect))
         .route("/reload", post(reload))
+        .route("/fleet", get(fleet))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -184,6 +185,10 @@ pub struct TenantView {
     pub row_limit: u64,
     /// Statements that add rows are refused while this is true.
     pub over_quota: bool,
+    /// Sessions across the whole fleet (`[fleet] store = "redis"`; in
+    /// `/tenants/{name}` only: it asks the store).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fleet_connections: Option<u32>,
 }
 
 fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
@@ -207,6 +212,7 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
         rows_exact: figure.is_some_and(|f| f.exact),
         row_limit: limits.row_limit,
         over_quota: figure.is_some_and(|f| f.is_over(limits.row_limit)),
+        fleet_connections: None,
     }
 }
 
@@ -270,7 +276,45 @@ async fn one_tenant(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
     if tenant.is_none() && !shared.config().tenants.contains_key(&name) {
         return unknown_tenant(&name);
     }
-    Json(view(&shared, &name, tenant.as_deref())).into_response()
+    let mut view = view(&shared, &name, tenant.as_deref());
+    if let Some(store) = shared.fleet.store() {
+        let counted = store.fleet_connections(&name).await;
+        shared.fleet.noted(&counted);
+        view.fleet_connections = counted.ok();
+    }
+    Json(view).into_response()
+}
+
+/// This instance and the fleet it belongs to: the store, whether it
+/// answers, and every live instance with what it said of itself.
+async fn fleet(State(shared): State<Arc<Shared>>) -> Response {
+    let fleet = &shared.fleet;
+    let instances = match fleet.store() {
+        Some(store) => {
+            let listed = store.instances().await;
+            fleet.noted(&listed);
+            listed
+                .map(|all| {
+                    all.into_iter()
+                        .map(|(id, about)| {
+                            let about: serde_json::Value =
+                                serde_json::from_str(&about).unwrap_or(serde_json::Value::Null);
+                            serde_json::json!({ "instance": id, "about": about })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .ok()
+        }
+        None => None,
+    };
+    Json(serde_json::json!({
+        "instance": fleet.instance,
+        "store": if fleet.is_shared() { "redis" } else { "local" },
+        "store_up": fleet.is_shared().then(|| fleet.store_up()),
+        "store_errors": fleet.store_errors(),
+        "instances": instances,
+    }))
+    .into_response()
 }
 
 /// Closes every session of the tenant with FATAL 57P01.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, Threading};
 use crate::server::{Proxy, ProxyHandle};
 use crate::shared::load_config;
 
@@ -36,9 +36,19 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// The async runtime: `worker_threads` = 1 is a single-threaded runtime,
-/// 0 is one worker per core.
-fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// The async runtime the proxy's own work runs on. With `per-core`
+/// threading that is the control work alone (sessions run on the serving
+/// threads' runtimes): one thread. With `shared`: `worker_threads` = 1 is
+/// a single-threaded runtime, 0 is one worker per core.
+fn runtime(
+    threading: Threading,
+    worker_threads: usize,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    if threading == Threading::PerCore {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -86,7 +96,7 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let rt = match runtime(config.worker_threads) {
+    let rt = match runtime(config.threading, config.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -160,7 +170,7 @@ pub async fn handle_signals(handle: ProxyHandle, reloadable: bool) {
 
 /// `pgtier demo`.
 pub fn demo(listen: std::net::SocketAddr) -> ExitCode {
-    let rt = match runtime(0) {
+    let rt = match runtime(Threading::Shared, 0) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -15,12 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster;
 use crate::config::ClusterConfig;
+use crate::fleet::{Fleet, Op};
 use crate::protocol::startup::CancelKey;
 
 /// Proxy key → cluster key for every live session.
 #[derive(Debug, Default)]
 pub struct CancelKeys {
     map: DashMap<CancelKey, CancelKey>,
+    /// In a fleet, where registrations are mirrored, so that a cancel
+    /// reaching another instance finds its session.
+    mirror: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Op>>,
 }
 
 /// Keeps a mapping alive for as long as its session; removes it on drop.
@@ -33,6 +37,9 @@ pub struct CancelRegistration {
 impl Drop for CancelRegistration {
     fn drop(&mut self) {
         self.keys.map.remove(&self.client_key);
+        if let Some(mirror) = self.keys.mirror.get() {
+            let _ = mirror.send(Op::CancelDel(self.client_key.clone()));
+        }
     }
 }
 
@@ -57,6 +64,9 @@ impl CancelKeys {
                 secret: secret.into(),
             };
             if let dashmap::Entry::Vacant(slot) = self.map.entry(client_key.clone()) {
+                if let Some(mirror) = self.mirror.get() {
+                    let _ = mirror.send(Op::CancelAdd(client_key.clone(), cluster_key.clone()));
+                }
                 slot.insert(cluster_key);
                 return CancelRegistration {
                     keys: Arc::clone(self),
@@ -64,6 +74,11 @@ impl CancelKeys {
                 };
             }
         }
+    }
+
+    /// Mirrors every registration (and its end) to a fleet's store.
+    pub fn mirror_to(&self, ops: tokio::sync::mpsc::UnboundedSender<Op>) {
+        let _ = self.mirror.set(ops);
     }
 
     pub fn lookup(&self, client_key: &CancelKey) -> Option<CancelKey> {
@@ -91,11 +106,17 @@ impl CancelKeys {
 /// logged, not returned, as the client expects no answer either way.
 pub async fn forward(
     keys: &CancelKeys,
+    fleet: &Fleet,
     client_key: &CancelKey,
     config: &ClusterConfig,
     tls: &Arc<rustls::ClientConfig>,
 ) -> bool {
-    let Some(cluster_key) = keys.lookup(client_key) else {
+    // This instance's sessions first; in a fleet, then the others'.
+    let cluster_key = match keys.lookup(client_key) {
+        Some(key) => Some(key),
+        None => fleet.lookup_cancel(client_key).await,
+    };
+    let Some(cluster_key) = cluster_key else {
         tracing::debug!(
             pid = client_key.pid,
             "cancel request with unknown key ignored"

@@ -35,6 +35,78 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+/// How the threads that serve connections share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threading {
+    /// One single-threaded runtime per thread, each with its own listener
+    /// (the kernel spreads new connections, SO_REUSEPORT): a session's
+    /// sockets and timers stay on one thread, so no wake-up crosses
+    /// threads and nothing is stolen (fewer instructions per query).
+    #[default]
+    PerCore,
+    /// One multi-threaded, work-stealing runtime for all sessions.
+    Shared,
+}
+
+/// Where the limits several instances share are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetStore {
+    /// In this process: one instance.
+    #[default]
+    Local,
+    /// In Redis (`[fleet] url`): slots, cancel keys, quota figures and last
+    /// activity shared by every instance.
+    Redis,
+}
+
+/// What an instance does while the fleet's store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Keep serving: each instance holds its own count against the limit
+    /// (the fleet may briefly hold up to one limit per instance).
+    #[default]
+    Open,
+    /// Refuse logins that need a slot until the store answers again.
+    Closed,
+}
+
+/// `[fleet]`: several instances, one set of limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    #[serde(default)]
+    pub store: FleetStore,
+    /// `redis://host:port/` (needed for `store = "redis"`).
+    pub url: Option<String>,
+    /// This instance's name in the fleet (default: host name and port).
+    pub instance: Option<String>,
+    /// How long a dead instance's slots and cancel keys outlive it; its
+    /// heartbeat renews them three times per lease.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            store: FleetStore::Local,
+            url: None,
+            instance: None,
+            lease_ttl: default_lease_ttl(),
+            on_store_error: OnStoreError::Open,
+        }
+    }
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -269,11 +341,15 @@ pub struct Config {
     /// tenants are unaffected. 0 = no limit.
     #[serde(default = "default_max_pending_logins_per_tenant")]
     pub max_pending_logins_per_tenant: usize,
-    /// Threads serving connections: 0 = one per CPU core; 1 = a single
-    /// thread with no cross-thread wake-ups (what PgBouncer does), often the
-    /// fastest on small machines shared with the cluster. Needs a restart.
+    /// Threads serving connections: 0 = one per CPU core. Needs a restart.
     #[serde(default)]
     pub worker_threads: usize,
+    /// How those threads share the work (needs a restart): `per-core`, each
+    /// thread a runtime of its own with its own listener (SO_REUSEPORT), a
+    /// session living its whole life on one thread; or `shared`, one
+    /// work-stealing runtime.
+    #[serde(default)]
+    pub threading: Threading,
     /// Operator API and metrics; absent = off.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token required by every admin endpoint but `/health`.
@@ -303,6 +379,8 @@ pub struct Config {
     pub quota: Option<QuotaConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// Proxy mode: how long a warm cluster connection waits for the next
     /// login of its database and role before it is closed. 0 = no warm
     /// connections.
@@ -583,6 +661,15 @@ impl Config {
                      user, password); add one, or set row_limit = 0"
                 )));
             }
+        }
+        if self.fleet.store == FleetStore::Redis && self.fleet.url.is_none() {
+            return Err(invalid(
+                "fleet.store = \"redis\" needs fleet.url (e.g. \"redis://10.0.0.5:6379/\")"
+                    .to_owned(),
+            ));
+        }
+        if self.fleet.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("fleet.lease_ttl must be at least 1s".to_owned()));
         }
         if self.auth.mode == AuthMode::Proxy && self.auth.user.is_none() {
             return Err(invalid(

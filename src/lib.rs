@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod fleet;
 pub mod idle;
 pub mod logins;
 pub mod metrics;

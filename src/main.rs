@@ -1,4 +1,5 @@
 //! The `pgtier` command: a thin CLI over the library.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

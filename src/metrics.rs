@@ -34,6 +34,9 @@ pub struct Metrics {
     /// fresh login to the cluster.
     pub backends_warm: AtomicU64,
     pub backends_fresh: AtomicU64,
+    /// Connections accepted by each serving thread (`per-core` threading),
+    /// so an operator can see the kernel spreading them.
+    accepted_by_thread: Mutex<BTreeMap<usize, u64>>,
 }
 
 impl Default for Metrics {
@@ -46,6 +49,7 @@ impl Default for Metrics {
             auth_delayed: AtomicU64::new(0),
             backends_warm: AtomicU64::new(0),
             backends_fresh: AtomicU64::new(0),
+            accepted_by_thread: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -78,6 +82,21 @@ impl Metrics {
     /// Connection tasks that panicked since start.
     pub fn session_panics(&self) -> u64 {
         self.session_panics.load(Ordering::Relaxed)
+    }
+
+    /// Serving thread `thread` accepted a connection.
+    pub fn accepted(&self, thread: usize) {
+        if let Ok(mut map) = self.accepted_by_thread.lock() {
+            *map.entry(thread).or_default() += 1;
+        }
+    }
+
+    /// Connections accepted, by serving thread.
+    pub fn accepted_by_thread(&self) -> BTreeMap<usize, u64> {
+        self.accepted_by_thread
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// A failed password check (`delayed`: the client was made to wait).

@@ -221,7 +221,7 @@ pub async fn run(
             from_cluster,
         );
         let stuck = async {
-            control.killed().await;
+            control.kill_signal().await;
             tokio::time::sleep(KILL_DEADLINE).await;
         };
         tokio::select! {
@@ -392,10 +392,17 @@ pub fn walk_from_cluster(
             Step::Frame { start, header } => {
                 let frame = &buf[start..start + header.frame_len];
                 if header.tag == b'Z' {
-                    seen.count += 1;
-                    if header.body_len() == 1 {
-                        seen.status = frame[5];
+                    // A ReadyForQuery is its status byte and nothing else;
+                    // anything else is no PostgreSQL and would leave the
+                    // transaction status to chance.
+                    if header.body_len() != 1 {
+                        return Err(FrameError::BadLength {
+                            tag: 'Z',
+                            len: (header.frame_len - 1) as u32,
+                        });
                     }
+                    seen.count += 1;
+                    seen.status = frame[5];
                 }
                 if let Verdict::Replace(bytes) = hook.frame(&header, frame) {
                     splices.0.push((start, header.frame_len, bytes));
@@ -469,6 +476,9 @@ async fn cluster_to_client(
     let mut scanner = Scanner::default();
     let mut splices = Splices::default();
     let mut last_read = 0;
+    // Polled on every wake-up: an atomic load, not a Notify.
+    let killed = control.kill_signal();
+    tokio::pin!(killed);
     loop {
         hook.batch();
         let readies = match walk_from_cluster(&mut scanner, buf, hook, &mut splices) {
@@ -487,7 +497,7 @@ async fn cluster_to_client(
         }
         tokio::select! {
             biased;
-            reason = control.killed() => return PumpEnd::Killed(reason),
+            reason = &mut killed => return PumpEnd::Killed(reason),
             read = read_more(rx, buf, &mut last_read) => match read {
                 Ok(0) => return PumpEnd::ClusterClosed,
                 Ok(_) => {}

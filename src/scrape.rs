@@ -174,6 +174,73 @@ impl Collector for ProxyCollector {
             MetricType::Counter,
         )?)?;
 
+        let mut m = encoder.encode_descriptor(
+            "pgtier_connections_accepted",
+            "Client connections accepted, by serving thread",
+            None,
+            MetricType::Counter,
+        )?;
+        for (thread, n) in shared.metrics.accepted_by_thread() {
+            let thread = thread.to_string();
+            ConstCounter::new(n).encode(m.encode_family(&[("thread", thread.as_str())])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_auth_failures",
+            "Proxy mode: failed password checks (delayed: made to wait first)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, counter) in [
+            ("all", &shared.metrics.auth_failures),
+            ("delayed", &shared.metrics.auth_delayed),
+        ] {
+            let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+            ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_cluster_connections",
+            "Proxy mode: cluster connections handed to sessions, warm (reused) or fresh (a new login)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, counter) in [
+            ("warm", &shared.metrics.backends_warm),
+            ("fresh", &shared.metrics.backends_fresh),
+        ] {
+            let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+            ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
+        }
+
+        if shared.fleet.is_shared() {
+            let mut m = encoder.encode_descriptor(
+                "pgtier_fleet_store_up",
+                "1 while the fleet's store answered the last time it was asked",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(shared.fleet.store_up()))
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+            let mut m = encoder.encode_descriptor(
+                "pgtier_fleet_store_errors",
+                "Calls to the fleet's store that failed",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(shared.fleet.store_errors())
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_warm_backends",
+            "Proxy mode: warm cluster connections waiting for a login now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(shared.warm.len() as i64)
+            .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+
         let login = &shared.metrics.login_duration;
         login.encode(encoder.encode_descriptor(
             "pgtier_login_duration_seconds",

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::TcpListener;
-use tracing::Instrument;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, Threading};
 use crate::sessions::KillReason;
 use crate::shared::{OpenConnection, Shared};
 use crate::shutdown::Stage;
@@ -32,7 +32,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bound, not yet running proxy.
 pub struct Proxy {
-    listener: TcpListener,
+    /// One listener per serving thread (`per-core`: each bound to the same
+    /// address with SO_REUSEPORT), or one (`shared`).
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
@@ -51,13 +54,23 @@ impl Proxy {
         for warning in config.warnings() {
             tracing::warn!("{}", warning.0);
         }
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let threads = match (config.threading, config.worker_threads) {
+            (Threading::Shared, _) => 1,
+            (Threading::PerCore, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (Threading::PerCore, n) => n,
+        };
+        let bind_error = |source| ProxyError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let mut listeners = Vec::with_capacity(threads);
+        let mut addr = config.listen;
+        for _ in 0..threads {
+            let listener = listen(addr, threads > 1).map_err(bind_error)?;
+            // Port 0 picks a port for the first; the others share it.
+            addr = listener.local_addr().map_err(bind_error)?;
+            listeners.push(listener);
+        }
         let admin = match config.admin_listen {
             Some(addr) => Some(
                 crate::admin::bind(addr)
@@ -68,7 +81,8 @@ impl Proxy {
         };
         let shared = Shared::new(config)?;
         Ok(Proxy {
-            listener,
+            listeners,
+            local_addr: addr,
             admin,
             shared,
         })
@@ -77,10 +91,7 @@ impl Proxy {
     pub fn handle(&self) -> ProxyHandle {
         ProxyHandle {
             shared: Arc::clone(&self.shared),
-            local_addr: self
-                .listener
-                .local_addr()
-                .unwrap_or_else(|_| self.shared.config().listen),
+            local_addr: self.local_addr,
             admin_addr: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
         }
     }
@@ -91,7 +102,8 @@ impl Proxy {
     pub async fn run(self) -> Result<(), ProxyError> {
         let handle = self.handle();
         let Proxy {
-            listener,
+            listeners,
+            local_addr,
             admin,
             shared,
         } = self;
@@ -99,45 +111,45 @@ impl Proxy {
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
         tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
         tokio::spawn(keep_warm(Arc::clone(&shared)));
+        let fleet_sync = tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared)));
         let admin = admin.map(|l| crate::admin::spawn(l, Arc::clone(&handle.shared)));
         let state_dir = shared.config().state_dir.clone();
         let saver = state_dir
             .clone()
             .map(|dir| tokio::spawn(crate::state::save_periodically(Arc::clone(&shared), dir)));
-        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting connections");
-        loop {
-            tokio::select! {
-                _ = shutdown.reached(Stage::Draining) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let task = ConnectionTask::new(&shared, peer);
-                        let shared = Arc::clone(&shared);
-                        // Every log line of the connection carries its
-                        // client, and once known its tenant and session id.
-                        let span = tracing::info_span!(
-                            "session",
-                            client = %peer,
-                            tenant = tracing::field::Empty,
-                            id = tracing::field::Empty,
-                        );
-                        tokio::spawn(
-                            async move {
-                                crate::session::serve(shared, tcp).await;
-                                drop(task);
-                            }
-                            .instrument(span),
-                        );
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+        let threading = shared.config().threading;
+        tracing::info!(
+            listen = %local_addr,
+            threads = listeners.len(),
+            threading = ?threading,
+            "accepting connections"
+        );
+        let mut serving = Vec::new();
+        let mut shared_loop = None;
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            match threading {
+                Threading::PerCore => {
+                    let thread = std::thread::Builder::new()
+                        .name(format!("pgtier-{index}"))
+                        .spawn(move || serve_on_own_thread(listener, shared, index))
+                        .map_err(|source| ProxyError::Bind {
+                            addr: local_addr,
+                            source,
+                        })?;
+                    serving.push(thread);
+                }
+                Threading::Shared => {
+                    let listener =
+                        TcpListener::from_std(listener).map_err(|source| ProxyError::Bind {
+                            addr: local_addr,
+                            source,
+                        })?;
+                    shared_loop = Some(tokio::spawn(accept(listener, shared, index)));
+                }
             }
         }
-        drop(listener);
+        shutdown.reached(Stage::Draining).await;
         let grace = shared.config().shutdown_grace;
         tracing::info!(
             sessions = shared.sessions.len(),
@@ -156,6 +168,20 @@ impl Proxy {
             );
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, shared.all_closed()).await;
         }
+        if let Some(accepting) = shared_loop {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, accepting).await;
+        }
+        for thread in serving {
+            // Each thread ends once its sessions have; give it the same
+            // bound as the sessions had.
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, joined).await;
+        }
+        // Everything that waits for the closing stage ends now (the
+        // sessions are gone); the fleet's farewell drops this instance's
+        // leases at once.
+        shared.advance_shutdown(Stage::Closing);
+        let _ = tokio::time::timeout(Duration::from_secs(2), fleet_sync).await;
         let closed = shared.warm.clear();
         if closed > 0 {
             tracing::info!(connections = closed, "warm cluster connections closed");
@@ -174,6 +200,86 @@ impl Proxy {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Binds a listening socket at `addr`, with SO_REUSEPORT when several
+/// threads listen on it (the kernel then spreads new connections over
+/// them). Returned as a std listener, ready to join any thread's runtime.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// A `per-core` serving thread: a single-threaded runtime of its own that
+/// accepts on its listener and runs the sessions it accepted to their end.
+fn serve_on_own_thread(listener: std::net::TcpListener, shared: Arc<Shared>, index: usize) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a serving thread's runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accept(listener, shared, index).await,
+            Err(e) => tracing::error!(error = %e, "cannot listen on a serving thread"),
+        }
+    });
+}
+
+/// Accepts connections until shutdown begins, then waits for the sessions
+/// it started to end (the runtime they run on must outlive them).
+async fn accept(listener: TcpListener, shared: Arc<Shared>, thread: usize) {
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.reached(Stage::Draining) => break,
+            // Finished sessions are reaped as they go, so the set stays
+            // the size of what runs.
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    shared.metrics.accepted(thread);
+                    let task = ConnectionTask::new(&shared, peer);
+                    let shared = Arc::clone(&shared);
+                    // Every log line of the connection carries its client,
+                    // and once known its tenant and session id.
+                    let span = tracing::info_span!(
+                        "session",
+                        client = %peer,
+                        tenant = tracing::field::Empty,
+                        id = tracing::field::Empty,
+                    );
+                    sessions.spawn(async move {
+                        crate::session::serve(shared, tcp, span).await;
+                        drop(task);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    while sessions.join_next().await.is_some() {}
 }
 
 /// What a connection's task holds until it ends: the connection's place

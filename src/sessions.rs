@@ -9,6 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
@@ -71,6 +76,10 @@ pub struct SessionControl {
     pub tenant: Arc<Tenant>,
     kill_reason: AtomicU8,
     kill: Notify,
+    /// The session's own task, woken by a kill: the pump polls its kill
+    /// signal on every wake-up, and an atomic load plus this register is
+    /// far cheaper there than polling a `Notify`.
+    kill_waker: AtomicWaker,
     /// Requests that will each be answered by one ReadyForQuery (Query, Sync,
     /// FunctionCall) sent by the client, and ReadyForQuery seen in return.
     requests: AtomicU64,
@@ -89,6 +98,7 @@ impl SessionControl {
             tenant,
             kill_reason: AtomicU8::new(0),
             kill: Notify::new(),
+            kill_waker: AtomicWaker::new(),
             requests: AtomicU64::new(0),
             readies: AtomicU64::new(0),
             idle_since: AtomicU64::new(clock_ms()),
@@ -107,6 +117,7 @@ impl SessionControl {
             // Wake every waiter (the pump waits in more than one place);
             // one that is not waiting yet sees the reason when it next looks.
             self.kill.notify_waiters();
+            self.kill_waker.wake();
         }
     }
 
@@ -127,6 +138,13 @@ impl SessionControl {
             }
             notified.await;
         }
+    }
+
+    /// Resolves when [`kill`](Self::kill) has been called, for the
+    /// session's own task (any number of these in that one task); other
+    /// tasks wait with [`killed`](Self::killed). Cancel-safe.
+    pub fn kill_signal(&self) -> KillSignal<'_> {
+        KillSignal { control: self }
     }
 
     /// The client sent something: the session is busy.
@@ -184,6 +202,29 @@ impl SessionControl {
     /// Marks the end as announced; returns false if it already was.
     pub fn announce_once(&self) -> bool {
         !self.announced.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// See [`SessionControl::kill_signal`].
+#[derive(Debug)]
+pub struct KillSignal<'a> {
+    control: &'a SessionControl,
+}
+
+impl Future for KillSignal<'_> {
+    type Output = KillReason;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<KillReason> {
+        if let Some(reason) = self.control.kill_reason() {
+            return Poll::Ready(reason);
+        }
+        self.control.kill_waker.register(cx.waker());
+        // A kill between the first look and the registration would
+        // otherwise be missed.
+        match self.control.kill_reason() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -285,6 +326,32 @@ mod tests {
                 .unwrap();
             assert_eq!(reason, KillReason::AdminDisconnect);
         }
+    }
+
+    #[tokio::test]
+    async fn the_kill_signal_wakes_its_task() {
+        let t = Tenants::default().get_or_insert("t");
+        let s = Arc::new(SessionControl::new(1, t));
+        let waiting = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                // Two signals in one task, as the pump has.
+                let (a, b) = tokio::join!(s.kill_signal(), s.kill_signal());
+                (a, b)
+            })
+        };
+        tokio::task::yield_now().await;
+        s.kill(KillReason::Shutdown);
+        let (a, b) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!((a, b), (KillReason::Shutdown, KillReason::Shutdown));
+        assert_eq!(
+            s.kill_signal().await,
+            KillReason::Shutdown,
+            "already killed"
+        );
     }
 
     #[tokio::test]

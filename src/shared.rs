@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::verifiers::Verifiers;
 use crate::cancel::CancelKeys;
 use crate::config::{ClientTlsMode, Config};
+use crate::fleet::Fleet;
 use crate::logins::Logins;
 use crate::metrics::Metrics;
 use crate::pool::WarmPool;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub classifier: Classifier,
     /// Where sessions ask for a tenant's rows to be measured.
     pub audits: AuditQueue,
+    /// Several instances, one set of limits (or this process alone).
+    pub fleet: Fleet,
     /// Proxy mode: the roles' SCRAM verifiers and failed-login delays.
     pub verifiers: Verifiers,
     /// Proxy mode: warm cluster connections.
@@ -91,6 +94,11 @@ impl Shared {
             crate::state::load(dir, &tenants);
         }
         let (audits, audit_requests) = AuditQueue::new();
+        let fleet = Fleet::new(&config.fleet, config.listen);
+        let cancel_keys = Arc::new(CancelKeys::default());
+        if let Some(ops) = fleet.ops() {
+            cancel_keys.mirror_to(ops);
+        }
         Ok(Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             config_generation: AtomicU64::new(0),
@@ -99,10 +107,11 @@ impl Shared {
             tenants,
             sessions: Sessions::default(),
             logins: Logins::default(),
-            cancel_keys: Arc::new(CancelKeys::default()),
+            cancel_keys,
             metrics: Metrics::default(),
             classifier: Classifier::new(),
             audits,
+            fleet,
             verifiers: Verifiers::default(),
             warm: WarmPool::default(),
             cluster_protocol: AtomicU32::new(PROTOCOL_3_0),

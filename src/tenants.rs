@@ -172,19 +172,28 @@ impl Tenant {
         self.touch();
         Ok(Slot {
             tenant: Arc::clone(self),
+            lease: None,
         })
     }
 }
 
-/// One counted session of a tenant; dropping it gives the slot back.
+/// One counted session of a tenant; dropping it gives the slot back (and,
+/// in a fleet, its fleet-wide lease).
 #[derive(Debug)]
 pub struct Slot {
     tenant: Arc<Tenant>,
+    lease: Option<crate::fleet::Lease>,
 }
 
 impl Slot {
     pub fn tenant(&self) -> &Arc<Tenant> {
         &self.tenant
+    }
+
+    /// This slot also holds a fleet-wide lease, given back with it.
+    pub fn with_lease(mut self, lease: crate::fleet::Lease) -> Slot {
+        self.lease = Some(lease);
+        self
     }
 }
 

@@ -568,9 +568,31 @@ async fn every_refusal_is_counted_under_its_reason() {
         pgtier::protocol::error::sqlstate_of(&answer[5..]),
         Some("08P01")
     );
-    // cluster_refused: a wrong password.
+    // A wrong password: the cluster's refusal in passthrough mode
+    // (cluster_refused); in proxy mode pgtier's own (wrong_password), the
+    // cluster never asked.
     let err = connect(proxy.addr, &db, &user, "wrong").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
+    // cluster_refused in either mode: a role with the right password that
+    // may not connect to this database, which only the cluster knows.
+    let intruder = unique("reasons_intruder");
+    let c = common::cluster();
+    c.create_role(
+        &intruder,
+        Some("pw-intruder"),
+        pgtier::sandbox::PasswordEncryption::Scram,
+    )
+    .and_then(|()| {
+        c.psql(
+            "postgres",
+            &format!("REVOKE CONNECT ON DATABASE {db} FROM PUBLIC"),
+        )
+    })
+    .unwrap();
+    let err = connect(proxy.addr, &db, &intruder, "pw-intruder")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
     // login_timeout: a client stalled mid-SCRAM.
     let mut stalled = common::ssl_request_tls(proxy.addr).await;
     stalled
@@ -630,18 +652,28 @@ async fn every_refusal_is_counted_under_its_reason() {
             &[("tenant", tenant), ("reason", reason)],
         )
     };
+    let proxy_auth = common::proxy_auth();
     for (tenant, reason, count) in [
-        ("", "tls_required", 1.0),
-        ("", "bad_startup", 1.0),
-        ("", "max_client_connections", 1.0),
-        (db.as_str(), "cluster_refused", 1.0),
-        (db.as_str(), "login_timeout", 1.0),
-        (db.as_str(), "max_connections", 1.0),
-        (db.as_str(), "idle_timeout", 2.0),
+        ("", "tls_required", Some(1.0)),
+        ("", "bad_startup", Some(1.0)),
+        ("", "max_client_connections", Some(1.0)),
+        (
+            db.as_str(),
+            "cluster_refused",
+            Some(if proxy_auth { 1.0 } else { 2.0 }),
+        ),
+        (
+            db.as_str(),
+            "wrong_password",
+            if proxy_auth { Some(1.0) } else { None },
+        ),
+        (db.as_str(), "login_timeout", Some(1.0)),
+        (db.as_str(), "max_connections", Some(1.0)),
+        (db.as_str(), "idle_timeout", Some(2.0)),
     ] {
         assert_eq!(
             rejected(tenant, reason),
-            Some(count),
+            count,
             "pgtier_connections_rejected_total{{tenant={tenant:?},reason={reason:?}}}"
         );
     }
@@ -662,14 +694,22 @@ async fn every_refusal_is_counted_under_its_reason() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    // Proxy mode first reaches for the role's verifier (auth_query), and
+    // says that it could not check the password.
+    let reason = if proxy_auth {
+        "auth_unavailable"
+    } else {
+        "cluster_unreachable"
+    };
     let m = scrape(admin(&lonely), None).await;
     assert_eq!(
         sample(
             &m,
             "pgtier_connections_rejected_total",
-            &[("tenant", ""), ("reason", "cluster_unreachable")]
+            &[("tenant", ""), ("reason", reason)]
         ),
-        Some(1.0)
+        Some(1.0),
+        "{reason}"
     );
 }
 

@@ -10,20 +10,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let read = async {
-        let tag = s.read_u8().await?;
-        let len = s.read_u32().await? as usize;
-        let mut body = vec![0; len.saturating_sub(4)];
-        s.read_exact(&mut body).await?;
-        Ok::<_, std::io::Error>((tag, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the proxy answered in time")
-        .expect("a whole message")
-}
-
 fn query(sql: &str) -> Vec<u8> {
     let mut out = vec![b'Q'];
     out.extend(((sql.len() + 5) as u32).to_be_bytes());
@@ -37,7 +23,7 @@ async fn run(s: &mut TcpStream, sql: &str) -> Option<String> {
     s.write_all(&query(sql)).await.unwrap();
     let mut error = None;
     loop {
-        let (tag, body) = read_msg(s).await;
+        let (tag, body) = common::read_message(s).await;
         match tag {
             b'E' => {
                 error = pgtier::protocol::error::sqlstate_of(&body).map(str::to_owned);
@@ -53,27 +39,8 @@ async fn a_cancel_is_processed_before_its_connection_closes() {
     let proxy = common::start_proxy_with("", "").await;
     let t = common::trust_tenant("cancel_order");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", t.user.as_str()), ("database", t.db.as_str())] {
-        body.extend(k.as_bytes());
-        body.push(0);
-        body.extend(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    s.write_all(&packet).await.unwrap();
-    let mut key = None;
-    loop {
-        let (tag, body) = read_msg(&mut s).await;
-        match tag {
-            b'K' => key = Some(body),
-            b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
-            b'Z' => break,
-            _ => {}
-        }
-    }
+    let msgs = common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
+    let key = msgs.into_iter().find(|m| m.0 == b'K').map(|m| m.1);
     let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
     cancel.extend(key.expect("BackendKeyData"));
 

@@ -446,12 +446,16 @@ fn threads_of(pid: u32) -> usize {
 }
 
 #[tokio::test]
-async fn worker_threads_1_serves_everything_on_one_thread() {
+async fn shared_threading_with_one_worker_serves_everything_on_one_thread() {
     let t = common::scram_tenant("onethread");
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(
         dir.path(),
-        &common::config_text("worker_threads = 1\n", "require", ""),
+        &common::config_text(
+            "worker_threads = 1\nthreading = \"shared\"\n",
+            "require",
+            "",
+        ),
     );
     let proxy = Running::start(&path).await;
     // The runtime is the main thread alone (one worker per core would add
@@ -459,7 +463,7 @@ async fn worker_threads_1_serves_everything_on_one_thread() {
     assert_eq!(
         threads_of(proxy.pid()),
         1,
-        "threads of a worker_threads = 1 proxy"
+        "threads of a threading = \"shared\", worker_threads = 1 proxy"
     );
     // Two sessions and a cancel, all interleaved on that thread.
     let (a, _ca) = common::connect(proxy.addr, &t.db, &t.user, &t.password)

@@ -221,14 +221,16 @@ async fn idle_timeout_0s_means_never() {
 
 /// 1,000 idle sessions under a 2 s timeout, each closed neither early nor
 /// late measured from its own last activity. Plaintext and trust
-/// authentication keep the setup fast; the sessions are opened under a
-/// long timeout, which a reload then shortens (a changed timeout applies
-/// to the current idle period), so that slow setup on a loaded machine
-/// cannot reap the first sessions before the last are open.
+/// authentication keep the setup fast (in proxy mode pgtier checks the
+/// role's SCRAM password and the cluster trusts the role); the sessions
+/// are opened under a long timeout, which a reload then shortens (a
+/// changed timeout applies to the current idle period), so that slow setup
+/// on a loaded machine cannot reap the first sessions before the last are
+/// open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_idle_sessions_are_reaped_in_time() {
     const SESSIONS: usize = 1000;
-    let common::Tenant { db, user, .. } = common::trust_tenant("many");
+    let common::Tenant { db, user, password } = common::trust_tenant("many");
     let tables = |timeout: &str| {
         format!("[tenants.{db}]\ntier = \"standard\"\nidle_timeout = \"{timeout}\"\n")
     };
@@ -245,6 +247,9 @@ async fn a_thousand_idle_sessions_are_reaped_in_time() {
         .user(&user)
         .ssl_mode(tokio_postgres::config::SslMode::Disable)
         .connect_timeout(Duration::from_secs(30));
+    if !password.is_empty() {
+        config.password(&password);
+    }
     let sessions: Vec<_> = futures_util::stream::iter(0..SESSIONS)
         .map(|_| {
             let config = config.clone();
@@ -252,7 +257,7 @@ async fn a_thousand_idle_sessions_are_reaped_in_time() {
                 let (client, connection) = config
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .expect("plaintext trust login");
+                    .expect("plaintext login");
                 // The connection's end and when it came.
                 let connection = tokio::spawn(async move {
                     let result = connection.await;

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{cluster, connect, pg_major, psql_of, psql_url, scram_tenant, start_proxy};
+use common::{
+    cluster, connect, pg_major, psql_of, psql_url, read_message as read_msg, scram_tenant,
+    start_proxy,
+};
 use pgtier::sandbox::{Cluster, ClusterOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_postgres::error::SqlState;
@@ -362,35 +365,6 @@ async fn libpq_18_cancel_api_reports_success_through_the_proxy() {
     }
 }
 
-/// One message from a raw socket: `(tag, body)`; panics on EOF or errors.
-async fn read_msg(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-    let read = async {
-        let tag = s.read_u8().await?;
-        let len = s.read_u32().await? as usize;
-        let mut body = vec![0; len.saturating_sub(4)];
-        s.read_exact(&mut body).await?;
-        Ok::<_, std::io::Error>((tag, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the proxy answered in time")
-        .expect("a whole message")
-}
-
-fn startup_packet(version: u32, user: &str, db: &str) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend(k.as_bytes());
-        body.push(0);
-        body.extend(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
 fn cancel_packet(pid: &[u8], secret: &[u8]) -> Vec<u8> {
     let mut packet = ((12 + secret.len()) as u32).to_be_bytes().to_vec();
     packet.extend([0x04, 0xd2, 0x16, 0x2e]);
@@ -421,18 +395,14 @@ async fn protocol_3_2_is_spoken_where_the_cluster_speaks_it() {
     let proxy = common::start_proxy_with("", "").await;
     let t = common::trust_tenant("mx_proto32");
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet((3 << 16) | 2, &t.user, &t.db))
-        .await
-        .unwrap();
+    let msgs = common::raw_login(&mut s, &t.user, &t.db, &t.password, (3 << 16) | 2).await;
     let mut negotiated = None;
     let mut key = None;
-    loop {
-        let (tag, body) = read_msg(&mut s).await;
+    for (tag, body) in msgs {
         match tag {
             b'v' => negotiated = Some(u32::from_be_bytes(body[..4].try_into().unwrap())),
             b'K' => key = Some(body),
             b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
-            b'Z' => break,
             _ => {}
         }
     }

@@ -96,14 +96,20 @@ async fn tls_is_required_and_verify_full_works() {
     assert!(stderr.contains("SSL connection is required"), "{stderr}");
 }
 
+/// Passthrough mode relays each method the cluster asks for. Proxy mode
+/// checks SCRAM-SHA-256 itself and so needs a SCRAM verifier: a role whose
+/// password is stored as md5 is refused with a hint saying so, and a role
+/// without a password (which the cluster would trust) is refused like an
+/// unknown role; neither costs a cluster backend or a slot.
 #[tokio::test]
-async fn scram_md5_and_trust_logins_pass_through() {
+async fn scram_md5_and_trust_logins_pass_through_and_proxy_mode_needs_scram() {
     let proxy = start_proxy("").await;
     let c = cluster();
 
     let (db, user, password) = tenant("scram");
     let (client, _conn) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     client.simple_query("select 1").await.unwrap();
+    drop(client);
 
     let md5_user = unique("md5u");
     c.create_role(
@@ -116,10 +122,7 @@ async fn scram_md5_and_trust_logins_pass_through() {
         .unwrap();
     let md5_db = unique("md5db");
     c.create_database(&md5_db, &md5_user).unwrap();
-    let (client, _conn) = connect(proxy.addr, &md5_db, &md5_user, "md5-secret")
-        .await
-        .expect("md5 login");
-    client.simple_query("select 1").await.unwrap();
+    let md5 = connect(proxy.addr, &md5_db, &md5_user, "md5-secret").await;
 
     let trust_user = unique("trustu");
     c.create_role(
@@ -132,21 +135,57 @@ async fn scram_md5_and_trust_logins_pass_through() {
         .unwrap();
     let trust_db = unique("trustdb");
     c.create_database(&trust_db, &trust_user).unwrap();
-    let (client, _conn) = connect(proxy.addr, &trust_db, &trust_user, "ignored")
-        .await
-        .expect("trust login");
-    client.simple_query("select 1").await.unwrap();
+    let trust = connect(proxy.addr, &trust_db, &trust_user, "ignored").await;
+
+    if !common::proxy_auth() {
+        let (client, _conn) = md5.expect("md5 login");
+        client.simple_query("select 1").await.unwrap();
+        let (client, _conn) = trust.expect("trust login");
+        client.simple_query("select 1").await.unwrap();
+        return;
+    }
+    let Err(err) = md5 else {
+        panic!("proxy mode cannot check an md5-stored password")
+    };
+    assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    assert_eq!(
+        common::message(&err),
+        format!("password authentication failed for user \"{md5_user}\"")
+    );
+    let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default();
+    assert!(
+        hint.contains("stored as SCRAM-SHA-256"),
+        "the hint names the fix: {hint:?}"
+    );
+    let Err(err) = trust else {
+        panic!("proxy mode lets no client in without a password")
+    };
+    assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    assert_eq!(
+        common::message(&err),
+        format!("password authentication failed for user \"{trust_user}\"")
+    );
+    // Refused before any slot: their tenants were never even registered.
+    for refused in [&md5_db, &trust_db] {
+        assert!(
+            proxy.handle.shared().tenants.get(refused).is_none(),
+            "{refused}"
+        );
+    }
 }
 
+/// A wrong password gets 28P01 (the cluster's, relayed, in passthrough
+/// mode; pgtier's own in proxy mode) and takes no slot.
 #[tokio::test]
-async fn wrong_password_gives_the_clusters_28p01_and_takes_no_slot() {
+async fn wrong_password_gives_28p01_and_takes_no_slot() {
     let (db, user, password) = tenant("badpw");
     // Listed, so the proxy counts its slots from the start (a tenant it
     // never registered reads as 0 whatever happens).
     let proxy = common::start_proxy_with("", &format!("[tenants.{db}]\ntier = \"free\"\n")).await;
     let (a, _conn_a) = connect(proxy.addr, &db, &user, &password).await.unwrap();
     // A client stalled in the middle of SCRAM (plaintext, which this proxy
-    // allows): the cluster has asked for its first message.
+    // allows): the cluster (in proxy mode pgtier) has asked for its first
+    // message.
     let mut stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     stalled
         .write_all(&common::startup_packet(&[
@@ -165,6 +204,16 @@ async fn wrong_password_gives_the_clusters_28p01_and_takes_no_slot() {
         panic!("login with a wrong password must fail");
     };
     assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    let reason = if common::proxy_auth() {
+        "wrong_password"
+    } else {
+        "cluster_refused"
+    };
+    let tenant = proxy.handle.shared().tenants.get(&db).unwrap();
+    wait_until(Duration::from_secs(5), "the refusal counted", || {
+        tenant.rejected_by_reason().get(reason) == Some(&1)
+    })
+    .await;
     // While the stalled client is still connected (the refused one's task
     // may take a moment to end), only `a` holds a slot...
     wait_until(Duration::from_secs(5), "the refused client gone", || {
@@ -560,8 +609,8 @@ async fn a_client_gone_mid_login_leaves_no_slot_and_no_login_behind() {
     ))
     .await
     .unwrap();
-    let (addr, db, user) = (proxy.addr, t.db.clone(), t.user.clone());
-    let login = tokio::spawn(async move { connect(addr, &db, &user, "").await.map(|_| ()) });
+    let (addr, db, user, password) = (proxy.addr, t.db.clone(), t.user.clone(), t.password.clone());
+    let login = tokio::spawn(async move { connect(addr, &db, &user, &password).await.map(|_| ()) });
     common::wait_for_cluster(
         "select count(*) from pg_locks where locktype = 'object' \
          and classid = 'pg_database'::regclass and not granted",
@@ -599,7 +648,11 @@ async fn a_client_gone_mid_login_leaves_no_slot_and_no_login_behind() {
     .await;
     let tenant = shared.tenants.get(&t.db).unwrap();
     assert_eq!(tenant.connections(), 0, "no slot held");
-    assert_eq!(tenant.sessions_total(), 0, "no session ever started");
+    // Passthrough mode takes the slot at the cluster's AuthenticationOk,
+    // which never came; proxy mode took it once it had checked the
+    // password itself, before it reached for the cluster, and counted it.
+    let slots_taken = u64::from(common::proxy_auth());
+    assert_eq!(tenant.sessions_total(), slots_taken, "slots ever taken");
 }
 
 #[tokio::test]
@@ -627,10 +680,18 @@ async fn a_unix_socket_link_to_the_cluster_carries_sessions_and_cancels() {
 #[tokio::test]
 async fn unauthenticated_logins_do_not_register_tenants() {
     let proxy = start_proxy("").await;
-    let (_, user, _) = tenant("ghostowner");
-    for i in 0..20 {
+    // Each attempt as a role of its own: proxy mode slows down repeated
+    // wrong passwords per client and role (up to 5 s each; tests/proxy_auth.rs
+    // covers that), which would have this test wait over a minute.
+    let users: Vec<String> = (0..20).map(|i| unique(&format!("ghostowner{i}"))).collect();
+    let create: String = users
+        .iter()
+        .map(|u| format!("CREATE ROLE {u} LOGIN PASSWORD 'pw-{u}';"))
+        .collect();
+    cluster().psql("postgres", &create).unwrap();
+    for (i, user) in users.iter().enumerate() {
         let ghost = unique(&format!("ghost{i}"));
-        let Err(err) = connect(proxy.addr, &ghost, &user, "wrong").await else {
+        let Err(err) = connect(proxy.addr, &ghost, user, "wrong").await else {
             panic!("login with a wrong password must fail");
         };
         assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
@@ -664,12 +725,25 @@ async fn the_whole_proxy_refuses_clients_past_max_client_connections() {
 }
 
 /// The cluster link over TLS (`cluster.tls = "require"`, verified against
-/// the cluster's CA) with the methods that pass through it: trust, md5 and
-/// cleartext `password`; and the cleartext relay over a plaintext link too.
-/// (SCRAM over a TLS link is the documented exception, see the README.)
+/// the cluster's CA) to roles the cluster trusts, checks with md5, or asks
+/// for a cleartext `password`.
+///
+/// Passthrough mode relays all three over the TLS link, and cleartext over
+/// a plaintext link too. (SCRAM over a TLS link is its documented
+/// exception, see the README.)
+///
+/// Proxy mode checks SCRAM-SHA-256 itself first (with verifiers looked up
+/// on this cluster), so it needs each role to have a SCRAM password: the
+/// trusted role, given one, logs in over the TLS link; the md5-stored
+/// role is refused with the hint; and the cleartext role, whose password
+/// pgtier checked, is refused (28000, a misconfiguration to name) when the
+/// cluster then asks for a cleartext password the proxy does not hold,
+/// over either link. A wrong password is pgtier's own 28P01 in either
+/// mode's terms.
 #[tokio::test]
-async fn a_tls_link_to_the_cluster_relays_trust_md5_and_cleartext_logins() {
+async fn a_tls_link_to_the_cluster_with_trust_md5_and_cleartext_roles_in_each_auth_mode() {
     use pgtier::sandbox::{Cluster, ClusterOptions, PasswordEncryption};
+    let proxy_auth = common::proxy_auth();
     let tls_cluster = tokio::task::spawn_blocking(|| {
         Cluster::start(ClusterOptions {
             ssl: true,
@@ -690,9 +764,16 @@ async fn a_tls_link_to_the_cluster_relays_trust_md5_and_cleartext_logins() {
         .expect("ssl clusters have certificates")
         .ca_path
         .clone();
-    // (role, password, how it is stored, its group)
+    // (role, password, how it is stored, its group); the trusted role has
+    // a password only where pgtier has to check one.
+    let trust_password = if proxy_auth { "trust-pw" } else { "" };
     let roles = [
-        ("tl_trust", "", PasswordEncryption::Scram, "trust_users"),
+        (
+            "tl_trust",
+            trust_password,
+            PasswordEncryption::Scram,
+            "trust_users",
+        ),
         ("tl_md5", "md5-pw", PasswordEncryption::Md5, "md5_users"),
         (
             "tl_clear",
@@ -710,8 +791,15 @@ async fn a_tls_link_to_the_cluster_relays_trust_md5_and_cleartext_logins() {
             .unwrap();
         tls_cluster.create_database(role, role).unwrap();
     }
+    // Proxy mode looks verifiers up on this cluster.
+    let auth = if proxy_auth {
+        common::install_auth_role(&tls_cluster, "tl_auth", "tl-auth-pw");
+        common::auth_table_for("tl_auth", "tl-auth-pw", "30s")
+    } else {
+        String::new()
+    };
     let link = |tls: &str| {
-        common::config_text("", "require", "")
+        common::config_text("", "require", &auth)
             .replace(
                 &format!("port = {}", cluster().port()),
                 &format!("port = {}", tls_cluster.port()),
@@ -725,9 +813,36 @@ async fn a_tls_link_to_the_cluster_relays_trust_md5_and_cleartext_logins() {
     let over_plain = common::start_proxy_from(&link("disable")).await;
     let ssl_of_link = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
     for (role, password, _, _) in roles {
-        let (client, _conn) = connect(over_tls.addr, role, role, password)
-            .await
-            .unwrap_or_else(|e| panic!("{role} over a TLS link: {e}"));
+        let login = connect(over_tls.addr, role, role, password).await;
+        let login = match (proxy_auth, role) {
+            (true, "tl_md5") => {
+                let Err(err) = login else {
+                    panic!("proxy mode cannot check md5")
+                };
+                assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
+                let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default();
+                assert!(hint.contains("stored as SCRAM-SHA-256"), "{hint:?}");
+                continue;
+            }
+            (true, "tl_clear") => {
+                let Err(err) = login else {
+                    panic!("the cluster's cleartext request cannot be answered")
+                };
+                assert_eq!(
+                    code(&err),
+                    Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+                    "{err}"
+                );
+                assert_eq!(
+                    common::message(&err),
+                    "the database cluster asks for password (cleartext) authentication, \
+                     which the proxy cannot answer"
+                );
+                continue;
+            }
+            _ => login,
+        };
+        let (client, _conn) = login.unwrap_or_else(|e| panic!("{role} over a TLS link: {e}"));
         let row = client.query_one(ssl_of_link, &[]).await.unwrap();
         assert!(row.get::<_, bool>(0), "{role}: the cluster link is TLS");
         let row = client
@@ -736,12 +851,23 @@ async fn a_tls_link_to_the_cluster_relays_trust_md5_and_cleartext_logins() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), role);
     }
-    let (client, _conn) = connect(over_plain.addr, "tl_clear", "tl_clear", "clear-pw")
-        .await
-        .expect("cleartext password over a plaintext link");
-    let row = client.query_one(ssl_of_link, &[]).await.unwrap();
-    assert!(!row.get::<_, bool>(0), "the cluster link is plaintext");
-    // A wrong cleartext password: the cluster's 28P01, relayed.
+    let plain = connect(over_plain.addr, "tl_clear", "tl_clear", "clear-pw").await;
+    if proxy_auth {
+        let Err(err) = plain else {
+            panic!("not over a plaintext link either")
+        };
+        assert_eq!(
+            code(&err),
+            Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+            "{err}"
+        );
+    } else {
+        let (client, _conn) = plain.expect("cleartext password over a plaintext link");
+        let row = client.query_one(ssl_of_link, &[]).await.unwrap();
+        assert!(!row.get::<_, bool>(0), "the cluster link is plaintext");
+    }
+    // A wrong cleartext password: the cluster's 28P01, relayed (in proxy
+    // mode pgtier's own, before it reaches for the cluster).
     let err = connect(over_tls.addr, "tl_clear", "tl_clear", "wrong")
         .await
         .unwrap_err();

@@ -415,3 +415,108 @@ async fn a_verify_full_tls_link_to_the_cluster_with_scram_from_three_clients() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True");
 }
+
+/// A client asking for protocol 3.2 the moment the proxy has started, before
+/// the background probe has learned what the cluster speaks, gets what the
+/// cluster speaks: 3.2 (and a long cancel secret) from PostgreSQL 18, 3.0
+/// from older ones. (It used to get 3.0 from any cluster until the probe
+/// had answered.)
+#[tokio::test]
+async fn the_first_login_after_start_gets_the_protocol_the_cluster_speaks() {
+    let t = scram_tenant("pa_first");
+    let proxy = proxy_mode("", None, "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let msgs = common::raw_login(&mut s, &t.user, &t.db, &t.password, (3 << 16) | 2).await;
+    let (tag, body) = msgs.last().unwrap();
+    assert_eq!(*tag, b'Z', "{}", String::from_utf8_lossy(body));
+    let negotiated = msgs
+        .iter()
+        .find(|m| m.0 == b'v')
+        .map(|m| u32::from_be_bytes(m.1[..4].try_into().unwrap()));
+    let key = &msgs.iter().find(|m| m.0 == b'K').expect("BackendKeyData").1;
+    if common::pg_major() >= 18 {
+        assert_eq!(negotiated, None, "3.2 as asked");
+        assert_eq!(key.len(), 4 + 32, "a long cancel secret");
+    } else {
+        assert_eq!(negotiated, Some(3 << 16), "3.0");
+        assert_eq!(key.len(), 4 + 4);
+    }
+}
+
+/// A relay to the test cluster that holds the proxy's protocol probe (a
+/// StartupMessage naming `application_name` "pgtier probe") without ever
+/// answering, and passes every other connection through.
+async fn relay_ignoring_the_probe() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&probes);
+    let target = SocketAddr::new(cluster().host().parse().unwrap(), cluster().port());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let len = inbound.read_u32().await.unwrap_or(0) as usize;
+                let mut first = vec![0; len.saturating_sub(4)];
+                if len < 8 || inbound.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if first.windows(12).any(|w| w == b"pgtier probe") {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    // Held open, never answered.
+                    let mut rest = Vec::new();
+                    let _ = inbound.read_to_end(&mut rest).await;
+                    return;
+                }
+                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let mut packet = (len as u32).to_be_bytes().to_vec();
+                packet.extend(first);
+                if outbound.write_all(&packet).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, probes)
+}
+
+/// A cluster that never answers the protocol probe holds up nothing else:
+/// the probe gives up after `cluster.connect_timeout`, and warm cluster
+/// connections past `server_idle_timeout` are still closed. (The probe
+/// used to wait for ever, and with it the expiry of warm connections.)
+#[tokio::test]
+async fn warm_connections_expire_while_the_cluster_ignores_the_protocol_probe() {
+    let (relay, probes) = relay_ignoring_the_probe().await;
+    let t = scram_tenant("pa_probe");
+    let text = config_text("server_idle_timeout = \"1s\"", "prefer", &auth_table("30s")).replace(
+        &format!("port = {}", cluster().port()),
+        &format!("port = {}\nconnect_timeout = \"1s\"", relay.port()),
+    );
+    let proxy = start_proxy_from(&text).await;
+    let shared = proxy.handle.shared().clone();
+    common::wait_until(Duration::from_secs(5), "the probe sent", || {
+        probes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let (client, conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    let _ = conn.await;
+    let db = t.db.clone();
+    common::wait_until(Duration::from_secs(5), "the backend kept warm", || {
+        shared.warm.len_of(&db) == 1
+    })
+    .await;
+    common::wait_until(
+        Duration::from_secs(5),
+        "the warm backend closed after 1 s idle",
+        || shared.warm.len_of(&db) == 0,
+    )
+    .await;
+    assert!(!shared.cluster_protocol_known(), "the probe never answered");
+}

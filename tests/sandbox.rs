@@ -329,3 +329,45 @@ fn watchdog_cleans_up_when_the_owner_dies() {
         || !Path::new(&dir).exists(),
     );
 }
+
+/// The raw-frame tests' login helper speaks SCRAM-SHA-256 as PostgreSQL
+/// itself checks it (straight to the cluster, no proxy): the right password
+/// logs in (and the server's signature checks out), a wrong one gets 28P01;
+/// a trust role is let in without being asked.
+#[tokio::test]
+async fn the_raw_login_helper_speaks_scram_as_postgresql_checks_it() {
+    let c = cluster();
+    let addr = format!("{}:{}", c.host(), c.port());
+    let tenant = scram_tenant("sbx_raw");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let msgs = common::raw_login_ok(&mut s, &tenant.user, &tenant.db, &tenant.password).await;
+    let codes: Vec<u32> = msgs
+        .iter()
+        .filter(|m| m.0 == b'R')
+        .map(|m| u32::from_be_bytes(m.1[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(codes, [10, 11, 12, 0], "SASL, continue, final, ok");
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let msgs = common::raw_login(
+        &mut s,
+        &tenant.user,
+        &tenant.db,
+        "wrong",
+        common::PROTOCOL_3_0,
+    )
+    .await;
+    let (tag, body) = msgs.last().unwrap();
+    assert_eq!(*tag, b'E');
+    assert_eq!(
+        pgtier::protocol::error::sqlstate_of(body),
+        Some("28P01"),
+        "{}",
+        String::from_utf8_lossy(body)
+    );
+
+    let trust = trust_tenant("sbx_raw_trust");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let msgs = common::raw_login_ok(&mut s, &trust.user, &trust.db, &trust.password).await;
+    assert_eq!(msgs[0], (b'R', 0u32.to_be_bytes().to_vec()), "not asked");
+}

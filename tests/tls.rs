@@ -173,33 +173,7 @@ async fn handshake_kind(
         .connect(name, tcp)
         .await
         .unwrap();
-    // A StartupMessage for a trust role, then read to ReadyForQuery.
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", t.user.as_str()), ("database", t.db.as_str())] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    tls.write_all(&packet).await.unwrap();
-    loop {
-        let tag = tls.read_u8().await.unwrap();
-        let len = tls.read_u32().await.unwrap() as usize;
-        let mut rest = vec![0; len - 4];
-        tls.read_exact(&mut rest).await.unwrap();
-        assert_ne!(
-            tag,
-            b'E',
-            "login failed: {}",
-            String::from_utf8_lossy(&rest)
-        );
-        if tag == b'Z' {
-            break;
-        }
-    }
+    common::raw_login_ok(&mut tls, &t.user, &t.db, &t.password).await;
     let kind = tls
         .get_ref()
         .1

@@ -7,44 +7,19 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cluster, start_proxy_with, unique, wait_until};
+use common::{
+    cluster, proxy_auth, start_proxy_with, startup_packet_of as startup_packet, trust_tenant,
+    unique, wait_until, Tenant, PROTOCOL_3_0,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A role that logs in without a password (member of `trust_users`), and a
-/// database it owns.
-fn trust_tenant(prefix: &str) -> (String, String) {
-    let db = unique(prefix);
-    let user = format!("{db}_u");
-    let c = cluster();
-    c.create_role(&user, None, pgtier::sandbox::PasswordEncryption::Scram)
-        .unwrap();
-    c.psql("postgres", &format!("grant trust_users to {user}"))
-        .unwrap();
-    c.create_database(&db, &user).unwrap();
-    (db, user)
-}
-
 /// A proxy that accepts plaintext (so raw sockets can talk to it) but also
 /// offers TLS.
 async fn plaintext_proxy(top_level: &str) -> common::TestProxy {
     start_proxy_with(top_level, "").await
-}
-
-fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
 }
 
 /// What the next read from the proxy brought.
@@ -232,18 +207,20 @@ fn startup_packet_of_len(len: usize, user: &str, db: &str) -> Vec<u8> {
 #[tokio::test]
 async fn the_startup_packet_cap_is_10000_bytes_as_in_postgresql() {
     let proxy = plaintext_proxy("").await;
-    let (db, user) = trust_tenant("cap");
+    let t = trust_tenant("cap");
     // Exactly 10,000 bytes: accepted by the proxy and by the cluster (the
     // proxy passes the same parameters on, so the same length).
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet_of_len(10_000, &user, &db))
-        .await
-        .unwrap();
-    let msgs = read_until_ready(&mut s).await;
+    let msgs = common::raw_login_packet(
+        &mut s,
+        &startup_packet_of_len(10_000, &t.user, &t.db),
+        &t.password,
+    )
+    .await;
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'), "{msgs:?}");
     // One byte more: refused before anything reaches the cluster.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet_of_len(10_001, &user, &db))
+    s.write_all(&startup_packet_of_len(10_001, &t.user, &t.db))
         .await
         .unwrap();
     let text = expect_error(&mut s, "08P01").await;
@@ -253,11 +230,11 @@ async fn the_startup_packet_cap_is_10000_bytes_as_in_postgresql() {
 #[tokio::test]
 async fn plaintext_where_tls_is_required_gets_28000() {
     let proxy = common::start_proxy("").await;
-    let (db, user) = trust_tenant("plain");
+    let t = trust_tenant("plain");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(&startup_packet(
         3 << 16,
-        &[("user", &user), ("database", &db)],
+        &[("user", &t.user), ("database", &t.db)],
     ))
     .await
     .unwrap();
@@ -271,32 +248,30 @@ async fn plaintext_where_tls_is_required_gets_28000() {
 #[tokio::test]
 async fn gss_encryption_is_declined_and_startup_continues() {
     let proxy = plaintext_proxy("").await;
-    let (db, user) = trust_tenant("gss");
+    let t = trust_tenant("gss");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
         .await
         .unwrap();
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    let msgs = login(&mut s, &user, &db).await;
+    let msgs = login(&mut s, &t).await;
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'));
 }
 
 #[tokio::test]
 async fn newer_protocol_and_unknown_options_are_negotiated_down() {
     let proxy = plaintext_proxy("").await;
-    let (db, user) = trust_tenant("npv");
+    let t = trust_tenant("npv");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&startup_packet(
+    let packet = startup_packet(
         (3 << 16) + 2,
         &[
-            ("user", &user),
-            ("database", &db),
+            ("user", &t.user),
+            ("database", &t.db),
             ("_pq_.test_option", "1"),
         ],
-    ))
-    .await
-    .unwrap();
-    let msgs = read_until_ready(&mut s).await;
+    );
+    let msgs = common::raw_login_packet(&mut s, &packet, &t.password).await;
     let (tag, body) = &msgs[0];
     assert_eq!(*tag, b'v', "NegotiateProtocolVersion first");
     // The newest version both the proxy and the cluster speak, as a full
@@ -320,9 +295,9 @@ async fn newer_protocol_and_unknown_options_are_negotiated_down() {
 #[tokio::test]
 async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
     let proxy = plaintext_proxy("").await;
-    let (db, user) = trust_tenant("key");
+    let t = trust_tenant("key");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let msgs = login(&mut s, &user, &db).await;
+    let msgs = login(&mut s, &t).await;
     let key = backend_key(&msgs);
     let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
     let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
@@ -398,17 +373,18 @@ async fn a_stalled_login_is_closed_with_08p01() {
 #[tokio::test]
 async fn garbage_mid_session_ends_it_and_frees_the_slot() {
     let proxy = plaintext_proxy("").await;
-    let (db, user) = trust_tenant("garbage");
+    let t = trust_tenant("garbage");
+    let db = &t.db;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    login(&mut s, &user, &db).await;
-    assert_eq!(common::slots(&proxy.handle, &db), 1);
+    login(&mut s, &t).await;
+    assert_eq!(common::slots(&proxy.handle, db), 1);
     // A message whose length field is smaller than the length field itself.
     s.write_all(&[b'Q', 0, 0, 0, 2, 1, 2, 3]).await.unwrap();
     let (tag, body) = read_msg(&mut s).await;
     assert_eq!((tag, sqlstate(&body).as_str()), (b'E', "08P01"));
     expect_closed(&mut s, "after the FATAL").await;
     wait_until(Duration::from_secs(5), "slot given back", || {
-        common::slots(&proxy.handle, &db) == 0
+        common::slots(&proxy.handle, db) == 0
     })
     .await;
     assert_eq!(proxy.handle.shared().metrics.session_panics(), 0);
@@ -505,7 +481,7 @@ async fn read_to_close(s: &mut (impl AsyncRead + Unpin), what: &str) {
 #[tokio::test]
 async fn random_frames_in_every_phase_never_panic_the_proxy() {
     let proxy = plaintext_proxy("login_timeout = \"2s\"\n").await;
-    let (db, user) = trust_tenant("fuzz");
+    let t = trust_tenant("fuzz");
     let scram_db = unique("fuzzscram");
     let scram_user = format!("{scram_db}_u");
     cluster()
@@ -546,10 +522,7 @@ async fn random_frames_in_every_phase_never_panic_the_proxy() {
     // In a session; Sync and Terminate last, so that every session ends.
     for _ in 0..30 {
         let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-        assert_eq!(
-            login(&mut c, &user, &db).await.last().map(|m| m.0),
-            Some(b'Z')
-        );
+        assert_eq!(login(&mut c, &t).await.last().map(|m| m.0), Some(b'Z'));
         let mut frames = random_frames(&mut rng);
         frames.extend_from_slice(&[b'S', 0, 0, 0, 4, b'X', 0, 0, 0, 4]);
         let _ = c.write_all(&frames).await;
@@ -561,14 +534,11 @@ async fn random_frames_in_every_phase_never_panic_the_proxy() {
     })
     .await;
     assert_eq!(proxy.handle.shared().metrics.session_panics(), 0);
-    assert_eq!(common::slots(&proxy.handle, &db), 0);
+    assert_eq!(common::slots(&proxy.handle, &t.db), 0);
     // And the proxy still serves.
-    let (db2, user2) = trust_tenant("afterfuzz");
+    let t2 = trust_tenant("afterfuzz");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(
-        login(&mut s, &user2, &db2).await.last().map(|m| m.0),
-        Some(b'Z')
-    );
+    assert_eq!(login(&mut s, &t2).await.last().map(|m| m.0), Some(b'Z'));
 }
 
 async fn tls_connect(
@@ -598,28 +568,20 @@ async fn tls_connect(
         .await
 }
 
-async fn login(
-    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
-    user: &str,
-    db: &str,
-) -> Vec<(u8, Vec<u8>)> {
-    s.write_all(&startup_packet(
-        3 << 16,
-        &[("user", user), ("database", db)],
-    ))
-    .await
-    .unwrap();
-    read_until_ready(s).await
+/// Logs `t` in (protocol 3.0) with [`common::raw_login`]: every message up
+/// to ReadyForQuery or an ErrorResponse.
+async fn login(s: &mut (impl AsyncRead + AsyncWrite + Unpin), t: &Tenant) -> Vec<(u8, Vec<u8>)> {
+    common::raw_login(s, &t.user, &t.db, &t.password, PROTOCOL_3_0).await
 }
 
 #[tokio::test]
 async fn direct_tls_needs_alpn_postgresql() {
     let proxy = common::start_proxy("").await;
-    let (db, user) = trust_tenant("direct");
+    let t = trust_tenant("direct");
     let mut s = tls_connect(proxy.addr, Some(b"postgresql"))
         .await
         .expect("direct TLS handshake");
-    let msgs = login(&mut s, &user, &db).await;
+    let msgs = login(&mut s, &t).await;
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'), "{msgs:?}");
 
     // Without ALPN the proxy hangs up after the handshake.
@@ -629,7 +591,7 @@ async fn direct_tls_needs_alpn_postgresql() {
             let _ = s
                 .write_all(&startup_packet(
                     3 << 16,
-                    &[("user", &user), ("database", &db)],
+                    &[("user", &t.user), ("database", &t.db)],
                 ))
                 .await;
             let next = next_msg(&mut s).await;
@@ -644,9 +606,9 @@ async fn direct_tls_needs_alpn_postgresql() {
 #[tokio::test]
 async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
     let proxy = plaintext_proxy("").await;
-    let (db, user) = trust_tenant("plaincancel");
+    let t = trust_tenant("plaincancel");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let msgs = login(&mut s, &user, &db).await;
+    let msgs = login(&mut s, &t).await;
     let key = backend_key(&msgs);
     s.write_all(&query("select pg_sleep(30)")).await.unwrap();
     // Wait until the query runs before cancelling it.
@@ -686,8 +648,16 @@ async fn an_unreachable_cluster_gives_08006_without_its_address() {
     .await
     .unwrap();
     let text = expect_error(&mut s, "08006").await;
+    // Passthrough mode reaches for the cluster to relay the login; proxy
+    // mode first for the role's verifier (auth_query), and says so.
+    let expected = if proxy_auth() {
+        "could not check the password now"
+    } else {
+        "could not connect to the database cluster"
+    };
+    assert!(text.contains(expected), "{text}");
     assert!(
-        text.contains("could not connect to the database cluster"),
+        text.contains("The database service is unavailable; try again shortly."),
         "{text}"
     );
     assert!(

@@ -23,12 +23,13 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::{CancelKeys, CancelRegistration, LONG_SECRET};
+use crate::fleet::Fleet;
 use crate::protocol::error::sqlstate_of;
 use crate::protocol::frame::{put_frame, FrameHeader};
 use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL_3_2};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::stream::Stream;
-use crate::tenants::{AtCapacity, Slot, Tenants};
+use crate::tenants::{Slot, Tenants};
 
 /// Larger authentication-phase messages than this are refused: real ones are
 /// a few hundred bytes.
@@ -87,6 +88,8 @@ pub struct Admission<'a> {
     pub max_connections: u32,
     pub tier: &'a str,
     pub cancel_keys: &'a Arc<CancelKeys>,
+    /// Where slots are taken: this process, or the fleet's store.
+    pub fleet: &'a Fleet,
     /// A NoticeResponse for the client just before its first ReadyForQuery
     /// (a tenant near its row limit is warned at login).
     pub notice: Option<ErrorFields>,
@@ -151,23 +154,16 @@ pub async fn relay(
                 match code {
                     AUTH_OK => {
                         let tenant = admission.tenants.get_or_insert(admission.name);
-                        match tenant.try_take_slot(admission.max_connections) {
+                        match admission
+                            .fleet
+                            .take_slot(&tenant, admission.max_connections)
+                            .await
+                        {
                             Ok(taken) => slot = Some(taken),
-                            Err(AtCapacity { limit }) => {
+                            Err(refusal) => {
                                 let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
-                                return Err(LoginError::Refused {
-                                    error: ErrorFields::fatal(
-                                        sqlstate::TOO_MANY_CONNECTIONS,
-                                        format!(
-                                            "too many connections for database \"{}\": the {} tier allows {}",
-                                            admission.name,
-                                            admission.tier,
-                                            limit
-                                        ),
-                                    )
-                                    .with_hint("Close an idle connection (check your pool size) or upgrade the database's tier."),
-                                    reason: "max_connections",
-                                });
+                                let (error, reason) = refusal.error(admission.name, admission.tier);
+                                return Err(LoginError::Refused { error, reason });
                             }
                         }
                         to_client.extend_from_slice(&frame);

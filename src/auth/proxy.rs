@@ -30,7 +30,6 @@ use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::shared::Shared;
 use crate::stream::Stream;
-use crate::tenants::AtCapacity;
 
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT: u32 = 3;
@@ -76,6 +75,19 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     } = request;
     let role = startup.user();
     let database = startup.database();
+    // Every wait on the cluster below watches the client too, so that one
+    // that hangs up ends its login (and gives back its slot) at once, as in
+    // passthrough mode, not at login_timeout.
+    let mut from_client = BytesMut::new();
+    if startup.version() > PROTOCOL_3_0 && !shared.cluster_protocol_known() {
+        // The background probe has not answered yet (the proxy has just
+        // started): ask now rather than hold this client to 3.0.
+        if let Some(newest) =
+            watching_client(client, &mut from_client, probe_cluster_protocol(shared)).await?
+        {
+            shared.learn_cluster_protocol(newest);
+        }
+    }
     // The version the client gets: what it asked for, up to what the proxy
     // and (as far as known) the cluster speak.
     let protocol = startup
@@ -89,21 +101,34 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         let _ = answer.encode(&mut to_client);
     }
 
-    let lookup = shared
-        .verifiers
-        .lookup(role, &config.auth, &config.cluster, &shared.cluster_tls())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot look up the role's password verifier");
-            refused(
-                ErrorFields::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "could not check the password now",
-                )
-                .with_hint("The database service is unavailable; try again shortly."),
-                "auth_unavailable",
+    let lookup = watching_client(
+        client,
+        &mut from_client,
+        shared
+            .verifiers
+            .lookup(role, &config.auth, &config.cluster, &shared.cluster_tls()),
+    )
+    .await?
+    .map_err(|e| {
+        // A cluster starting up or shutting down refuses the lookup with
+        // its own 57P03, which says more than "unavailable" and tells the
+        // client it is worth retrying: pass it on, as passthrough would.
+        if let Some(starting) = e.cannot_connect_now() {
+            return refused(
+                ErrorFields::fatal(sqlstate::CANNOT_CONNECT_NOW, starting),
+                "cluster_refused",
+            );
+        }
+        tracing::warn!(error = %e, "cannot look up the role's password verifier");
+        refused(
+            ErrorFields::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "could not check the password now",
             )
-        })?;
+            .with_hint("The database service is unavailable; try again shortly."),
+            "auth_unavailable",
+        )
+    })?;
     let (verifier, unusable) = match lookup {
         Lookup::Scram(verifier) => (verifier, None),
         // No such role: an exchange against a verifier nothing matches,
@@ -117,7 +142,6 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     } else {
         None
     };
-    let mut from_client = BytesMut::new();
     let mut exchange = ServerExchange::new(verifier.clone(), binding);
     let mut mechanisms = BytesMut::new();
     mechanisms.put_u32(AUTH_SASL);
@@ -172,37 +196,32 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
 
     // The cap, before the cluster is touched.
     let tenant = shared.tenants.get_or_insert(database);
-    let slot = tenant
-        .try_take_slot(limits.max_connections)
-        .map_err(|AtCapacity { limit }| {
-            refused(
-                ErrorFields::fatal(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    format!(
-                        "too many connections for database \"{database}\": the {} tier allows {limit}",
-                        limits.tier
-                    ),
-                )
-                .with_hint(
-                    "Close an idle connection (check your pool size) or upgrade the database's tier.",
-                ),
-                "max_connections",
-            )
+    let slot = shared
+        .fleet
+        .take_slot(&tenant, limits.max_connections)
+        .await
+        .map_err(|refusal| {
+            let (error, reason) = refusal.error(database, &limits.tier);
+            refused(error, reason)
         })?;
 
     let pool_key = PoolKey::new(startup, protocol);
     let (backend, warm) = match shared.warm.take(&pool_key, config.server_idle_timeout) {
         Some(backend) => (backend, true),
         None => {
-            let fresh = fresh_backend(
-                shared,
-                config,
-                startup,
-                protocol,
-                &verifier,
-                verified.client_key,
+            let fresh = watching_client(
+                client,
+                &mut from_client,
+                fresh_backend(
+                    shared,
+                    config,
+                    startup,
+                    protocol,
+                    &verifier,
+                    verified.client_key,
+                ),
             )
-            .await;
+            .await?;
             match fresh {
                 Ok(backend) => (backend, false),
                 Err(FreshError::Refused(frame)) => {
@@ -300,6 +319,30 @@ fn scram_refusal(e: ScramError) -> LoginError {
             "bad_startup",
         ),
         other => protocol_error(&other.to_string()),
+    }
+}
+
+/// Awaits `work` (a wait on the cluster) while reading the client: a
+/// client that hangs up ends the login with [`LoginError::ClientGone`]
+/// (dropping `work`); bytes it sends meanwhile are kept in `from_client`.
+async fn watching_client<T>(
+    client: &mut Stream,
+    from_client: &mut BytesMut,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, LoginError> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return Ok(done),
+            read = client.read_buf(from_client), if from_client.len() < MAX_LOGIN_FRAME => {
+                match read {
+                    Ok(0) => return Err(LoginError::ClientGone),
+                    Ok(_) => {}
+                    Err(e) => return Err(LoginError::ClientIo(e)),
+                }
+            }
+        }
     }
 }
 
@@ -533,9 +576,18 @@ fn cannot_answer(what: &str) -> LoginError {
 /// Learns the newest protocol the cluster speaks: a StartupMessage for 3.2
 /// that is answered either with a NegotiateProtocolVersion (an older
 /// cluster) or anything else (it speaks 3.2). Nothing is logged in; the
-/// connection is closed after the first answer.
+/// connection is closed after the first answer. A cluster that has not
+/// answered within `cluster.connect_timeout` gives `None` (the caller
+/// tries again later; its other work must not wait on a silent cluster).
 pub async fn probe_cluster_protocol(shared: &Shared) -> Option<u32> {
     let config = shared.config();
+    tokio::time::timeout(config.cluster.connect_timeout, probe(shared, &config))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn probe(shared: &Shared, config: &Config) -> Option<u32> {
     let mut stream = crate::cluster::connect(&config.cluster, &shared.cluster_tls())
         .await
         .ok()?;

@@ -46,6 +46,20 @@ pub enum LookupError {
     NotConfigured,
 }
 
+impl LookupError {
+    /// The cluster's own message when it refused the lookup with 57P03
+    /// (`cannot_connect_now`: starting up, shutting down, in recovery).
+    pub fn cannot_connect_now(&self) -> Option<String> {
+        match self {
+            LookupError::Query(e) => e
+                .as_db_error()
+                .filter(|db| db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+                .map(|db| db.message().to_owned()),
+            LookupError::NotConfigured => None,
+        }
+    }
+}
+
 /// The verifier cache and the connection auth_query runs on.
 #[derive(Debug)]
 pub struct Verifiers {

@@ -29,6 +29,7 @@
 //! This is orchestration, not library code: it shells out to pgbench, psql,
 //! pgbouncer, perf and the pgtier binary with `std::process`, and uses
 //! `anyhow`.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -9,6 +9,9 @@ pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// `admin_shutdown`: an operator disconnect or the proxy shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `cannot_connect_now`: the cluster is starting up or shutting down
+/// (proxy mode passes on its refusal of the verifier lookup).
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `invalid_authorization_specification`: plaintext where TLS is required.
 pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
 /// `protocol_violation`: malformed or oversized startup, login timeout.

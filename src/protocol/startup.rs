@@ -206,6 +206,12 @@ fn decode_params(minor_version: u16, rest: &[u8]) -> Result<StartupMessage, Star
             .iter()
             .position(|&b| b == 0)
             .ok_or(StartupError::MissingTerminator)?;
+        // An empty name is the list's terminator, so it must be the last
+        // byte, as PostgreSQL insists: accepting parameters after it would
+        // make the proxy read a different startup packet than the cluster.
+        if end == 0 && strings.len().is_multiple_of(2) {
+            return Err(StartupError::MissingTerminator);
+        }
         let s = std::str::from_utf8(&remaining[..end]).map_err(|_| StartupError::NotUtf8)?;
         strings.push(s.to_owned());
         remaining = &remaining[end + 1..];
@@ -313,6 +319,21 @@ mod tests {
         for cut in 0..body.len() {
             let _ = decode(&body[..cut]);
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/startup.rs`: parameters after an empty
+    /// name were accepted (PostgreSQL stops at the empty name, and refuses
+    /// the packet unless that was the last byte).
+    #[test]
+    fn an_empty_parameter_name_before_the_end_is_refused() {
+        let crash = b"\0\x03\0\0user\0alice\0database\0shoo\0appl\0\0\0\0-\x06n_name\0p#ql\0\0";
+        assert_eq!(decode(crash), Err(StartupError::MissingTerminator));
+        let mut body = PROTOCOL_3_0.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0a\0\0\0database\0b\0\0");
+        assert_eq!(decode(&body), Err(StartupError::MissingTerminator));
+        // An empty value is still a value.
+        let body = startup_body(PROTOCOL_3_0, &[("user", "a"), ("options", "")]);
+        assert!(matches!(decode(&body), Ok(StartupPacket::Startup(_))));
     }
 
     #[test]

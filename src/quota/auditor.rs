@@ -128,10 +128,27 @@ impl Auditor {
             tenant.rows.release();
             return;
         };
+        // In a fleet, one instance measures a tenant at a time; the others
+        // adopt what it publishes.
+        let fleet = &self.shared.fleet;
+        if let Some(store) = fleet.store() {
+            let locked = store.lock_measurement(&fleet.instance, tenant.name()).await;
+            fleet.noted(&locked);
+            if let Ok(false) = locked {
+                tenant.rows.release();
+                return;
+            }
+        }
         tenant.rows.begin_measurement();
         let started = Instant::now();
         match self.count(&config, tenant.name(), limit).await {
             Ok((rows, exact)) => {
+                if let Some(store) = fleet.store() {
+                    let published = store
+                        .publish_rows(&fleet.instance, tenant.name(), rows, exact, unix_now())
+                        .await;
+                    fleet.noted(&published);
+                }
                 let crossing = tenant.rows.finish_measurement(rows, exact, limit);
                 tracing::debug!(
                     tenant = tenant.name(),

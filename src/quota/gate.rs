@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 
 use crate::config::Limits;
+use crate::fleet::Op;
 use crate::protocol::error::field_of;
 use crate::protocol::frame::{put_frame, FrameHeader, Interest};
 use crate::protocol::ErrorFields;
@@ -594,6 +595,11 @@ impl ClusterGate {
         if committed && wrote && limit > 0 {
             let crossing = self.tenant.rows.commit(delta, limit);
             log_crossing(&self.tenant, crossing, limit);
+            if delta != 0 {
+                self.shared
+                    .fleet
+                    .send(Op::RowDelta(self.tenant.name().to_owned(), delta));
+            }
         }
     }
 }

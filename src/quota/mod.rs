@@ -197,6 +197,23 @@ impl RowCount {
         self.busy.store(false, Ordering::Release);
     }
 
+    /// Takes the fleet's figure (another instance measured, or applied
+    /// its committed changes). Ignored while this instance is measuring:
+    /// its own result is about to be published.
+    pub fn adopt(&self, rows: i64, exact: bool, measured_at: u64, limit: u64) -> Option<Crossing> {
+        let mut state = self.lock();
+        if state.measuring {
+            return None;
+        }
+        state.rows = Some(rows);
+        state.exact = exact;
+        if measured_at > self.measured_at() {
+            self.measured_at.store(measured_at, Ordering::Relaxed);
+            state.wanted = false;
+        }
+        crossed(&mut state, limit)
+    }
+
     /// The tenant needs no measuring (its limit is gone): release the queue
     /// mark.
     pub fn release(&self) {

@@ -142,6 +142,8 @@ pub struct Cluster {
     certs: Option<Certs>,
     postgres: Child,
     watchdog: Option<Watchdog>,
+    /// The OS user the server runs as (when we are root).
+    run_as: Option<RunAs>,
 }
 
 impl Cluster {
@@ -199,6 +201,7 @@ impl Cluster {
             certs,
             postgres,
             watchdog: None,
+            run_as,
         };
         // From here on `Drop` cleans up.
         cluster.watchdog = Some(cluster.spawn_watchdog()?);
@@ -382,6 +385,120 @@ impl Cluster {
             owner = quote_literal(owner),
         );
         self.psql("postgres", &sql).map(drop)
+    }
+
+    /// Stops the server the way `pg_ctl stop -m immediate` does (SIGQUIT
+    /// to the postmaster: every backend dies at once, nothing is
+    /// checkpointed, the next start runs crash recovery) and waits for it
+    /// to exit. For fault tests: what a proxy sees when its cluster
+    /// crashes. [`Cluster::start_again`] brings it back on the same port.
+    pub fn stop_immediately(&mut self) -> Result<(), SandboxError> {
+        if let Ok(Some(_)) = self.postgres.try_wait() {
+            return Ok(());
+        }
+        signal(self.postgres.id(), "QUIT").map_err(SandboxError::io("signalling postgres"))?;
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            match self.postgres.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Ok(None) => {
+                    let _ = self.postgres.kill();
+                    let _ = self.postgres.wait();
+                    return Ok(());
+                }
+                Err(e) => return Err(SandboxError::io("waiting for postgres to stop")(e)),
+            }
+        }
+    }
+
+    /// Starts the stopped server again on its port and returns once it
+    /// accepts logins (after crash recovery, if it was stopped
+    /// immediately).
+    pub fn start_again(&mut self) -> Result<(), SandboxError> {
+        self.relaunch(&[], Until::Ready)
+    }
+
+    /// Starts the stopped server again as a standby that never becomes
+    /// consistent (`standby.signal`, `hot_standby = off`): it listens on
+    /// its port but refuses every login with `57P03`, as a cluster does
+    /// while it starts up, until [`Cluster::promote`].
+    pub fn start_recovering(&mut self) -> Result<(), SandboxError> {
+        let signal_file = self.data_dir.join("standby.signal");
+        fs::write(&signal_file, "").map_err(SandboxError::io(format!(
+            "writing {}",
+            signal_file.display()
+        )))?;
+        self.setup().give(&signal_file)?;
+        self.relaunch(&["hot_standby=off"], Until::Listening)
+    }
+
+    /// Ends the recovery [`Cluster::start_recovering`] began (what
+    /// `pg_ctl promote` does: a `promote` file and SIGUSR1) and returns
+    /// once the server accepts logins.
+    pub fn promote(&mut self) -> Result<(), SandboxError> {
+        let promote = self.data_dir.join("promote");
+        fs::write(&promote, "")
+            .map_err(SandboxError::io(format!("writing {}", promote.display())))?;
+        self.setup().give(&promote)?;
+        signal(self.postgres.id(), "USR1").map_err(SandboxError::io("signalling postgres"))?;
+        let log_offset = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
+        let log_path = self.log_path.clone();
+        let setup = Setup {
+            root: &self.root,
+            bin_dir: &self.bin_dir,
+            run_as: self.run_as,
+        };
+        match setup.wait_for(&mut self.postgres, &log_path, log_offset, Until::Ready) {
+            Ok(()) => Ok(()),
+            Err(Exited(reason)) => Err(SandboxError::Start {
+                reason,
+                log: tail(&read_log_since(&log_path, log_offset)),
+                log_path,
+            }),
+            Err(Fatal(e)) => Err(e),
+        }
+    }
+
+    fn setup(&self) -> Setup<'_> {
+        Setup {
+            root: &self.root,
+            bin_dir: &self.bin_dir,
+            run_as: self.run_as,
+        }
+    }
+
+    /// Starts `postgres` again on the same port with `settings`, waits
+    /// for `until`, and hands the new postmaster to a new watchdog.
+    fn relaunch(&mut self, settings: &[&str], until: Until) -> Result<(), SandboxError> {
+        if let Ok(None) = self.postgres.try_wait() {
+            return Err(SandboxError::Io {
+                what: "starting the cluster again".into(),
+                source: std::io::Error::other("it is still running"),
+            });
+        }
+        let setup = self.setup();
+        let (mut child, log_offset) = setup.spawn_postgres(self.port, settings)?;
+        if let Err(e) = setup.wait_for(&mut child, &self.log_path, log_offset, until) {
+            stop_postgres(&mut child);
+            let log = tail(&read_log_since(&self.log_path, log_offset));
+            return Err(match e {
+                Exited(reason) => SandboxError::Start {
+                    reason,
+                    log,
+                    log_path: self.log_path.clone(),
+                },
+                Fatal(e) => e,
+            });
+        }
+        self.postgres = child;
+        // The old watchdog knows the old PID.
+        if let Some(mut old) = self.watchdog.take() {
+            let _ = old.child.kill();
+            let _ = old.child.wait();
+        }
+        self.watchdog = Some(self.spawn_watchdog()?);
+        Ok(())
     }
 
     fn spawn_watchdog(&self) -> Result<Watchdog, SandboxError> {
@@ -603,29 +720,7 @@ impl Setup<'_> {
         let mut last_reason = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(SandboxError::io("opening the server log"))?;
-            let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-            let log_err = log
-                .try_clone()
-                .map_err(SandboxError::io("opening the server log"))?;
-            let mut child = self
-                .command("postgres")
-                .arg("-D")
-                .arg(self.root.join("data"))
-                .arg("-p")
-                .arg(port.to_string())
-                .stdout(log)
-                .stderr(log_err)
-                // Not in the terminal's process group: Ctrl-C goes to the
-                // owner, which stops the server in order (or the watchdog
-                // does).
-                .process_group(0)
-                .spawn()
-                .map_err(SandboxError::io("starting postgres"))?;
+            let (mut child, log_offset) = self.spawn_postgres(port, &[])?;
             match self.wait_ready(&mut child, &log_path, log_offset) {
                 Ok(()) => return Ok((child, port)),
                 Err(Exited(reason)) => {
@@ -652,6 +747,41 @@ impl Setup<'_> {
         })
     }
 
+    /// Starts `postgres` on `port` with extra `-c name=value` settings,
+    /// logging to the sandbox's log file; returns the child and where in
+    /// the log its output starts.
+    fn spawn_postgres(&self, port: u16, settings: &[&str]) -> Result<(Child, u64), SandboxError> {
+        let log_path = self.root.join("postgres.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(SandboxError::io("opening the server log"))?;
+        let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let log_err = log
+            .try_clone()
+            .map_err(SandboxError::io("opening the server log"))?;
+        let mut command = self.command("postgres");
+        command
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .arg("-p")
+            .arg(port.to_string());
+        for setting in settings {
+            command.arg("-c").arg(setting);
+        }
+        let child = command
+            .stdout(log)
+            .stderr(log_err)
+            // Not in the terminal's process group: Ctrl-C goes to the
+            // owner, which stops the server in order (or the watchdog
+            // does).
+            .process_group(0)
+            .spawn()
+            .map_err(SandboxError::io("starting postgres"))?;
+        Ok((child, log_offset))
+    }
+
     /// Polls `postmaster.pid` until the server says it is ready: the same
     /// signal `pg_ctl start -w` waits for, and no process spawned per poll.
     fn wait_ready(
@@ -659,6 +789,17 @@ impl Setup<'_> {
         child: &mut Child,
         log_path: &Path,
         log_offset: u64,
+    ) -> Result<(), LaunchError> {
+        self.wait_for(child, log_path, log_offset, Until::Ready)
+    }
+
+    /// Polls `postmaster.pid` until the server reaches `until`.
+    fn wait_for(
+        &self,
+        child: &mut Child,
+        log_path: &Path,
+        log_offset: u64,
+        until: Until,
     ) -> Result<(), LaunchError> {
         let pid_file = self.root.join("data").join("postmaster.pid");
         let started = Instant::now();
@@ -675,9 +816,15 @@ impl Setup<'_> {
             }
             if let Ok(text) = fs::read_to_string(&pid_file) {
                 let lines: Vec<&str> = text.lines().collect();
-                // Line 1: PID; line 8: status (starting, ready, stopping).
+                // Line 1: PID; line 8: status (starting, ready, stopping),
+                // written after the lines that say where it listens.
+                let status = lines.get(7).map(|l| l.trim());
+                let reached = match until {
+                    Until::Listening => status.is_some_and(|s| !s.is_empty()),
+                    Until::Ready => status == Some("ready"),
+                };
                 if lines.first().map(|l| l.trim()) == Some(child.id().to_string().as_str())
-                    && lines.get(7).map(|l| l.trim()) == Some("ready")
+                    && reached
                 {
                     return Ok(());
                 }
@@ -692,6 +839,16 @@ impl Setup<'_> {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// What [`Setup::wait_for`] waits for.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// The postmaster listens (it may still refuse logins while it starts
+    /// up or recovers).
+    Listening,
+    /// It accepts logins.
+    Ready,
 }
 
 enum LaunchError {

@@ -15,14 +15,17 @@
 //!   that the test matrix uses.
 //! * [`Certs`]: a private CA and a server certificate for `localhost`,
 //!   `127.0.0.1` and `::1`, as PEM files.
+//! * [`RedisServer`]: a throwaway Redis, the fleet's store in tests.
 
 pub mod certs;
 pub mod cluster;
 pub mod install;
+pub mod redis;
 
 pub use certs::Certs;
 pub use cluster::{Cluster, ClusterOptions, PasswordEncryption};
 pub use install::{installations, newest_program, Installation};
+pub use redis::RedisServer;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;

@@ -7,6 +7,10 @@
 //! watchdog stops it and removes its directory (certificates included) when
 //! the test process exits. This relies on all tests of a binary sharing one
 //! process: plain `cargo test`, not nextest's process per test.
+//!
+//! `TEST_AUTH_MODE=proxy` ([`auth_mode`]) runs every test proxy with
+//! proxy-side authentication; tests that speak raw frames log in with
+//! [`raw_login`], which answers whatever the mode asks.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::SocketAddr;
@@ -16,10 +20,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use pgtier::auth::scram;
 use pgtier::sandbox::{Certs, Cluster, ClusterOptions, Installation, PasswordEncryption};
 use pgtier::server::{Proxy, ProxyHandle};
 use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -118,7 +123,7 @@ pub fn unique(prefix: &str) -> String {
 pub struct Tenant {
     pub db: String,
     pub user: String,
-    /// Empty for trust roles.
+    /// Empty for trust roles in passthrough mode (see [`trust_tenant`]).
     pub password: String,
 }
 
@@ -155,11 +160,19 @@ pub fn md5_tenant(prefix: &str) -> Tenant {
     t
 }
 
-/// A new database owned by a new role that logs in without a password.
+/// A new database owned by a new role that the cluster lets in without a
+/// password (a member of [`TRUST_GROUP`]).
+///
+/// In proxy mode ([`auth_mode`]) the role also gets a SCRAM-SHA-256
+/// password, returned in `password`: pgtier then checks that password
+/// itself (it never lets a client in without one) and logs into the
+/// cluster, which trusts the role. Callers pass `password` on and need not
+/// care which mode runs; in passthrough mode it is empty, as before.
 pub fn trust_tenant(prefix: &str) -> Tenant {
-    let t = new_tenant(prefix, false);
+    let t = new_tenant(prefix, proxy_auth());
     let c = cluster();
-    c.create_role(&t.user, None, PasswordEncryption::Scram)
+    let password = (!t.password.is_empty()).then_some(t.password.as_str());
+    c.create_role(&t.user, password, PasswordEncryption::Scram)
         .and_then(|()| c.psql("postgres", &format!("GRANT {TRUST_GROUP} TO {}", t.user)))
         .and_then(|_| c.create_database(&t.db, &t.user))
         .unwrap_or_else(|e| panic!("creating trust tenant {}: {e}", t.db));
@@ -583,7 +596,15 @@ pub async fn ssl_request_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStrea
 
 /// A StartupMessage (protocol 3.0) with `params`.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    startup_packet_of(PROTOCOL_3_0, params)
+}
+
+/// Protocol 3.0 as a StartupMessage names it.
+pub const PROTOCOL_3_0: u32 = 3 << 16;
+
+/// A StartupMessage of protocol `version` with `params`.
+pub fn startup_packet_of(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
     for (k, v) in params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
@@ -604,37 +625,292 @@ pub fn auth_role() -> &'static (String, String) {
     ROLE.get_or_init(|| {
         let user = unique("pgtier_auth");
         let password = format!("pw-{user}");
-        let c = cluster();
-        c.create_role(&user, Some(&password), PasswordEncryption::Scram)
-            .and_then(|()| {
-                c.psql(
-                    "postgres",
-                    &format!(
-                        "CREATE OR REPLACE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
-                         LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
-                         SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name AND rolcanlogin \
-                         AND (rolvaliduntil IS NULL OR rolvaliduntil > now()) $$; \
-                         REVOKE ALL ON FUNCTION public.pgtier_verifier(text) FROM PUBLIC; \
-                         GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {user};"
-                    ),
-                )
-            })
-            .unwrap_or_else(|e| panic!("creating the auth role: {e}"));
+        install_auth_role(cluster(), &user, &password);
         (user, password)
     })
+}
+
+/// Creates `user` on `c` with a SCRAM `password`, and the
+/// `public.pgtier_verifier(role)` function (in `postgres`) that [`auth_table`]'s
+/// `auth_query` calls, executable by `user` alone.
+pub fn install_auth_role(c: &Cluster, user: &str, password: &str) {
+    c.create_role(user, Some(password), PasswordEncryption::Scram)
+        .and_then(|()| {
+            c.psql(
+                "postgres",
+                &format!(
+                    "CREATE OR REPLACE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
+                     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
+                     SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name AND rolcanlogin \
+                     AND (rolvaliduntil IS NULL OR rolvaliduntil > now()) $$; \
+                     REVOKE ALL ON FUNCTION public.pgtier_verifier(text) FROM PUBLIC; \
+                     GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {user};"
+                ),
+            )
+        })
+        .unwrap_or_else(|e| panic!("creating the auth role: {e}"));
 }
 
 /// An `[auth]` table for proxy mode (see [`auth_role`]), verifiers cached
 /// for `ttl`.
 pub fn auth_table(ttl: &str) -> String {
     let (user, password) = auth_role();
+    auth_table_for(user, password, ttl)
+}
+
+/// An `[auth]` table for proxy mode that looks verifiers up as `user`
+/// (see [`install_auth_role`]), cached for `ttl`.
+pub fn auth_table_for(user: &str, password: &str, ttl: &str) -> String {
     format!(
         "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
          auth_query = \"SELECT public.pgtier_verifier($1)\"\nauth_cache_ttl = \"{ttl}\"\n"
     )
 }
 
-/// `TEST_AUTH_MODE`: `passthrough` (the default) or `proxy`.
+/// `TEST_AUTH_MODE`: `passthrough` (the default) or `proxy`; anything else
+/// fails the test rather than quietly run the other mode.
 pub fn auth_mode() -> String {
-    std::env::var("TEST_AUTH_MODE").unwrap_or_else(|_| "passthrough".to_owned())
+    match std::env::var("TEST_AUTH_MODE") {
+        Ok(mode) if mode == "proxy" || mode == "passthrough" => mode,
+        Ok(mode) if mode.trim().is_empty() => "passthrough".to_owned(),
+        Ok(mode) => panic!("TEST_AUTH_MODE={mode:?}: expected \"passthrough\" or \"proxy\""),
+        Err(_) => "passthrough".to_owned(),
+    }
+}
+
+/// Whether this run tests proxy-side authentication (`TEST_AUTH_MODE=proxy`).
+pub fn proxy_auth() -> bool {
+    auth_mode() == "proxy"
+}
+
+/// One backend message as raw-frame tests read it: its type and body.
+pub type Message = (u8, Vec<u8>);
+
+/// Reads one whole message; panics on a close, a reset or 10 s of silence.
+pub async fn read_message(s: &mut (impl AsyncRead + Unpin)) -> Message {
+    let read = async {
+        let tag = s.read_u8().await?;
+        let len = s.read_u32().await? as usize;
+        if !(4..=64 << 20).contains(&len) {
+            return Err(std::io::Error::other(format!(
+                "message {:?} of length {len}",
+                tag as char
+            )));
+        }
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>((tag, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the proxy answered within 10 s")
+        .unwrap_or_else(|e| panic!("reading a message: {e}"))
+}
+
+/// A password message (`p`) with `body`.
+fn password_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'p'];
+    out.extend(((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Logs in with raw frames on an open connection (plaintext, or TLS the
+/// caller set up): a StartupMessage of protocol `version` for `user` and
+/// `db`, then [`raw_authenticate`] with `password`. Returns every message
+/// the proxy sent, up to and including ReadyForQuery or an ErrorResponse.
+pub async fn raw_login(
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    user: &str,
+    db: &str,
+    password: &str,
+    version: u32,
+) -> Vec<Message> {
+    let packet = startup_packet_of(version, &[("user", user), ("database", db)]);
+    raw_login_packet(s, &packet, password).await
+}
+
+/// [`raw_login`] with a StartupMessage of the caller's making (extra
+/// parameters, a given length).
+pub async fn raw_login_packet(
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    startup: &[u8],
+    password: &str,
+) -> Vec<Message> {
+    s.write_all(startup).await.expect("StartupMessage sent");
+    raw_authenticate(s, password).await
+}
+
+/// Answers what the server asks after a StartupMessage, as libpq would:
+/// nothing for trust, and SCRAM-SHA-256 (without channel binding) computed
+/// here from `password` and the salt and iteration count of the server's
+/// first message, checking the server's signature at the end. Reads up to
+/// and including ReadyForQuery or an ErrorResponse and returns every
+/// message, authentication requests included. Cleartext and md5 are not
+/// answered (no raw-frame test logs in with them).
+pub async fn raw_authenticate(
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    password: &str,
+) -> Vec<Message> {
+    let mut scram: Option<ScramClient> = None;
+    let mut out = Vec::new();
+    loop {
+        let (tag, body) = read_message(s).await;
+        let done = tag == b'Z' || tag == b'E';
+        if tag == b'R' {
+            let code = u32::from_be_bytes(body[..4].try_into().expect("an auth request code"));
+            let data = &body[4..];
+            let answer = match code {
+                0 => None,
+                10 => {
+                    assert!(
+                        !password.is_empty(),
+                        "asked for SCRAM; the test has no password"
+                    );
+                    let offered: Vec<&[u8]> =
+                        data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                    assert!(
+                        offered.contains(&&b"SCRAM-SHA-256"[..]),
+                        "SCRAM-SHA-256 offered: {offered:?}"
+                    );
+                    let (client, first) = ScramClient::new(password);
+                    scram = Some(client);
+                    let mut body = b"SCRAM-SHA-256\0".to_vec();
+                    body.extend((first.len() as i32).to_be_bytes());
+                    body.extend(first.as_bytes());
+                    Some(password_frame(&body))
+                }
+                11 => {
+                    let client = scram.as_mut().expect("SASLContinue after SASL");
+                    let last = client.server_first(data);
+                    Some(password_frame(last.as_bytes()))
+                }
+                12 => {
+                    let client = scram.as_ref().expect("SASLFinal after SASLContinue");
+                    client.check_server_final(data);
+                    None
+                }
+                other => {
+                    panic!("authentication request {other} is not answered by the test client")
+                }
+            };
+            if let Some(answer) = answer {
+                s.write_all(&answer)
+                    .await
+                    .expect("authentication answer sent");
+                s.flush().await.expect("authentication answer flushed");
+            }
+        }
+        out.push((tag, body));
+        if done {
+            return out;
+        }
+    }
+}
+
+/// [`raw_login`] that must succeed: the messages up to ReadyForQuery.
+pub async fn raw_login_ok(
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    user: &str,
+    db: &str,
+    password: &str,
+) -> Vec<Message> {
+    let msgs = raw_login(s, user, db, password, PROTOCOL_3_0).await;
+    let (tag, body) = msgs.last().expect("a message");
+    assert_eq!(
+        *tag,
+        b'Z',
+        "login failed: {}",
+        String::from_utf8_lossy(body)
+    );
+    msgs
+}
+
+/// The client side of SCRAM-SHA-256 (RFC 5802, as libpq speaks it) for
+/// raw-frame tests. The keys come from pgtier's own derivation
+/// ([`scram::client_key`], [`scram::Verifier::from_password`]); the
+/// exchange itself is done here, because `scram::ClientExchange` makes its
+/// nonce when created and needs the ServerKey then, which a client knows
+/// only from the salt in the server's first message.
+struct ScramClient {
+    password: String,
+    nonce: String,
+    client_first_bare: String,
+    /// AuthMessage and ServerKey, once the server's first message came.
+    expect: Option<(String, scram::Key)>,
+}
+
+impl ScramClient {
+    fn new(password: &str) -> (ScramClient, String) {
+        use base64::Engine;
+        let raw: [u8; 18] = rand::random();
+        let nonce = base64::engine::general_purpose::STANDARD.encode(raw);
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (
+            ScramClient {
+                password: password.to_owned(),
+                nonce,
+                client_first_bare,
+                expect: None,
+            },
+            first,
+        )
+    }
+
+    /// The client-final message for the server-first `message`.
+    fn server_first(&mut self, message: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let server_first = std::str::from_utf8(message).expect("server-first is UTF-8");
+        let attr = |name: &str| {
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {server_first:?}"))
+        };
+        let nonce = attr("r=");
+        assert!(
+            nonce.starts_with(&self.nonce) && nonce.len() > self.nonce.len(),
+            "the server's nonce extends ours: {server_first:?}"
+        );
+        let salt = b64.decode(attr("s=")).expect("salt is base64");
+        let iterations: u32 = attr("i=").parse().expect("iterations");
+        let client_key = scram::client_key(&self.password, &salt, iterations);
+        let verifier = scram::Verifier::from_password(&self.password, &salt, iterations);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let signature = hmac_sha256(&verifier.stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.expect = Some((auth_message, verifier.server_key));
+        format!("{without_proof},p={}", b64.encode(proof))
+    }
+
+    /// Panics unless the server-final `message` carries the signature only
+    /// the holder of the role's verifier can make.
+    fn check_server_final(&self, message: &[u8]) {
+        use base64::Engine;
+        let (auth_message, server_key) = self.expect.as_ref().expect("server-first came");
+        let text = std::str::from_utf8(message).expect("server-final is UTF-8");
+        let signature = text
+            .strip_prefix("v=")
+            .unwrap_or_else(|| panic!("server-final {text:?}"));
+        let expected = hmac_sha256(server_key, auth_message.as_bytes());
+        assert_eq!(
+            signature,
+            base64::engine::general_purpose::STANDARD.encode(expected),
+            "the server's SCRAM signature"
+        );
+    }
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::hmac::sign(&key, data).as_ref());
+    out
 }

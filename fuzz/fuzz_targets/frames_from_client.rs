@@ -1,0 +1,33 @@
+//! The client→cluster frame walk (`pgtier::pump::walk_from_client`): any
+//! bytes a logged-in client sends, split into reads anywhere, with no hook
+//! and with a hook that takes some frames whole and peeks at others. The
+//! walk never reaches past its buffer, and split, unsplit and the
+//! protocol's reference reading (tests/walks/mod.rs) agree on every frame
+//! boundary, every frame handed to the hook, and every request counted.
+#![no_main]
+
+#[path = "../../tests/walks/mod.rs"]
+mod walks;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use walks::{Direction, Rule};
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    /// `None`: no hook; else the largest frame taken whole, and how much
+    /// of a frame is peeked at.
+    hook: Option<(u16, u16)>,
+    /// Where reads end (offsets into the stream).
+    cuts: Vec<u16>,
+    stream: Vec<u8>,
+}
+
+fuzz_target!(|input: Input| {
+    let rule = match input.hook {
+        None => Rule::PASS_ALL,
+        Some((whole_max, peek_len)) => Rule::mixed(usize::from(whole_max), usize::from(peek_len)),
+    };
+    let cuts: Vec<usize> = input.cuts.iter().map(|&c| usize::from(c)).collect();
+    walks::check(Direction::FromClient, rule, &input.stream, &cuts);
+});

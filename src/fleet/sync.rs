@@ -1,0 +1,157 @@
+//! An instance's side of the fleet's store, in the background: the
+//! heartbeat that keeps its leases (and re-asserts its share of every
+//! tenant's slots), the queue of releases, cancel keys and row changes the
+//! sessions hand over without waiting, the quota figures every instance
+//! adopts, and last activity for the fleet-wide inactivity report.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fleet::Op;
+use crate::quota::log_crossing;
+use crate::shared::Shared;
+use crate::shutdown::Stage;
+
+/// How often quota figures are read back from the store, so that blocked
+/// and unblocked decisions agree across instances within about this.
+const ROWS_REFRESH: Duration = Duration::from_secs(1);
+/// How often last activity is exchanged with the store.
+const ACTIVITY_SYNC: Duration = Duration::from_secs(10);
+
+/// Runs until shutdown closes sessions; nothing to do for a local fleet.
+pub async fn run(shared: Arc<Shared>) {
+    let fleet = &shared.fleet;
+    let (Some(store), Some(mut ops)) = (fleet.store().cloned(), fleet.take_ops()) else {
+        return;
+    };
+    let instance = fleet.instance.clone();
+    let listen = shared.config().listen;
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut heartbeat = tokio::time::interval(fleet.config.lease_ttl / 3);
+    let mut rows = tokio::time::interval(ROWS_REFRESH);
+    let mut activity = tokio::time::interval(ACTIVITY_SYNC);
+    for tick in [&mut heartbeat, &mut rows, &mut activity] {
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    // Tenants this instance asserted sessions for at the last heartbeat:
+    // those it has none of any more get their entry removed.
+    let mut asserted: HashSet<String> = HashSet::new();
+    let mut pushed: HashMap<String, u64> = HashMap::new();
+    tracing::info!(instance, "joined the fleet");
+    loop {
+        tokio::select! {
+            _ = shutdown.reached(Stage::Closing) => break,
+            op = ops.recv() => {
+                let Some(op) = op else { break };
+                let done = match op {
+                    Op::Release(tenant) => store.release(&instance, &tenant).await,
+                    Op::CancelAdd(client, cluster) => store.add_cancel(&instance, &client, &cluster).await,
+                    Op::CancelDel(client) => store.del_cancel(&instance, &client).await,
+                    Op::RowDelta(tenant, delta) => store.row_delta(&tenant, delta).await,
+                };
+                fleet.noted(&done);
+            }
+            _ = heartbeat.tick() => {
+                let mut counts = Vec::new();
+                let mut sessions = 0u64;
+                for tenant in shared.tenants.all() {
+                    let n = tenant.connections();
+                    if n > 0 {
+                        sessions += u64::from(n);
+                        counts.push((tenant.name().to_owned(), n));
+                    }
+                }
+                let now: HashSet<String> = counts.iter().map(|(t, _)| t.clone()).collect();
+                let gone: Vec<String> = asserted.difference(&now).cloned().collect();
+                let about = serde_json::json!({
+                    "listen": listen.to_string(),
+                    "sessions": sessions,
+                    "version": env!("CARGO_PKG_VERSION"),
+                })
+                .to_string();
+                let beat = store.heartbeat(&instance, &about, &counts, &gone).await;
+                fleet.noted(&beat);
+                if beat.is_ok() {
+                    asserted = now;
+                }
+            }
+            _ = rows.tick() => adopt_rows(&shared, &store).await,
+            _ = activity.tick() => sync_activity(&shared, &store, &mut pushed).await,
+        }
+    }
+    // Leaving cleanly: this instance's leases go at once instead of at
+    // their expiry.
+    let farewell = store
+        .heartbeat(
+            &instance,
+            "{}",
+            &[],
+            &asserted.into_iter().collect::<Vec<_>>(),
+        )
+        .await;
+    fleet.noted(&farewell);
+}
+
+/// Reads the fleet's figure of every tenant with a session here and a row
+/// limit, so that every instance refuses (and stops refusing) alike.
+async fn adopt_rows(shared: &Shared, store: &crate::fleet::redis::Store) {
+    let config = shared.config();
+    for tenant in shared.tenants.all() {
+        if tenant.connections() == 0 {
+            continue;
+        }
+        let limit = config.limits_for(tenant.name()).row_limit;
+        if limit == 0 {
+            continue;
+        }
+        let stored = store.rows(tenant.name()).await;
+        shared.fleet.noted(&stored);
+        match stored {
+            Ok(Some(stored)) => {
+                if stored.wanted {
+                    tenant.rows.want_measurement();
+                }
+                let crossing =
+                    tenant
+                        .rows
+                        .adopt(stored.rows, stored.exact, stored.measured_at, limit);
+                log_crossing(&tenant, crossing, limit);
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Raises the fleet's record of every tenant's last activity from this
+/// instance's, and this instance's from the fleet's, so that
+/// `/tenants?inactive_for=` answers for the whole fleet from any instance.
+async fn sync_activity(
+    shared: &Shared,
+    store: &crate::fleet::redis::Store,
+    pushed: &mut HashMap<String, u64>,
+) {
+    let changed: Vec<(String, u64)> = shared
+        .tenants
+        .all()
+        .into_iter()
+        .filter(|t| t.last_activity() > 0 && pushed.get(t.name()) != Some(&t.last_activity()))
+        .map(|t| (t.name().to_owned(), t.last_activity()))
+        .collect();
+    let push = store.push_activity(&changed).await;
+    shared.fleet.noted(&push);
+    if push.is_ok() {
+        pushed.extend(changed);
+    }
+    let pulled = store.activity().await;
+    shared.fleet.noted(&pulled);
+    if let Ok(all) = pulled {
+        for (name, at) in all {
+            shared
+                .tenants
+                .get_or_insert(&name)
+                .restore_last_activity(at);
+        }
+    }
+}
