@@ -905,18 +905,7 @@ fn create_service_roles(cluster: &Cluster, targets: &[Target]) -> Result<Service
     let mut roles = ServiceRoles::default();
     if targets.contains(&Target::PgtierProxy) {
         let (user, password) = ("pgtier_auth", format!("pw-auth-{}", rand::random::<u32>()));
-        cluster.psql(
-            "postgres",
-            &format!(
-                "SET password_encryption = 'scram-sha-256'; \
-                 CREATE ROLE {user} LOGIN PASSWORD '{password}'; \
-                 CREATE FUNCTION public.pgtier_verifier(role_name text) RETURNS text \
-                 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
-                 SELECT rolpassword::text FROM pg_authid WHERE rolname = role_name AND rolcanlogin $$; \
-                 REVOKE ALL ON FUNCTION public.pgtier_verifier(text) FROM PUBLIC; \
-                 GRANT EXECUTE ON FUNCTION public.pgtier_verifier(text) TO {user};"
-            ),
-        )?;
+        cluster.install_auth_role(user, &password)?;
         roles.auth = Some((user.to_owned(), password));
     }
     if targets.contains(&Target::PgtierRules) {
@@ -1151,7 +1140,8 @@ impl Proxy {
                  mode = \"proxy\"\n\
                  user = \"{user}\"\n\
                  password = \"{password}\"\n\
-                 auth_query = \"SELECT public.pgtier_verifier($1)\"\n"
+                 auth_query = \"{query}\"\n",
+                query = pgtier::sandbox::VERIFIER_QUERY
             )?;
         }
         for t in &tenants.standard {
