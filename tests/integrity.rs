@@ -306,27 +306,7 @@ async fn churn(duration: Duration) {
         .await;
     }
     for t in &tenants {
-        let db = t.db.clone();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let db = db.clone();
-            let n =
-                tokio::task::spawn_blocking(move || harden::backends_in(common::cluster(), &db))
-                    .await
-                    .unwrap();
-            // Proxy mode keeps some cleanly closed sessions' backends warm
-            // for the next login: those are the pool's, not leaked.
-            let warm = proxy.handle.shared().warm.len_of(&t.db);
-            if n == warm {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} backends left in {} ({warm} of them warm)",
-                t.db
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        harden::wait_only_warm_backends(proxy.handle.shared(), &t.db).await;
     }
 
     // The data, read straight from the cluster.

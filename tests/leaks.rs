@@ -247,19 +247,7 @@ async fn kill_in_every_phase(per_phase: usize) {
     }
     // ...and not on the cluster.
     for t in tenants.iter().flatten() {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let db = t.db.clone();
-            let n =
-                tokio::task::spawn_blocking(move || harden::backends_in(common::cluster(), &db))
-                    .await
-                    .unwrap();
-            if n == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{n} backends left in {}", t.db);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        harden::wait_only_warm_backends(&shared, &t.db).await;
     }
     // And the proxy still serves.
     let t = &tenants[2][0];

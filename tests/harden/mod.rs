@@ -88,6 +88,8 @@ pub struct ChildProxy {
     pub addr: SocketAddr,
     /// Every line it has logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Reads the log; finished once the process closed its stderr.
+    reader: std::thread::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -111,7 +113,7 @@ impl ChildProxy {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line
@@ -138,6 +140,7 @@ impl ChildProxy {
             child,
             addr,
             log,
+            reader,
             _dir: dir,
         }
     }
@@ -169,11 +172,17 @@ impl ChildProxy {
         assert!(status.success(), "kill -s {signal} failed");
     }
 
-    /// Waits up to `deadline` for the process to exit; its exit code.
+    /// Waits up to `deadline` for the process to exit; its exit code,
+    /// once its log has been read to the end (so [`Self::log_text`] holds
+    /// its last lines).
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
         let end = Instant::now() + deadline;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for pgtier") {
+                while !self.reader.is_finished() {
+                    assert!(Instant::now() < end, "pgtier's stderr still open");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status.code();
             }
             if Instant::now() > end {
@@ -197,17 +206,10 @@ impl Drop for ChildProxy {
 
 /// A StartupMessage (protocol 3.0) for `user` and `database`.
 pub fn startup_packet(user: &str, database: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
-        body.extend(k.as_bytes());
-        body.push(0);
-        body.extend(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
+    common::startup_packet_of(
+        common::PROTOCOL_3_0,
+        &[("user", user), ("database", database)],
+    )
 }
 
 /// A frame: tag, length, body.
@@ -296,4 +298,27 @@ pub fn backends_in(cluster: &Cluster, db: &str) -> usize {
         .trim()
         .parse()
         .expect("a count")
+}
+
+/// Waits (15 s at most) until the shared cluster has no backend in `db`
+/// but the warm ones `shared` keeps for the next login (proxy mode keeps
+/// some cleanly closed sessions' backends: those are the pool's, not
+/// leaked). Panics with the counts otherwise.
+pub async fn wait_only_warm_backends(shared: &pgtier::shared::Shared, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let name = db.to_owned();
+        let n = tokio::task::spawn_blocking(move || backends_in(common::cluster(), &name))
+            .await
+            .expect("counting backends");
+        let warm = shared.warm.len_of(db);
+        if n == warm {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} backends left in {db} ({warm} of them warm)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
