@@ -195,11 +195,26 @@ async fn gen_cert_writes_a_pair_that_the_proxy_serves_and_clients_verify() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), t.user);
 }
 
+/// The `pgtier` binary without colour, stdin or the caller's `PGTIER_…`
+/// variables (which would override the configuration under test).
+fn pgtier_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgtier"));
+    command.env("NO_COLOR", "1").stdin(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PGTIER_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// A `pgtier` process started from a config file, its log (stderr) read
 /// line by line into memory. Killed when dropped, if still running.
 struct Running {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Reads the log; finished once the process closed its stderr.
+    reader: std::thread::JoinHandle<()>,
     addr: SocketAddr,
 }
 
@@ -225,24 +240,17 @@ impl Running {
     /// Starts `pgtier --config path` and waits until it accepts
     /// connections, reading its address from the log.
     async fn start(path: &Path) -> Running {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pgtier"));
+        let mut command = pgtier_command();
         command
             .args(["--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("PGTIER_") {
-                command.env_remove(name);
-            }
-        }
         let mut child = command.spawn().expect("start pgtier");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().unwrap();
@@ -253,6 +261,7 @@ impl Running {
         let mut running = Running {
             child,
             log,
+            reader,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         running.wait_log("accepting connections").await;
@@ -303,11 +312,16 @@ impl Running {
         assert!(status.success(), "kill -s {name}");
     }
 
-    /// Waits for the process to exit within `within` and returns its status.
+    /// Waits for the process to exit within `within` and returns its
+    /// status, once its log has been read to the end.
     async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
         let end = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for pgtier") {
+                while !self.reader.is_finished() {
+                    assert!(Instant::now() < end, "pgtier's stderr still open");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 return status;
             }
             assert!(
@@ -506,18 +520,11 @@ struct Demo {
 
 impl Demo {
     fn start(listen: SocketAddr) -> Demo {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pgtier"));
+        let mut command = pgtier_command();
         command
             .args(["demo", "--listen", &listen.to_string()])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("PGTIER_") {
-                command.env_remove(name);
-            }
-        }
         let mut child = command.spawn().expect("start pgtier demo");
         let out = Arc::new(Mutex::new(String::new()));
         for pipe in [

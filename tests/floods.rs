@@ -34,17 +34,7 @@ async fn refusal(s: &mut TcpStream) -> Option<String> {
 }
 
 fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend(k.as_bytes());
-        body.push(0);
-        body.extend(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
+    common::startup_packet_of(common::PROTOCOL_3_0, &[("user", user), ("database", db)])
 }
 
 #[tokio::test]
