@@ -396,6 +396,7 @@ pub fn walk_from_cluster(
                     // anything else is no PostgreSQL and would leave the
                     // transaction status to chance.
                     if header.body_len() != 1 {
+                        scanner.reject(start);
                         return Err(FrameError::BadLength {
                             tag: 'Z',
                             len: (header.frame_len - 1) as u32,

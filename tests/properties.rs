@@ -139,6 +139,10 @@ fn a_ready_for_query_without_status_reads_the_same_however_split() {
     let mut scanner = Scanner::default();
     let whole = walk_from_cluster(&mut scanner, &stream, &mut NoHook, &mut Splices::default())
         .map(|r| r.status);
+    // The malformed one is not walked, so none of it is forwarded (found
+    // by the frames_from_cluster fuzz target: it was walked, then refused).
+    assert!(whole.is_err());
+    assert_eq!(scanner.walked(), 6, "only the well-formed ReadyForQuery");
     // Two reads, split between the messages; the status of the last
     // ReadyForQuery is what the pump keeps.
     let mut scanner = Scanner::default();
@@ -157,6 +161,11 @@ fn a_ready_for_query_without_status_reads_the_same_however_split() {
         &mut Splices::default(),
     )
     .map(|r| r.status);
+    assert_eq!(
+        scanner.walked(),
+        0,
+        "nothing of the malformed ReadyForQuery"
+    );
     assert_eq!(
         whole, split,
         "one read says {whole:?}, two reads say {split:?}"

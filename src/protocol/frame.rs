@@ -120,6 +120,16 @@ impl Scanner {
         self.pos
     }
 
+    /// Takes back the frame that [`Step::Frame`] just returned at `start`,
+    /// which the caller found malformed: it is no longer walked, so no part
+    /// of it is forwarded, and the walk ends on the frames before it.
+    pub fn reject(&mut self, start: usize) {
+        debug_assert!(start <= self.pos, "rejecting a frame not yet walked");
+        self.pos = start;
+        self.skip = 0;
+        self.waiting = None;
+    }
+
     /// Call after forwarding (and removing) `buf[..walked()]`.
     pub fn consumed(&mut self) {
         self.pos = 0;
