@@ -247,6 +247,10 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, thread: usize) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
+            // Shutdown first: once draining, a connection waiting in the
+            // backlog must not be served (select! otherwise picks a ready
+            // branch at random).
+            biased;
             _ = shutdown.reached(Stage::Draining) => break,
             // Finished sessions are reaped as they go, so the set stays
             // the size of what runs.
