@@ -101,13 +101,17 @@ async fn over_the_limit_every_way_of_adding_rows_is_refused_and_nothing_else() {
     // that, so that the message below is the settled one.
     let shared = proxy.handle.shared().clone();
     let db = t.db.clone();
-    wait_until(Duration::from_secs(5), "the row figure settles", move || {
-        shared
-            .tenants
-            .get(&db)
-            .and_then(|t| t.rows.figure())
-            .is_some_and(|f| (f.exact && f.rows == 152) || (!f.exact && f.rows > 100))
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the row figure settles",
+        move || {
+            shared
+                .tenants
+                .get(&db)
+                .and_then(|t| t.rows.figure())
+                .is_some_and(|f| (f.exact && f.rows == 152) || (!f.exact && f.rows > 100))
+        },
+    )
     .await;
 
     let message = refused(&client, "INSERT INTO t VALUES (200)", "53400").await;
