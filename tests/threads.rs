@@ -29,6 +29,15 @@ async fn sessions(
                 .unwrap(),
         );
     }
+    // A client hears its ReadyForQuery just before its session task
+    // registers the session (where operator disconnects and sweeps find
+    // it): wait for all of them, as an operator's request after the logins
+    // would find them.
+    let shared = proxy.handle.shared().clone();
+    wait_until(Duration::from_secs(5), "every session registered", || {
+        shared.sessions.len() == SESSIONS
+    })
+    .await;
     let by_thread = proxy.handle.shared().metrics.accepted_by_thread();
     assert_eq!(by_thread.len(), 2, "both threads accepted: {by_thread:?}");
     assert!(by_thread.values().all(|&n| n > 0), "{by_thread:?}");
