@@ -576,13 +576,18 @@ async fn a_backend_terminated_by_the_cluster_gives_its_slot_back() {
         .await
         .unwrap();
     assert!(row.get::<_, bool>(0));
-    // The client hears the cluster's own FATAL, passed through.
+    // The session ends. Idle, tokio-postgres may report the cluster's
+    // FATAL or only the close that follows it (seen once in ~20 runs, as
+    // tests/faults.rs allows for its idle session too); any code it does
+    // report is the cluster's own. faults.rs asserts the 57P01 itself on
+    // a session whose query the termination interrupts.
     let ended = tokio::time::timeout(Duration::from_secs(10), conn_a)
         .await
         .expect("the terminated session ended")
         .unwrap();
-    let err = ended.expect_err("ended by the cluster's FATAL");
-    assert_eq!(code(&err), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    if let Some(c) = ended.as_ref().err().and_then(code) {
+        assert_eq!(c, &SqlState::ADMIN_SHUTDOWN, "{ended:?}");
+    }
     wait_until(Duration::from_secs(5), "the slot given back", || {
         common::slots(&proxy.handle, &db) == 1
     })
