@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::scram::{self, ClientExchange, ScramError, ServerExchange, Verifier};
 use crate::auth::verifiers::Lookup;
-use crate::auth::{read_frame, LoggedIn, LoginError, ReadError, MAX_LOGIN_FRAME};
+use crate::auth::{flush_to, read_frame, LoggedIn, LoginError, ReadError, MAX_LOGIN_FRAME};
 use crate::cancel::LONG_SECRET;
 use crate::config::{Config, Limits};
 use crate::pool::{Backend, PoolKey};
@@ -151,7 +151,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     }
     mechanisms.put_u8(0);
     put_frame(&mut to_client, b'R', &mechanisms);
-    send(client, &mut to_client).await?;
+    flush_to(client, &mut to_client).await?;
 
     let initial = password_message(client, &mut from_client).await?;
     let (mechanism, data) = sasl_initial(&initial)
@@ -163,7 +163,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     continue_.put_u32(AUTH_SASL_CONTINUE);
     continue_.put_slice(server_first.as_bytes());
     put_frame(&mut to_client, b'R', &continue_);
-    send(client, &mut to_client).await?;
+    flush_to(client, &mut to_client).await?;
 
     let last = password_message(client, &mut from_client).await?;
     let verified = match (exchange.client_final(&last), unusable) {
@@ -270,7 +270,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         notice.encode(&mut to_client);
     }
     put_frame(&mut to_client, b'Z', b"I");
-    send(client, &mut to_client).await?;
+    flush_to(client, &mut to_client).await?;
     let Backend {
         stream,
         parameters,
@@ -344,16 +344,6 @@ async fn watching_client<T>(
             }
         }
     }
-}
-
-async fn send(client: &mut Stream, pending: &mut BytesMut) -> Result<(), LoginError> {
-    client
-        .write_all(pending)
-        .await
-        .map_err(LoginError::ClientIo)?;
-    client.flush().await.map_err(LoginError::ClientIo)?;
-    pending.clear();
-    Ok(())
 }
 
 /// Reads the client's next PasswordMessage-type ('p') message body.
