@@ -277,21 +277,7 @@ impl Login<'_> {
         .await
         {
             Ok(Ok(logged_in)) => logged_in,
-            Ok(Err(LoginError::Refused { error, reason })) => {
-                return Err(refused(client, Refusal::new(error, reason)))
-            }
-            Ok(Err(LoginError::ClusterRefused(code))) => {
-                tracing::debug!(sqlstate = %code, "login refused by the cluster");
-                // The cluster's own ErrorResponse has reached the client.
-                return Err(refused(
-                    client,
-                    Refusal {
-                        error: None,
-                        reason: "cluster_refused",
-                    },
-                ));
-            }
-            Ok(Err(e)) => return Err(Exit::Lost(e.to_string())),
+            Ok(Err(e)) => return Err(login_failed(client, e)),
             Err(_) => {
                 let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
                 return Err(refused(client, self.login_timeout()));
@@ -334,20 +320,7 @@ impl Login<'_> {
         };
         let proxied = match timeout_at(self.deadline, proxy::log_in(&mut client, request)).await {
             Ok(Ok(proxied)) => proxied,
-            Ok(Err(LoginError::Refused { error, reason })) => {
-                return Err(refused(client, Refusal::new(error, reason)))
-            }
-            Ok(Err(LoginError::ClusterRefused(code))) => {
-                tracing::debug!(sqlstate = %code, "login refused by the cluster");
-                return Err(refused(
-                    client,
-                    Refusal {
-                        error: None,
-                        reason: "cluster_refused",
-                    },
-                ));
-            }
-            Ok(Err(e)) => return Err(Exit::Lost(e.to_string())),
+            Ok(Err(e)) => return Err(login_failed(client, e)),
             Err(_) => return Err(refused(client, self.login_timeout())),
         };
         let login_duration = self.accepted.elapsed();
@@ -383,6 +356,27 @@ impl Login<'_> {
             ),
             "login_timeout",
         )
+    }
+}
+
+/// How a failed login (either mode) ends the connection: with the proxy's
+/// refusal, with the cluster's own (its ErrorResponse has already reached
+/// the client), or lost.
+fn login_failed(client: Stream, e: LoginError) -> Exit {
+    let refusal = match e {
+        LoginError::Refused { error, reason } => Refusal::new(error, reason),
+        LoginError::ClusterRefused(code) => {
+            tracing::debug!(sqlstate = %code, "login refused by the cluster");
+            Refusal {
+                error: None,
+                reason: "cluster_refused",
+            }
+        }
+        e => return Exit::Lost(e.to_string()),
+    };
+    Exit::Refused {
+        stream: Some(client),
+        refusal,
     }
 }
 
