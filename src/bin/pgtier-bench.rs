@@ -2004,17 +2004,59 @@ mod perf {
     pub const SYSTEM_EVENTS: &str = "context-switches,cpu-migrations";
     const PROCESS_EVENTS: &str = "context-switches,cpu-migrations,task-clock,page-faults";
     const HARDWARE_EVENTS: &str = "instructions,cycles";
+    /// Syscall tracepoints (root, or a permissive `perf_event_paranoid`):
+    /// every syscall, and the ones a proxy's transaction is made of.
+    const SYSCALL_EVENTS: &str = "raw_syscalls:sys_enter,\
+        syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg,\
+        syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,\
+        syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,\
+        syscalls:sys_enter_futex";
+    /// The syscall columns of the report: a name and the events summed.
+    pub const SYSCALL_COLUMNS: [(&str, &[&str]); 5] = [
+        ("syscalls", &["raw_syscalls:sys_enter"]),
+        (
+            "reads",
+            &[
+                "syscalls:sys_enter_read",
+                "syscalls:sys_enter_recvfrom",
+                "syscalls:sys_enter_recvmsg",
+            ],
+        ),
+        (
+            "writes",
+            &[
+                "syscalls:sys_enter_write",
+                "syscalls:sys_enter_sendto",
+                "syscalls:sys_enter_sendmsg",
+                "syscalls:sys_enter_writev",
+            ],
+        ),
+        (
+            "epoll waits",
+            &[
+                "syscalls:sys_enter_epoll_wait",
+                "syscalls:sys_enter_epoll_pwait",
+            ],
+        ),
+        ("futex", &["syscalls:sys_enter_futex"]),
+    ];
 
     /// What `perf stat` can count here.
     #[derive(Debug, Clone)]
     pub struct Support {
         /// Each hardware event and whether it is counted.
         pub hardware: Vec<(String, bool)>,
+        /// Whether syscall tracepoints can be counted.
+        pub syscalls: bool,
     }
 
     impl Support {
         pub fn process_events(&self) -> String {
             let mut events = PROCESS_EVENTS.to_owned();
+            if self.syscalls {
+                events.push(',');
+                events.push_str(SYSCALL_EVENTS);
+            }
             for (event, _) in self.hardware.iter().filter(|(_, ok)| *ok) {
                 events.push(',');
                 events.push_str(event);
@@ -2030,13 +2072,18 @@ mod perf {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            match (yes.is_empty(), no.is_empty()) {
+            let counters = match (yes.is_empty(), no.is_empty()) {
                 (_, true) => "hardware counters counted too".to_owned(),
                 (true, false) => format!(
                     "software counters only: {} not supported (no PMU in this VM)",
                     names(no)
                 ),
                 (false, false) => format!("counted: {}; not supported: {}", names(yes), names(no)),
+            };
+            if self.syscalls {
+                format!("{counters}; syscalls counted by tracepoint")
+            } else {
+                format!("{counters}; syscall tracepoints not available")
             }
         }
     }
@@ -2053,11 +2100,21 @@ mod perf {
         if !out.status.success() || !counts.contains_key("context-switches") {
             return None;
         }
+        let syscalls = Command::new("perf")
+            .args(["stat", "-x,", "-e", SYSCALL_EVENTS, "true"])
+            .output()
+            .is_ok_and(|out| {
+                out.status.success()
+                    && parse(&String::from_utf8_lossy(&out.stderr))
+                        .get("raw_syscalls:sys_enter")
+                        .is_some_and(Option::is_some)
+            });
         Some(Support {
             hardware: HARDWARE_EVENTS
                 .split(',')
                 .map(|e| (e.to_owned(), counts.get(e).is_some_and(Option::is_some)))
                 .collect(),
+            syscalls,
         })
     }
 
@@ -2141,7 +2198,7 @@ mod perf {
             let mut out = PerTransaction::default();
             let tx = transactions.max(1) as f64;
             for (of_proxy, events) in counts {
-                let per: BTreeMap<String, Option<f64>> = events
+                let mut per: BTreeMap<String, Option<f64>> = events
                     .into_iter()
                     .map(|(event, count)| {
                         // task-clock is in msec.
@@ -2149,6 +2206,15 @@ mod perf {
                         (event, count.map(|c| c * scale / tx))
                     })
                     .collect();
+                for (column, events) in SYSCALL_COLUMNS {
+                    let counted: Vec<f64> = events
+                        .iter()
+                        .filter_map(|e| per.get(*e).copied().flatten())
+                        .collect();
+                    if !counted.is_empty() {
+                        per.insert(column.to_owned(), Some(counted.iter().sum()));
+                    }
+                }
                 if of_proxy {
                     out.proxy = per;
                 } else {
@@ -3209,6 +3275,9 @@ impl Report<'_> {
             ("page-faults", "page faults"),
         ];
         proxy_events.extend(hw.iter().map(|e| (*e, *e)));
+        if support.syscalls {
+            proxy_events.extend(perf::SYSCALL_COLUMNS.iter().map(|(c, _)| (*c, *c)));
+        }
         let system_events = [
             ("context-switches", "ctx switches"),
             ("cpu-migrations", "migrations"),
