@@ -15,16 +15,18 @@
 //! or send other bytes in its place. Quota and statement policy live behind
 //! that trait, in `crate::quota`.
 
+use std::future::Future;
 use std::io;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::frame::{FrameError, FrameHeader, Interest, Scanner, Step};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::sessions::{KillReason, SessionControl};
-use crate::stream::Stream;
+use crate::stream::{ReadSide, Stream, WriteSide};
 
 /// The read size while traffic is light: an idle session waits on a buffer
 /// this small, which keeps memory per idle session low.
@@ -182,13 +184,16 @@ pub struct Ended {
 }
 
 /// Runs the session until either side ends it or the proxy does.
-/// `from_client` and `from_cluster` are the session's rules for each
-/// direction; `keep_cluster` asks for the cluster connection back when the
-/// session ends cleanly (see [`Ended::cluster`]).
+/// `greeting` goes to the client first (the end of its login, which the
+/// session holds back until it is registered); `from_client` and
+/// `from_cluster` are the session's rules for each direction;
+/// `keep_cluster` asks for the cluster connection back when the session
+/// ends cleanly (see [`Ended::cluster`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Stream,
     cluster: Stream,
+    greeting: BytesMut,
     client_pending: BytesMut,
     cluster_pending: BytesMut,
     control: &SessionControl,
@@ -196,8 +201,8 @@ pub async fn run(
     from_cluster: &mut (impl Hook + Send),
     keep_cluster: bool,
 ) -> Ended {
-    let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let (mut cluster_rx, mut cluster_tx) = tokio::io::split(cluster);
+    let (mut client_rx, mut client_tx) = client.split();
+    let (mut cluster_rx, mut cluster_tx) = cluster.split();
     let mut up = Progress::default();
     let mut down = Progress::default();
     let mut cluster_buf = cluster_pending;
@@ -215,6 +220,7 @@ pub async fn run(
         let downstream = cluster_to_client(
             &mut cluster_rx,
             &mut client_tx,
+            greeting,
             &mut cluster_buf,
             control,
             &mut down,
@@ -231,8 +237,8 @@ pub async fn run(
         }
     };
 
-    let mut client = client_rx.unsplit(client_tx);
-    let mut cluster = cluster_rx.unsplit(cluster_tx);
+    let mut client = Stream::unsplit(client_rx, client_tx);
+    let mut cluster = Stream::unsplit(cluster_rx, cluster_tx);
     let keep = keep_cluster
         && matches!(end, PumpEnd::ClientTerminated)
         && up.clean()
@@ -423,8 +429,8 @@ pub fn walk_from_cluster(
 }
 
 async fn client_to_cluster(
-    rx: &mut ReadHalf<Stream>,
-    tx: &mut WriteHalf<Stream>,
+    rx: &mut ReadSide,
+    tx: &mut WriteSide,
     mut buf: BytesMut,
     control: &SessionControl,
     progress: &mut Progress,
@@ -467,13 +473,25 @@ async fn client_to_cluster(
 }
 
 async fn cluster_to_client(
-    rx: &mut ReadHalf<Stream>,
-    tx: &mut WriteHalf<Stream>,
+    rx: &mut ReadSide,
+    tx: &mut WriteSide,
+    greeting: BytesMut,
     buf: &mut BytesMut,
     control: &SessionControl,
     progress: &mut Progress,
     hook: &mut impl Hook,
 ) -> PumpEnd {
+    if !greeting.is_empty() {
+        // Whole messages of the login's: not the session's traffic.
+        progress.mid_write = true;
+        if let Err(e) = write_flush(tx, &greeting).await {
+            return PumpEnd::ClientIo(e);
+        }
+        progress.mid_write = false;
+    }
+    // Not kept for the session's life: an idle session holds no more than
+    // it must.
+    drop(greeting);
     let mut scanner = Scanner::default();
     let mut splices = Splices::default();
     let mut last_read = 0;
@@ -509,15 +527,12 @@ async fn cluster_to_client(
 }
 
 /// Reads whatever is available into `buf`, sizing the buffer to the
-/// traffic: a small buffer while reads come in small (so an idle session
-/// waits on little memory), a large one while reads come in full (bulk
-/// results, COPY). `last` is the size of the previous read. Cancel-safe:
-/// nothing is lost if the future is dropped before it completes.
-async fn read_more(
-    rx: &mut (impl AsyncRead + Unpin),
-    buf: &mut BytesMut,
-    last: &mut usize,
-) -> io::Result<usize> {
+/// traffic: a small buffer while reads come in small, a large one while
+/// reads come in full (bulk results, COPY), and none while a socket has
+/// nothing to read (so an idle session waits on little memory). `last` is
+/// the size of the previous read. Cancel-safe: nothing is lost if the
+/// future is dropped before it completes.
+async fn read_more(rx: &mut ReadSide, buf: &mut BytesMut, last: &mut usize) -> io::Result<usize> {
     let want = if *last >= SMALL_READ {
         LARGE_READ
     } else {
@@ -526,6 +541,21 @@ async fn read_more(
     if buf.is_empty() && buf.capacity() > want {
         // Traffic got light: give the large buffer back.
         *buf = BytesMut::new();
+    }
+    if buf.is_empty() {
+        // A socket with nothing to read yet is waited on without a buffer.
+        // (TLS answers at once: only a read can tell.)
+        let readable = rx.wait_readable();
+        tokio::pin!(readable);
+        match std::future::poll_fn(|cx| Poll::Ready(readable.as_mut().poll(cx))).await {
+            Poll::Ready(ready) => {
+                ready?;
+            }
+            Poll::Pending => {
+                *buf = BytesMut::new();
+                readable.await?;
+            }
+        }
     }
     if buf.capacity() - buf.len() < want / 2 {
         buf.reserve(want);
@@ -547,18 +577,22 @@ async fn forward(
     let walked = scanner.walked();
     progress.mid_write = true;
     if splices.is_empty() {
-        tx.write_all(&buf[..walked]).await?;
+        write_flush(tx, &buf[..walked]).await?;
     } else {
         let out = splices.apply(buf, walked);
-        tx.write_all(&out).await?;
+        write_flush(tx, &out).await?;
     }
-    tx.flush().await?;
     progress.mid_write = false;
     progress.bytes += walked as u64;
     progress.at_boundary = scanner.at_boundary();
     buf.advance(walked);
     scanner.consumed();
     Ok(())
+}
+
+async fn write_flush(tx: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    tx.write_all(bytes).await?;
+    tx.flush().await
 }
 
 #[cfg(test)]

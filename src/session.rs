@@ -456,6 +456,7 @@ impl Session {
         let LoggedIn {
             slot,
             cancel,
+            greeting,
             client_pending,
             cluster_pending,
             ..
@@ -467,6 +468,7 @@ impl Session {
         } = pump::run(
             client,
             cluster,
+            greeting,
             client_pending,
             cluster_pending,
             control,

@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// A TCP connection, possibly wrapped in TLS (as the server side toward
@@ -91,6 +91,136 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::ClusterTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream's read side, apart from its write side, so that the pump's two
+/// directions run at once. A socket (TCP or Unix) splits without a lock and
+/// can be waited on without a buffer ([`ReadSide::wait_readable`]); a TLS
+/// stream, whose two sides share one TLS state, splits behind tokio's lock.
+#[derive(Debug)]
+pub enum ReadSide {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Unix(tokio::net::unix::OwnedReadHalf),
+    Tls(ReadHalf<Stream>),
+}
+
+/// A stream's write side; see [`ReadSide`].
+#[derive(Debug)]
+pub enum WriteSide {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Unix(tokio::net::unix::OwnedWriteHalf),
+    Tls(WriteHalf<Stream>),
+}
+
+impl Stream {
+    pub fn split(self) -> (ReadSide, WriteSide) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ReadSide::Tcp(r), WriteSide::Tcp(w))
+            }
+            Stream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (ReadSide::Unix(r), WriteSide::Unix(w))
+            }
+            tls => {
+                let (r, w) = tokio::io::split(tls);
+                (ReadSide::Tls(r), WriteSide::Tls(w))
+            }
+        }
+    }
+
+    /// The stream `split` made these two sides of.
+    ///
+    /// # Panics
+    /// If they are sides of different streams: `split`'s callers keep
+    /// both and give them back together.
+    pub fn unsplit(read: ReadSide, write: WriteSide) -> Stream {
+        const APART: &str = "the two sides of one stream";
+        match (read, write) {
+            (ReadSide::Tcp(r), WriteSide::Tcp(w)) => Stream::Plain(r.reunite(w).expect(APART)),
+            (ReadSide::Unix(r), WriteSide::Unix(w)) => Stream::Unix(r.reunite(w).expect(APART)),
+            (ReadSide::Tls(r), WriteSide::Tls(w)) => r.unsplit(w),
+            _ => panic!("{APART}"),
+        }
+    }
+}
+
+impl ReadSide {
+    /// A socket: waits until a read would not block, without a buffer
+    /// (`Ok(true)`). Else (TLS, whose readiness is its own state's, not the
+    /// socket's) returns `Ok(false)` at once: only a read can tell.
+    pub async fn wait_readable(&self) -> io::Result<bool> {
+        match self {
+            ReadSide::Tcp(r) => r.readable().await.map(|()| true),
+            ReadSide::Unix(r) => r.readable().await.map(|()| true),
+            ReadSide::Tls(_) => Ok(false),
+        }
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadSide::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ReadSide::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ReadSide::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            WriteSide::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            WriteSide::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteSide::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteSide::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteSide::Tcp(s) => s.is_write_vectored(),
+            WriteSide::Unix(s) => s.is_write_vectored(),
+            WriteSide::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Tcp(s) => Pin::new(s).poll_flush(cx),
+            WriteSide::Unix(s) => Pin::new(s).poll_flush(cx),
+            WriteSide::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            WriteSide::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            WriteSide::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -29,15 +29,9 @@ async fn sessions(
                 .unwrap(),
         );
     }
-    // A client hears its ReadyForQuery just before its session task
-    // registers the session (where operator disconnects and sweeps find
-    // it): wait for all of them, as an operator's request after the logins
-    // would find them.
-    let shared = proxy.handle.shared().clone();
-    wait_until(Duration::from_secs(5), "every session registered", || {
-        shared.sessions.len() == SESSIONS
-    })
-    .await;
+    // A session is registered (where operator disconnects and sweeps find
+    // it) before its client hears ReadyForQuery.
+    assert_eq!(proxy.handle.shared().sessions.len(), SESSIONS);
     let by_thread = proxy.handle.shared().metrics.accepted_by_thread();
     assert_eq!(by_thread.len(), 2, "both threads accepted: {by_thread:?}");
     assert!(by_thread.values().all(|&n| n > 0), "{by_thread:?}");
@@ -99,6 +93,37 @@ async fn an_operator_disconnect_reaches_sessions_on_every_thread() {
         common::slots(&handle, &t.db) == 0
     })
     .await;
+}
+
+/// The moment a client has its first ReadyForQuery, an operator's
+/// disconnect reaches its session: the proxy registers the session before
+/// it sends the end of the login.
+#[tokio::test]
+async fn an_operator_disconnect_reaches_a_session_the_moment_it_is_ready() {
+    let t = scram_tenant("thr_just_ready");
+    let proxy = start_proxy_from(&two_threads(
+        "",
+        &format!("[tenants.{}]\ntier = \"standard\"\n", t.db),
+    ))
+    .await;
+    for round in 0..50 {
+        let (client, conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+            .await
+            .unwrap();
+        let killed = proxy
+            .handle
+            .shared()
+            .sessions
+            .kill_where(Some(&t.db), pgtier::sessions::KillReason::AdminDisconnect);
+        assert_eq!(killed, 1, "round {round}: the new session was in reach");
+        let codes = ended(vec![(client, conn)]).await;
+        assert_eq!(codes, [Some(SqlState::ADMIN_SHUTDOWN)], "round {round}");
+        let handle = proxy.handle.clone();
+        wait_until(Duration::from_secs(5), "the slot back", || {
+            common::slots(&handle, &t.db) == 0
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

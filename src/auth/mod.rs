@@ -53,6 +53,11 @@ pub struct LoggedIn {
     pub backend_pid: Option<i32>,
     /// The protocol version the session runs at (3.0 or 3.2).
     pub protocol: u32,
+    /// The login's last messages to the client, ending in its first
+    /// ReadyForQuery, not yet sent: the session sends them once it is
+    /// registered, so that a client that has seen ReadyForQuery is always
+    /// in reach of an operator's disconnect and the idle sweep.
+    pub greeting: BytesMut,
     pub client_pending: BytesMut,
     pub cluster_pending: BytesMut,
 }
@@ -95,7 +100,8 @@ pub struct Admission<'a> {
     pub notice: Option<ErrorFields>,
 }
 
-/// Runs the login from the StartupMessage to the first ReadyForQuery.
+/// Runs the login from the StartupMessage to the first ReadyForQuery, which
+/// it leaves for the session to send (see [`LoggedIn::greeting`]).
 pub async fn relay(
     client: &mut Stream,
     cluster: &mut Stream,
@@ -225,7 +231,6 @@ pub async fn relay(
                     notice.encode(&mut to_client);
                 }
                 to_client.extend_from_slice(&frame);
-                flush_to(client, &mut to_client).await?;
                 let Some(slot) = slot else {
                     return Err(LoginError::Refused {
                         error: ErrorFields::fatal(
@@ -240,6 +245,7 @@ pub async fn relay(
                     cancel,
                     backend_pid,
                     protocol: negotiated,
+                    greeting: to_client,
                     client_pending: from_client,
                     cluster_pending: from_cluster,
                 });

@@ -270,7 +270,6 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         notice.encode(&mut to_client);
     }
     put_frame(&mut to_client, b'Z', b"I");
-    flush_to(client, &mut to_client).await?;
     let Backend {
         stream,
         parameters,
@@ -282,6 +281,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
             cancel: Some(registration),
             backend_pid: Some(key.pid),
             protocol,
+            greeting: to_client,
             client_pending: from_client,
             cluster_pending: BytesMut::new(),
         },
