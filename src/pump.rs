@@ -626,6 +626,27 @@ mod tests {
         assert_eq!(scanner.walked(), walked);
     }
 
+    /// An idle session holds no read buffer for a plain socket: the pump
+    /// waits for readiness first and takes a buffer only to read.
+    #[tokio::test]
+    async fn a_socket_with_nothing_to_read_is_waited_on_without_a_buffer() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (mut rx, _tx) = Stream::Unix(ours).split();
+        let mut buf = BytesMut::with_capacity(SMALL_READ);
+        let mut last = 0;
+        {
+            let read = read_more(&mut rx, &mut buf, &mut last);
+            tokio::pin!(read);
+            let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "nothing was sent yet");
+        }
+        assert_eq!(buf.capacity(), 0, "the buffer was given back while waiting");
+        theirs.write_all(b"hello").await.unwrap();
+        let n = read_more(&mut rx, &mut buf, &mut last).await.unwrap();
+        assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
+        assert!(buf.capacity() >= SMALL_READ / 2);
+    }
+
     #[test]
     fn the_cluster_walk_reads_the_last_ready_status_across_reads() {
         let mut stream = BytesMut::new();
