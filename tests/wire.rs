@@ -665,3 +665,69 @@ async fn an_unreachable_cluster_gives_08006_without_its_address() {
         "leaks the cluster address: {text}"
     );
 }
+
+/// A cluster (a fake one: no PostgreSQL does this) that answers a login
+/// with a BackendKeyData of a 2-byte secret. The login is refused with
+/// 08P01 before the client hears of the key, and the slot comes back.
+#[tokio::test]
+async fn a_malformed_backend_key_from_the_cluster_refuses_the_login_with_08p01() {
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = fake.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = fake.accept().await {
+            tokio::spawn(async move {
+                let len = s.read_u32().await.unwrap_or(0) as usize;
+                let mut startup = vec![0; len.saturating_sub(4)];
+                if s.read_exact(&mut startup).await.is_err() {
+                    return;
+                }
+                let mut out = bytes::BytesMut::new();
+                pgtier::protocol::frame::put_frame(&mut out, b'R', &0u32.to_be_bytes());
+                pgtier::protocol::frame::put_frame(&mut out, b'K', &[0, 0, 0, 42, 7, 7]);
+                pgtier::protocol::frame::put_frame(&mut out, b'Z', b"I");
+                let _ = s.write_all(&out).await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    // Pass-through whatever TEST_AUTH_MODE says: the fake answers no
+    // auth_query.
+    let text = common::config_text("", "prefer", "[auth]\nmode = \"passthrough\"\n").replace(
+        &format!("port = {}", cluster().port()),
+        &format!("port = {port}"),
+    );
+    let proxy = common::start_proxy_from(&text).await;
+    let db = unique("badkey");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", "someone"), ("database", &db)],
+    ))
+    .await
+    .unwrap();
+    loop {
+        match next_msg(&mut s).await {
+            Next::Message(b'E', body) => {
+                assert_eq!(sqlstate(&body), "08P01", "{}", error_message(&body));
+                assert!(
+                    error_message(&body).contains("malformed BackendKeyData"),
+                    "{}",
+                    error_message(&body)
+                );
+                break;
+            }
+            Next::Message(tag @ (b'K' | b'Z'), body) => {
+                panic!("{} reached the client: {body:?}", tag as char)
+            }
+            Next::Message(..) => {}
+            other => panic!("expected the refusal, got {other}"),
+        }
+    }
+    expect_closed(&mut s, "after the refusal").await;
+    let handle = proxy.handle.clone();
+    wait_until(Duration::from_secs(5), "the slot back", || {
+        common::slots(&handle, &db) == 0
+    })
+    .await;
+}

@@ -208,9 +208,17 @@ pub async fn relay(
                     }
                 }
             }
-            b'K' if CancelKey::from_backend_key_data(body).is_some() => {
+            b'K' => {
+                // No PostgreSQL sends another: relayed, it would leave the
+                // client a key nothing can cancel with.
                 let Some(cluster_key) = CancelKey::from_backend_key_data(body) else {
-                    continue;
+                    return Err(LoginError::Refused {
+                        error: ErrorFields::fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "the database cluster sent a malformed BackendKeyData",
+                        ),
+                        reason: "cluster_error",
+                    });
                 };
                 let secret_len = if negotiated >= PROTOCOL_3_2 {
                     LONG_SECRET
