@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -428,18 +428,24 @@ async fn the_first_login_after_start_gets_the_protocol_the_cluster_speaks() {
     }
 }
 
-/// A relay to the test cluster that holds the proxy's protocol probe (a
-/// StartupMessage naming `application_name` "pgtier probe") without ever
-/// answering, and passes every other connection through.
-async fn relay_ignoring_the_probe() -> (SocketAddr, Arc<AtomicUsize>) {
+/// A relay to the test cluster that, while `ignoring` is set, holds every
+/// connection whose StartupMessage names `application_name` `name` (the
+/// proxy's protocol probe is "pgtier probe", its auth_query connection
+/// "pgtier auth") without ever answering, and passes every other
+/// connection through. Counts the connections it ignored.
+async fn relay_ignoring(
+    name: &'static str,
+    ignoring: Arc<AtomicBool>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let probes = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&probes);
+    let ignored = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&ignored);
     let target = SocketAddr::new(cluster().host().parse().unwrap(), cluster().port());
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let count = Arc::clone(&count);
+            let ignoring = Arc::clone(&ignoring);
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let len = inbound.read_u32().await.unwrap_or(0) as usize;
@@ -447,7 +453,9 @@ async fn relay_ignoring_the_probe() -> (SocketAddr, Arc<AtomicUsize>) {
                 if len < 8 || inbound.read_exact(&mut first).await.is_err() {
                     return;
                 }
-                if first.windows(12).any(|w| w == b"pgtier probe") {
+                if ignoring.load(Ordering::SeqCst)
+                    && first.windows(name.len()).any(|w| w == name.as_bytes())
+                {
                     count.fetch_add(1, Ordering::SeqCst);
                     // Held open, never answered.
                     let mut rest = Vec::new();
@@ -465,7 +473,7 @@ async fn relay_ignoring_the_probe() -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, probes)
+    (addr, ignored)
 }
 
 /// A cluster that never answers the protocol probe holds up nothing else:
@@ -474,7 +482,7 @@ async fn relay_ignoring_the_probe() -> (SocketAddr, Arc<AtomicUsize>) {
 /// used to wait for ever, and with it the expiry of warm connections.)
 #[tokio::test]
 async fn warm_connections_expire_while_the_cluster_ignores_the_protocol_probe() {
-    let (relay, probes) = relay_ignoring_the_probe().await;
+    let (relay, probes) = relay_ignoring("pgtier probe", Arc::new(AtomicBool::new(true))).await;
     let t = scram_tenant("pa_probe");
     let text = config_text("server_idle_timeout = \"1s\"", "prefer", &auth_table("30s")).replace(
         &format!("port = {}", cluster().port()),
@@ -504,4 +512,45 @@ async fn warm_connections_expire_while_the_cluster_ignores_the_protocol_probe() 
     )
     .await;
     assert!(!shared.cluster_protocol_known(), "the probe never answered");
+}
+
+/// A cluster that accepts the auth_query connection and then says nothing
+/// fails the lookup within `cluster.connect_timeout` (08006, "could not
+/// check the password now"), not at the client's `login_timeout`; once it
+/// answers again, a fresh lookup connection logs the client in.
+#[tokio::test]
+async fn a_cluster_silent_to_the_lookup_fails_logins_within_connect_timeout() {
+    let ignoring = Arc::new(AtomicBool::new(true));
+    let (relay, ignored) = relay_ignoring("pgtier auth", Arc::clone(&ignoring)).await;
+    let t = scram_tenant("pa_silent");
+    let text = config_text("login_timeout = \"60s\"", "prefer", &auth_table("0s")).replace(
+        &format!("port = {}", cluster().port()),
+        &format!("port = {}\nconnect_timeout = \"1s\"", relay.port()),
+    );
+    let proxy = start_proxy_from(&text).await;
+    let started = Instant::now();
+    let Err(err) = connect(proxy.addr, &t.db, &t.user, &t.password).await else {
+        panic!("the login went through while the lookup went unanswered");
+    };
+    let waited = started.elapsed();
+    assert_eq!(code(&err), "08006", "{err}");
+    let message = err.as_db_error().map(|db| db.message().to_owned());
+    assert_eq!(
+        message.as_deref(),
+        Some("could not check the password now"),
+        "{err:?}"
+    );
+    assert!(
+        ignored.load(Ordering::SeqCst) >= 1,
+        "the lookup reached the relay"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "refused after {waited:?}: connect_timeout is 1 s, login_timeout 60 s"
+    );
+    ignoring.store(false, Ordering::SeqCst);
+    let (client, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .expect("a fresh lookup connection once the cluster answers");
+    client.simple_query("SELECT 1").await.unwrap();
 }

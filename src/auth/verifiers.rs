@@ -44,6 +44,10 @@ pub enum LookupError {
     Query(#[from] tokio_postgres::Error),
     #[error("[auth] user is not set")]
     NotConfigured,
+    /// The cluster did not finish the lookup's login or answer its query
+    /// within `cluster.connect_timeout`.
+    #[error("auth_query got no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl LookupError {
@@ -55,7 +59,7 @@ impl LookupError {
                 .as_db_error()
                 .filter(|db| db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
                 .map(|db| db.message().to_owned()),
-            LookupError::NotConfigured => None,
+            LookupError::NotConfigured | LookupError::TimedOut(_) => None,
         }
     }
 }
@@ -127,15 +131,27 @@ impl Verifiers {
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Lookup, LookupError> {
         let client = self.client(auth, cluster, tls).await?;
-        let row = client.query_opt(&auth.auth_query, &[&role]).await;
+        // Bounded like the connection: a cluster that stops answering
+        // fails lookups at once rather than holding every login in proxy
+        // mode until its login_timeout.
+        let row = tokio::time::timeout(
+            cluster.connect_timeout,
+            client.query_opt(&auth.auth_query, &[&role]),
+        )
+        .await;
         let row = match row {
-            Ok(row) => row,
-            Err(e) => {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => {
                 // A broken connection is replaced on the next lookup.
                 if client.is_closed() {
-                    self.client.lock().await.take();
+                    self.drop_client(&client).await;
                 }
                 return Err(e.into());
+            }
+            Err(_) => {
+                // Its state unknown: replaced on the next lookup.
+                self.drop_client(&client).await;
+                return Err(LookupError::TimedOut(cluster.connect_timeout));
             }
         };
         let Some(row) = row else {
@@ -168,9 +184,27 @@ impl Verifiers {
             database: &auth.database,
             application_name: "pgtier auth",
         };
-        let client = Arc::new(control::connect(cluster, &login, tls).await?);
+        // tokio-postgres bounds the TCP connect alone; a cluster that
+        // accepts and then says nothing would hold the lock (and with it
+        // every lookup) for ever.
+        let client = tokio::time::timeout(
+            cluster.connect_timeout,
+            control::connect(cluster, &login, tls),
+        )
+        .await
+        .map_err(|_| LookupError::TimedOut(cluster.connect_timeout))??;
+        let client = Arc::new(client);
         *held = Some(Arc::clone(&client));
         Ok(client)
+    }
+
+    /// Forgets the lookup connection if it is still `client` (another
+    /// lookup may have replaced it already).
+    async fn drop_client(&self, client: &Arc<tokio_postgres::Client>) {
+        let mut held = self.client.lock().await;
+        if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+            held.take();
+        }
     }
 
     /// Forgets a role's cached answer (its password was found wrong on the
