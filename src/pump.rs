@@ -28,8 +28,9 @@ use crate::protocol::{sqlstate, ErrorFields};
 use crate::sessions::{KillReason, SessionControl};
 use crate::stream::{ReadSide, Stream, WriteSide};
 
-/// The read size while traffic is light: an idle session waits on a buffer
-/// this small, which keeps memory per idle session low.
+/// The read size while traffic is light. An idle TLS leg waits on a buffer
+/// this small (only a read can tell whether rustls has data); an idle
+/// socket leg waits on none.
 const SMALL_READ: usize = 2 * 1024;
 /// The read size once reads fill the buffer (bulk results, COPY).
 const LARGE_READ: usize = 64 * 1024;

@@ -66,20 +66,30 @@ fn two_threads(top_level: &str, tables: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn an_operator_disconnect_reaches_sessions_on_every_thread() {
-    let t = scram_tenant("thr_disconnect");
-    let proxy = start_proxy_from(&two_threads(
+/// A proxy on two threads where `t` is a standard tenant (no cap).
+async fn standard_on_two_threads(t: &common::Tenant) -> common::TestProxy {
+    start_proxy_from(&two_threads(
         "",
         &format!("[tenants.{}]\ntier = \"standard\"\n", t.db),
     ))
-    .await;
-    let open = sessions(&proxy, &t).await;
-    let killed = proxy
+    .await
+}
+
+/// An operator's disconnect of `t`'s sessions; how many it reached.
+fn disconnect(proxy: &common::TestProxy, t: &common::Tenant) -> usize {
+    proxy
         .handle
         .shared()
         .sessions
-        .kill_where(Some(&t.db), pgtier::sessions::KillReason::AdminDisconnect);
+        .kill_where(Some(&t.db), pgtier::sessions::KillReason::AdminDisconnect)
+}
+
+#[tokio::test]
+async fn an_operator_disconnect_reaches_sessions_on_every_thread() {
+    let t = scram_tenant("thr_disconnect");
+    let proxy = standard_on_two_threads(&t).await;
+    let open = sessions(&proxy, &t).await;
+    let killed = disconnect(&proxy, &t);
     assert_eq!(killed, SESSIONS);
     let codes = ended(open).await;
     assert!(
@@ -101,20 +111,12 @@ async fn an_operator_disconnect_reaches_sessions_on_every_thread() {
 #[tokio::test]
 async fn an_operator_disconnect_reaches_a_session_the_moment_it_is_ready() {
     let t = scram_tenant("thr_just_ready");
-    let proxy = start_proxy_from(&two_threads(
-        "",
-        &format!("[tenants.{}]\ntier = \"standard\"\n", t.db),
-    ))
-    .await;
+    let proxy = standard_on_two_threads(&t).await;
     for round in 0..50 {
         let (client, conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
             .await
             .unwrap();
-        let killed = proxy
-            .handle
-            .shared()
-            .sessions
-            .kill_where(Some(&t.db), pgtier::sessions::KillReason::AdminDisconnect);
+        let killed = disconnect(&proxy, &t);
         assert_eq!(killed, 1, "round {round}: the new session was in reach");
         let codes = ended(vec![(client, conn)]).await;
         assert_eq!(codes, [Some(SqlState::ADMIN_SHUTDOWN)], "round {round}");
