@@ -359,6 +359,11 @@ pub struct Config {
     /// `text` or `json` log lines (needs a restart). `RUST_LOG` filters.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Refused logins logged per second at most (0 = every one): a flood
+    /// of refusals cannot set the log's volume. The next line logged says
+    /// how many went unlogged; the metrics count every one.
+    #[serde(default = "default_log_refusals_per_second")]
+    pub log_refusals_per_second: u32,
     /// How long a tenant with no session stays in the per-tenant metrics
     /// series after its last activity. Leaving keeps the label cardinality
     /// bounded on a proxy that has seen many tenants; `/tenants` still
@@ -403,6 +408,9 @@ fn default_max_pending_logins() -> usize {
 }
 fn default_max_pending_logins_per_tenant() -> usize {
     8
+}
+fn default_log_refusals_per_second() -> u32 {
+    100
 }
 fn default_tier() -> String {
     "free".to_owned()

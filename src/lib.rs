@@ -19,6 +19,7 @@ pub mod control;
 pub mod demo;
 pub mod fleet;
 pub mod idle;
+pub mod log_budget;
 pub mod logins;
 pub mod metrics;
 pub mod pool;

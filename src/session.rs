@@ -528,14 +528,22 @@ async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
         }
         Exit::Refused { stream, refusal } => {
             let error = refusal.error.as_ref().map(ToString::to_string);
+            let logged = shared
+                .refusal_log
+                .admit(shared.config().log_refusals_per_second);
+            // How many refusals before this one went unlogged, if any.
+            let unlogged = logged.filter(|n| *n > 0);
             match startup {
                 Some(startup) => {
-                    tracing::info!(
-                        user = startup.user(),
-                        reason = refusal.reason,
-                        error,
-                        "login refused"
-                    );
+                    if logged.is_some() {
+                        tracing::info!(
+                            user = startup.user(),
+                            reason = refusal.reason,
+                            error,
+                            unlogged,
+                            "login refused"
+                        );
+                    }
                     // Counted against the tenant only if it is known (listed
                     // in the config or seen authenticated), never creating
                     // one for a made-up name.
@@ -543,7 +551,14 @@ async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
                     shared.metrics.rejected(tenant.as_deref(), refusal.reason);
                 }
                 None => {
-                    tracing::info!(reason = refusal.reason, error, "connection refused");
+                    if logged.is_some() {
+                        tracing::info!(
+                            reason = refusal.reason,
+                            error,
+                            unlogged,
+                            "connection refused"
+                        );
+                    }
                     shared.metrics.rejected(None, refusal.reason);
                 }
             }

@@ -4,6 +4,7 @@
 //! `idle`, `scrape` and `state` all import it, and it imports none of them,
 //! so the proxy's modules form a tree rather than a circle.
 
+use crate::log_budget::LogBudget;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,9 @@ pub struct Shared {
     pub verifiers: Verifiers,
     /// Proxy mode: warm cluster connections.
     pub warm: WarmPool,
+    /// How many refused logins are logged per second
+    /// (`log_refusals_per_second`).
+    pub refusal_log: LogBudget,
     /// The newest protocol version the cluster speaks, as far as known
     /// (3.0 until learned).
     cluster_protocol: AtomicU32,
@@ -114,6 +118,7 @@ impl Shared {
             fleet,
             verifiers: Verifiers::default(),
             warm: WarmPool::default(),
+            refusal_log: LogBudget::default(),
             cluster_protocol: AtomicU32::new(PROTOCOL_3_0),
             cluster_protocol_known: std::sync::atomic::AtomicBool::new(false),
             audit_requests: Mutex::new(Some(audit_requests)),

@@ -9,57 +9,147 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// A `pgtier` binary running with `top_level` added to its configuration,
+/// its stderr read line by line.
+struct Logging {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Logging {
+    async fn start(top_level: &str, tables: &str) -> Logging {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = common::config_text(top_level, "require", tables).replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtier"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut logging = Logging {
+            child,
+            lines,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            _dir: dir,
+        };
+        while !logging.next_line().await.contains("accepting connections") {}
+        logging
+    }
+
+    /// The next line, within 10 s.
+    async fn next_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .expect("a log line in time")
+            .expect("stderr readable")
+            .expect("pgtier still running")
+    }
+}
+
 /// Runs the `pgtier` binary with `log_format`, logs a client in and out,
 /// and returns stderr's lines up to the session's end.
 async fn session_log(log_format: &str) -> Vec<String> {
     let t = common::scram_tenant(&format!("logs_{log_format}"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = common::config_text(&format!("log_format = \"{log_format}\""), "require", "")
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtier"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let mut next_line = async |seen: &mut Vec<String>| {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("a log line in time")
-            .expect("stderr readable")
-            .expect("pgtier still running");
-        seen.push(line.clone());
-        line
-    };
-    while !next_line(&mut seen).await.contains("accepting connections") {}
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (client, conn) = common::connect(addr, &t.db, &t.user, &t.password)
+    let mut pgtier = Logging::start(&format!("log_format = \"{log_format}\""), "").await;
+    let (client, conn) = common::connect(pgtier.addr, &t.db, &t.user, &t.password)
         .await
         .unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     drop(client);
     let _ = conn.await;
-    while !next_line(&mut seen).await.contains("session ended") {}
-    let _ = child.kill().await;
+    let mut seen = Vec::new();
+    loop {
+        let line = pgtier.next_line().await;
+        let end = line.contains("session ended");
+        seen.push(line);
+        if end {
+            break;
+        }
+    }
+    let _ = pgtier.child.kill().await;
     seen.into_iter()
         .map(|l| l.replace(&t.db, "TENANT"))
         .collect()
+}
+
+/// A plaintext login where TLS is required: refused at once, by the proxy.
+async fn refused_login(addr: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&common::startup_packet(&[
+        ("user", "flood"),
+        ("database", "flood"),
+    ]))
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    assert_eq!(answer.first(), Some(&b'E'), "refused with an error");
+}
+
+/// A flood of refused logins is logged at `log_refusals_per_second`; the
+/// next line logged says how many went unlogged, so that no refusal goes
+/// unaccounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_logins_is_logged_at_the_budget_and_the_rest_counted() {
+    let mut pgtier = Logging::start("log_refusals_per_second = 5", "").await;
+    let mut sent = 0u64;
+    for _ in 0..60 {
+        refused_login(pgtier.addr).await;
+        sent += 1;
+    }
+    let (mut logged, mut unlogged) = (0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Lines arrive as refusals happen; once the flood's second is over, a
+    // new refusal is logged with the count of those held back.
+    while logged + unlogged < sent {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{logged} logged + {unlogged} counted of {sent} refusals"
+        );
+        match tokio::time::timeout(Duration::from_millis(300), pgtier.lines.next_line()).await {
+            Ok(line) => {
+                let line = line.unwrap().expect("pgtier still running");
+                // Refused before the proxy took the StartupMessage in: a
+                // "connection refused" line.
+                if line.contains("connection refused") || line.contains("login refused") {
+                    logged += 1;
+                    if let Some(n) = line.split("unlogged=").nth(1) {
+                        let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+                        unlogged += digits.parse::<u64>().unwrap();
+                    }
+                }
+            }
+            Err(_) => {
+                refused_login(pgtier.addr).await;
+                sent += 1;
+            }
+        }
+    }
+    assert_eq!(logged + unlogged, sent);
+    assert!(unlogged > 0, "some of the flood was held back");
+    assert!(
+        logged < 60,
+        "{logged} lines for a flood of 60 at 5 a second"
+    );
+    let _ = pgtier.child.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,83 @@
+//! A bound on how many lines of one kind the proxy logs per second, so that
+//! a flood of refused logins (an attacker's, or a pool configured past its
+//! tier's cap) cannot set the log's volume. What is not logged is counted,
+//! and the next line that is logged says how many went unlogged; the
+//! metrics count every one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Lines of one kind written per second, and those held back.
+#[derive(Debug)]
+pub struct LogBudget {
+    started: Instant,
+    /// The current second (since `started`) in the high 32 bits, the lines
+    /// written in it in the low 32: one word, so one compare-and-swap.
+    window: AtomicU64,
+    /// Lines held back since the last one written.
+    unlogged: AtomicU64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            started: Instant::now(),
+            window: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether to write a line now, with at most `per_second` a second
+    /// (0 = every line): `Some(n)` to write it, `n` being how many lines
+    /// were held back since the last one written; `None` to hold it back.
+    pub fn admit(&self, per_second: u32) -> Option<u64> {
+        if per_second == 0 {
+            return Some(self.unlogged.swap(0, Ordering::Relaxed));
+        }
+        let now = self.started.elapsed().as_secs() & 0xffff_ffff;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (second, used) = (current >> 32, current & 0xffff_ffff);
+            let next = if second != now {
+                (now << 32) | 1
+            } else if used < u64::from(per_second) {
+                current + 1
+            } else {
+                self.unlogged.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(self.unlogged.swap(0, Ordering::Relaxed)),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_cut_at_the_budget_and_the_rest_is_counted() {
+        let budget = LogBudget::default();
+        let written: Vec<Option<u64>> = (0..25).map(|_| budget.admit(10)).collect();
+        // A second boundary may fall inside the burst: then up to twice
+        // the budget is written, never more.
+        let logged = written.iter().filter(|w| w.is_some()).count();
+        assert!((10..=20).contains(&logged), "{written:?}");
+        let held = 25 - logged as u64;
+        assert_eq!(budget.unlogged.load(Ordering::Relaxed), held);
+        // No budget: every line is written, and the first says how many
+        // were held back before it.
+        assert_eq!(budget.admit(0), Some(held));
+        assert_eq!(budget.admit(0), Some(0));
+    }
+}
