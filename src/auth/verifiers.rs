@@ -25,6 +25,11 @@ const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 /// A failure is forgotten this long after the last one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+/// For this long after an attempt at the lookup connection timed out, the
+/// lookups that waited for it fail at once, rather than each trying again
+/// in turn and waiting a whole `connect_timeout` (a cluster that refuses
+/// at once, e.g. with 57P03 while it starts, is asked again each time).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What auth_query said of a role.
 #[derive(Debug, Clone)]
@@ -48,6 +53,9 @@ pub enum LookupError {
     /// within `cluster.connect_timeout`.
     #[error("auth_query got no answer within {0:?}")]
     TimedOut(Duration),
+    /// The lookup connection timed out a moment ago (see [`RETRY_AFTER`]).
+    #[error("the auth_query connection timed out less than {RETRY_AFTER:?} ago")]
+    TimedOutRecently,
 }
 
 impl LookupError {
@@ -59,16 +67,26 @@ impl LookupError {
                 .as_db_error()
                 .filter(|db| db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
                 .map(|db| db.message().to_owned()),
-            LookupError::NotConfigured | LookupError::TimedOut(_) => None,
+            LookupError::NotConfigured
+            | LookupError::TimedOut(_)
+            | LookupError::TimedOutRecently => None,
         }
     }
+}
+
+/// The connection auth_query runs on, or when the last attempt at one
+/// timed out.
+#[derive(Debug, Default)]
+struct Link {
+    client: Option<Arc<tokio_postgres::Client>>,
+    timed_out: Option<Instant>,
 }
 
 /// The verifier cache and the connection auth_query runs on.
 #[derive(Debug)]
 pub struct Verifiers {
     cache: DashMap<String, (Lookup, Instant)>,
-    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    link: Mutex<Link>,
     /// Seeds mock verifiers: unpredictable, the same for a role for the
     /// proxy's life, so repeated attempts see the same salt.
     mock_seed: [u8; 32],
@@ -81,7 +99,7 @@ impl Default for Verifiers {
         rand::fill(&mut mock_seed[..]);
         Verifiers {
             cache: DashMap::new(),
-            client: Mutex::new(None),
+            link: Mutex::new(Link::default()),
             mock_seed,
             failures: DashMap::new(),
         }
@@ -173,9 +191,12 @@ impl Verifiers {
         cluster: &ClusterConfig,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Arc<tokio_postgres::Client>, LookupError> {
-        let mut held = self.client.lock().await;
-        if let Some(client) = held.as_ref().filter(|c| !c.is_closed()) {
+        let mut link = self.link.lock().await;
+        if let Some(client) = link.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(client));
+        }
+        if link.timed_out.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            return Err(LookupError::TimedOutRecently);
         }
         let user = auth.user.as_deref().ok_or(LookupError::NotConfigured)?;
         let login = Login {
@@ -187,23 +208,35 @@ impl Verifiers {
         // tokio-postgres bounds the TCP connect alone; a cluster that
         // accepts and then says nothing would hold the lock (and with it
         // every lookup) for ever.
-        let client = tokio::time::timeout(
+        let connected = tokio::time::timeout(
             cluster.connect_timeout,
             control::connect(cluster, &login, tls),
         )
         .await
-        .map_err(|_| LookupError::TimedOut(cluster.connect_timeout))??;
-        let client = Arc::new(client);
-        *held = Some(Arc::clone(&client));
-        Ok(client)
+        .map_err(|_| LookupError::TimedOut(cluster.connect_timeout))
+        .and_then(|c| c.map_err(LookupError::from));
+        match connected {
+            Ok(client) => {
+                let client = Arc::new(client);
+                link.client = Some(Arc::clone(&client));
+                link.timed_out = None;
+                Ok(client)
+            }
+            Err(e) => {
+                if matches!(e, LookupError::TimedOut(_)) {
+                    link.timed_out = Some(Instant::now());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Forgets the lookup connection if it is still `client` (another
     /// lookup may have replaced it already).
     async fn drop_client(&self, client: &Arc<tokio_postgres::Client>) {
-        let mut held = self.client.lock().await;
-        if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
-            held.take();
+        let mut link = self.link.lock().await;
+        if link.client.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+            link.client = None;
         }
     }
 
