@@ -407,7 +407,9 @@ fn default_max_pending_logins() -> usize {
     1_000
 }
 fn default_max_pending_logins_per_tenant() -> usize {
-    8
+    // Above the pools applications open at once on start-up (HikariCP,
+    // Ecto and node-postgres default to 10), well below the global bound.
+    32
 }
 fn default_log_refusals_per_second() -> u32 {
     100

@@ -261,3 +261,33 @@ async fn a_2_gb_length_never_allocates_2_gb() {
     s.write_all(&0x7fff_fff0u32.to_be_bytes()).await.unwrap();
     assert_eq!(refusal(&mut s).await.as_deref(), Some("08P01"));
 }
+
+/// A connection pool opening its connections at once (HikariCP, Ecto and
+/// node-postgres default to 10; 20 here) logs in whole with the default
+/// bounds on logins in progress: those bound floods, not an application
+/// starting up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_opening_twenty_connections_at_once_logs_in_with_the_defaults() {
+    let t = common::scram_tenant("pool_start");
+    let proxy = start_proxy_with("", &format!("[tenants.{}]\ntier = \"standard\"\n", t.db)).await;
+    let pool = (0..20).map(|_| common::connect(proxy.addr, &t.db, &t.user, &t.password));
+    let mut refused = Vec::new();
+    let mut open = Vec::new();
+    for login in futures_util::future::join_all(pool).await {
+        match login {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                open.push(client);
+            }
+            Err(e) => refused.push(
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.message().to_owned()),
+            ),
+        }
+    }
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    for client in &open {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    assert_eq!(proxy.handle.tenant_connections(&t.db), Some(20));
+}
