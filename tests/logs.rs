@@ -19,13 +19,13 @@ struct Logging {
 }
 
 impl Logging {
-    async fn start(top_level: &str, tables: &str) -> Logging {
+    async fn start(top_level: &str) -> Logging {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let text = common::config_text(top_level, "require", tables).replace(
+        let text = common::config_text(top_level, "require", "").replace(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\""),
         );
@@ -67,7 +67,7 @@ impl Logging {
 /// and returns stderr's lines up to the session's end.
 async fn session_log(log_format: &str) -> Vec<String> {
     let t = common::scram_tenant(&format!("logs_{log_format}"));
-    let mut pgtier = Logging::start(&format!("log_format = \"{log_format}\""), "").await;
+    let mut pgtier = Logging::start(&format!("log_format = \"{log_format}\"")).await;
     let (client, conn) = common::connect(pgtier.addr, &t.db, &t.user, &t.password)
         .await
         .unwrap();
@@ -109,7 +109,7 @@ async fn refused_login(addr: std::net::SocketAddr) {
 /// unaccounted for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refused_logins_is_logged_at_the_budget_and_the_rest_counted() {
-    let mut pgtier = Logging::start("log_refusals_per_second = 5", "").await;
+    let mut pgtier = Logging::start("log_refusals_per_second = 5").await;
     let mut sent = 0u64;
     for _ in 0..60 {
         refused_login(pgtier.addr).await;
