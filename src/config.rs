@@ -338,7 +338,8 @@ pub struct Config {
     pub max_pending_logins: usize,
     /// Logins of one tenant in progress at once (from its StartupMessage);
     /// more are refused (53300) without a cluster connection, and other
-    /// tenants are unaffected. 0 = no limit.
+    /// tenants are unaffected. 0 = no limit. A tenant whose tier caps its
+    /// connections gets at most the cap plus 8 (`session::PENDING_OVER_CAP`).
     #[serde(default = "default_max_pending_logins_per_tenant")]
     pub max_pending_logins_per_tenant: usize,
     /// Threads serving connections: 0 = one per CPU core. Needs a restart.

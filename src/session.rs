@@ -29,6 +29,22 @@ use crate::{cancel, cluster, pump};
 
 /// How long the proxy's own last words to a client may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A tenant with a connection cap (the free tier's 2) has at most this many
+/// more logins in progress than it may have sessions, whatever
+/// `max_pending_logins_per_tenant` allows: in pass-through mode each one
+/// starts a backend on the cluster before the cap can refuse it.
+const PENDING_OVER_CAP: usize = 8;
+
+/// How many logins of a tenant may be in progress at once: the configured
+/// bound (0 = none), and for a tenant with a connection cap at most the cap
+/// plus [`PENDING_OVER_CAP`].
+fn pending_bound(configured: usize, cap: u32) -> usize {
+    match (configured, cap) {
+        (0, _) => 0,
+        (n, 0) => n,
+        (n, cap) => n.min(cap as usize + PENDING_OVER_CAP),
+    }
+}
 
 /// Why the proxy refuses a connection or a login: what the client is told
 /// and the label the metrics and the log use.
@@ -218,7 +234,10 @@ impl Login<'_> {
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
         let limits = self.config.limits_for(tenant_name);
-        let max = self.config.max_pending_logins_per_tenant;
+        let max = pending_bound(
+            self.config.max_pending_logins_per_tenant,
+            limits.max_connections,
+        );
         let Some(_tenant_login) = self.shared.logins.begin_for(tenant_name, max) else {
             return Err(Exit::Refused {
                 stream: Some(client),
@@ -228,8 +247,8 @@ impl Login<'_> {
                         format!("too many logins in progress for database \"{tenant_name}\""),
                     )
                     .with_hint(format!(
-                        "At most {max} logins of one database may be in progress at once \
-                         (max_pending_logins_per_tenant); try again shortly."
+                        "At most {max} logins of this database may be in progress at once; \
+                         try again shortly."
                     )),
                     "max_pending_logins_per_tenant",
                 ),
@@ -581,4 +600,20 @@ async fn goodbye(mut stream: Stream, error: Option<&ErrorFields>) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_tier_bounds_its_logins_in_progress_near_its_cap() {
+        // Standard (no cap): the configured bound.
+        assert_eq!(pending_bound(32, 0), 32);
+        // Free (cap 2): the cap plus the margin, below the configured bound.
+        assert_eq!(pending_bound(32, 2), 2 + PENDING_OVER_CAP);
+        // A configured bound below that still holds; 0 is no bound at all.
+        assert_eq!(pending_bound(4, 2), 4);
+        assert_eq!(pending_bound(0, 2), 0);
+    }
 }

@@ -291,3 +291,37 @@ async fn a_pool_opening_twenty_connections_at_once_logs_in_with_the_defaults() {
     }
     assert_eq!(proxy.handle.tenant_connections(&t.db), Some(20));
 }
+
+/// A free tenant (a cap of 2) gets at most its cap plus 8 logins in
+/// progress, below `max_pending_logins_per_tenant` (32 by default): in
+/// pass-through mode each stalled login holds a cluster backend that the
+/// cap would refuse anyway.
+#[tokio::test]
+async fn a_free_tenant_holds_at_most_its_cap_plus_eight_logins_in_progress() {
+    let (cluster, _opened) = silent_cluster().await;
+    let text = common::config_text("", "prefer", "").replace(
+        &format!("port = {}", common::cluster().port()),
+        &format!("port = {}", cluster.port()),
+    );
+    let proxy = start_proxy_from(&text).await;
+    let shared = proxy.handle.shared().clone();
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&startup_packet("u", "free_flood"))
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    wait_until(Duration::from_secs(5), "ten stalled logins", || {
+        shared.logins.in_progress_for("free_flood") == 10
+    })
+    .await;
+    let mut eleventh = TcpStream::connect(proxy.addr).await.unwrap();
+    eleventh
+        .write_all(&startup_packet("u", "free_flood"))
+        .await
+        .unwrap();
+    assert_eq!(refusal(&mut eleventh).await.as_deref(), Some("53300"));
+    assert_eq!(shared.logins.in_progress_for("free_flood"), 10);
+}
