@@ -92,6 +92,24 @@ async fn silent_cluster() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// A proxy (with `top_level` in its configuration) in front of a
+/// [`silent_cluster`]; the count of connections the cluster accepted.
+async fn proxy_on_silent_cluster(top_level: &str) -> (common::TestProxy, Arc<AtomicUsize>) {
+    let (cluster, opened) = silent_cluster().await;
+    let text = common::config_text(top_level, "prefer", "").replace(
+        &format!("port = {}", common::cluster().port()),
+        &format!("port = {}", cluster.port()),
+    );
+    (start_proxy_from(&text).await, opened)
+}
+
+/// A plaintext login of `db` begun: connected and its StartupMessage sent.
+async fn begin_login(addr: SocketAddr, db: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet("u", db)).await.unwrap();
+    s
+}
+
 /// Logins stall on a cluster that never answers. In passthrough mode each
 /// one holds a cluster connection of its own; in proxy mode they wait on
 /// the one connection pgtier looks verifiers up on (besides the one it
@@ -100,18 +118,11 @@ async fn silent_cluster() -> (SocketAddr, Arc<AtomicUsize>) {
 /// cluster connection, and leaves other tenants alone.
 #[tokio::test]
 async fn one_tenant_cannot_hold_more_than_its_share_of_logins() {
-    let (cluster, opened) = silent_cluster().await;
-    let text = common::config_text("max_pending_logins_per_tenant = 2", "prefer", "").replace(
-        &format!("port = {}", common::cluster().port()),
-        &format!("port = {}", cluster.port()),
-    );
-    let proxy = start_proxy_from(&text).await;
+    let (proxy, opened) = proxy_on_silent_cluster("max_pending_logins_per_tenant = 2").await;
     let shared = proxy.handle.shared().clone();
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(&startup_packet("u", "crowded")).await.unwrap();
-        stalled.push(s);
+        stalled.push(begin_login(proxy.addr, "crowded").await);
     }
     // Cluster connections once the two logins are stalled: theirs
     // (passthrough), or the protocol probe and the verifier lookup's (proxy).
@@ -124,11 +135,7 @@ async fn one_tenant_cannot_hold_more_than_its_share_of_logins() {
         opened.load(Ordering::SeqCst) == held
     })
     .await;
-    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
-    third
-        .write_all(&startup_packet("u", "crowded"))
-        .await
-        .unwrap();
+    let mut third = begin_login(proxy.addr, "crowded").await;
     assert_eq!(refusal(&mut third).await.as_deref(), Some("53300"));
     assert_eq!(
         opened.load(Ordering::SeqCst),
@@ -136,11 +143,7 @@ async fn one_tenant_cannot_hold_more_than_its_share_of_logins() {
         "no cluster connection for the refused login"
     );
     // Another tenant is unaffected.
-    let mut other = TcpStream::connect(proxy.addr).await.unwrap();
-    other
-        .write_all(&startup_packet("u", "elsewhere"))
-        .await
-        .unwrap();
+    let _other = begin_login(proxy.addr, "elsewhere").await;
     wait_until(
         Duration::from_secs(5),
         "the other tenant's login in progress",
@@ -298,30 +301,17 @@ async fn a_pool_opening_twenty_connections_at_once_logs_in_with_the_defaults() {
 /// cap would refuse anyway.
 #[tokio::test]
 async fn a_free_tenant_holds_at_most_its_cap_plus_eight_logins_in_progress() {
-    let (cluster, _opened) = silent_cluster().await;
-    let text = common::config_text("", "prefer", "").replace(
-        &format!("port = {}", common::cluster().port()),
-        &format!("port = {}", cluster.port()),
-    );
-    let proxy = start_proxy_from(&text).await;
+    let (proxy, _opened) = proxy_on_silent_cluster("").await;
     let shared = proxy.handle.shared().clone();
     let mut stalled = Vec::new();
     for _ in 0..10 {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(&startup_packet("u", "free_flood"))
-            .await
-            .unwrap();
-        stalled.push(s);
+        stalled.push(begin_login(proxy.addr, "free_flood").await);
     }
     wait_until(Duration::from_secs(5), "ten stalled logins", || {
         shared.logins.in_progress_for("free_flood") == 10
     })
     .await;
-    let mut eleventh = TcpStream::connect(proxy.addr).await.unwrap();
-    eleventh
-        .write_all(&startup_packet("u", "free_flood"))
-        .await
-        .unwrap();
+    let mut eleventh = begin_login(proxy.addr, "free_flood").await;
     assert_eq!(refusal(&mut eleventh).await.as_deref(), Some("53300"));
     assert_eq!(shared.logins.in_progress_for("free_flood"), 10);
 }
