@@ -546,41 +546,32 @@ async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
             tracing::debug!(detail, "connection closed before a session started");
         }
         Exit::Refused { stream, refusal } => {
-            let error = refusal.error.as_ref().map(ToString::to_string);
-            let logged = shared
-                .refusal_log
-                .admit(shared.config().log_refusals_per_second);
-            // How many refusals before this one went unlogged, if any.
-            let unlogged = logged.filter(|n| *n > 0);
-            match startup {
-                Some(startup) => {
-                    if logged.is_some() {
-                        tracing::info!(
-                            user = startup.user(),
-                            reason = refusal.reason,
-                            error,
-                            unlogged,
-                            "login refused"
-                        );
-                    }
-                    // Counted against the tenant only if it is known (listed
-                    // in the config or seen authenticated), never creating
-                    // one for a made-up name.
-                    let tenant = shared.tenants.get(startup.database());
-                    shared.metrics.rejected(tenant.as_deref(), refusal.reason);
-                }
-                None => {
-                    if logged.is_some() {
-                        tracing::info!(
-                            reason = refusal.reason,
-                            error,
-                            unlogged,
-                            "connection refused"
-                        );
-                    }
-                    shared.metrics.rejected(None, refusal.reason);
+            let limit = shared.config().log_refusals_per_second;
+            if let Some(unlogged) = shared.refusal_log.admit(limit) {
+                // How many refusals before this one went unlogged, if any.
+                let unlogged = (unlogged > 0).then_some(unlogged);
+                let error = refusal.error.as_ref().map(ToString::to_string);
+                match startup {
+                    Some(startup) => tracing::info!(
+                        user = startup.user(),
+                        reason = refusal.reason,
+                        error,
+                        unlogged,
+                        "login refused"
+                    ),
+                    None => tracing::info!(
+                        reason = refusal.reason,
+                        error,
+                        unlogged,
+                        "connection refused"
+                    ),
                 }
             }
+            // Counted against the tenant only if it is known (listed in the
+            // config or seen authenticated), never creating one for a
+            // made-up name.
+            let tenant = startup.and_then(|startup| shared.tenants.get(startup.database()));
+            shared.metrics.rejected(tenant.as_deref(), refusal.reason);
             if let Some(stream) = stream {
                 goodbye(stream, refusal.error.as_ref()).await;
             }
