@@ -1364,6 +1364,10 @@ fn run_workload(
             )?,
         ));
     }
+    let preempted_from = match perf_runs.first() {
+        Some((true, _)) => endpoint.pid.map(preemptions).transpose()?,
+        _ => None,
+    };
     std::thread::sleep(Duration::from_millis(500));
     let from = unix_now();
     let cpu_from = endpoint.pid.map(cpu_seconds).transpose()?;
@@ -1374,7 +1378,11 @@ fn run_workload(
     let attack_to = attack.as_ref().map(|a| a.snapshot()).transpose()?;
     let mut perf_counts = Vec::new();
     for (of_proxy, running) in perf_runs {
-        perf_counts.push((of_proxy, running.stop()?));
+        let mut counts = running.stop()?;
+        if let (true, Some(from), Some(pid)) = (of_proxy, preempted_from, endpoint.pid) {
+            counts.insert("preempted".to_owned(), Some(preemptions(pid)? - from));
+        }
+        perf_counts.push((of_proxy, counts));
     }
     let perf_to = unix_now();
     if let Some(attack) = attack {
@@ -1656,6 +1664,26 @@ fn cpu_seconds_at(path: &Path) -> Result<f64> {
     let utime: f64 = fields.get(11).ok_or_else(|| anyhow!("no utime"))?.parse()?;
     let stime: f64 = fields.get(12).ok_or_else(|| anyhow!("no stime"))?.parse()?;
     Ok((utime + stime) / clock_ticks())
+}
+
+/// Times the threads of `pid` were switched out while still runnable
+/// (`nonvoluntary_ctxt_switches`, summed over `/proc/PID/task`): preempted,
+/// mostly by the process a write of theirs just woke, as opposed to going
+/// to sleep with nothing to do.
+fn preemptions(pid: u32) -> Result<f64> {
+    let mut total = 0.0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread that ended between the listing and the read is skipped.
+        let Ok(status) = fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    Ok(total)
 }
 
 /// cutime + cstime of `pid`: the CPU of its children that ended and were
@@ -3258,7 +3286,10 @@ impl Report<'_> {
             "\n## `perf stat` per transaction, (a) and (b)\n\n`perf stat` attached to the \
              proxy process (`-p`, all its threads) and to the whole machine (`-a`) from half a \
              second into the warm-up to the end of the window, divided by the transactions \
-             pgbench reported over the same interval. {}. The machine-wide figures include \
+             pgbench reported over the same interval. {}. *Preempted*: of the proxy's \
+             context switches, those where a thread was switched out while still runnable \
+             (`nonvoluntary_ctxt_switches` in /proc, over the same interval), as against \
+             going to sleep with nothing to do. The machine-wide figures include \
              pgbench, PostgreSQL and anything else running.\n",
             support.describe()
         )?;
@@ -3270,6 +3301,7 @@ impl Report<'_> {
             .collect();
         let mut proxy_events = vec![
             ("context-switches", "ctx switches"),
+            ("preempted", "… of them preempted"),
             ("cpu-migrations", "migrations"),
             ("task-clock", "task-clock µs"),
             ("page-faults", "page faults"),
