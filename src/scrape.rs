@@ -241,6 +241,15 @@ impl Collector for ProxyCollector {
         ConstGauge::new(shared.warm.len() as i64)
             .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
 
+        let mut m = encoder.encode_descriptor(
+            "pgtier_auth_query_connections",
+            "Proxy mode: cluster connections auth_query runs on now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(shared.verifiers.connections() as i64)
+            .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+
         let login = &shared.metrics.login_duration;
         login.encode(encoder.encode_descriptor(
             "pgtier_login_duration_seconds",

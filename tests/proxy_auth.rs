@@ -578,3 +578,102 @@ async fn a_cluster_silent_to_the_lookup_fails_logins_within_connect_timeout() {
     };
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+/// An auth_query that takes `seconds` and writes down each call (the role
+/// asked for and the backend that answered) in a table of its own: the
+/// query and the superuser connection that reads the table.
+async fn counted_slow_auth_query(seconds: f64) -> (String, String, tokio_postgres::Client) {
+    let table = common::unique("pa_lookups");
+    let function = common::unique("pa_counted_verifier");
+    let (auth_user, _) = common::auth_role();
+    let admin = common::superuser_client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.{table} (role_name text, pid int); \
+             CREATE FUNCTION public.{function}(role_name text) RETURNS text \
+             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ \
+             INSERT INTO public.{table} VALUES (role_name, pg_backend_pid()); \
+             SELECT pg_sleep({seconds}); \
+             SELECT public.pgtier_verifier(role_name) $$; \
+             REVOKE ALL ON FUNCTION public.{function}(text) FROM PUBLIC; \
+             GRANT EXECUTE ON FUNCTION public.{function}(text) TO {auth_user};"
+        ))
+        .await
+        .expect("creating the counted auth_query");
+    (format!("SELECT public.{function}($1)"), table, admin)
+}
+
+/// A proxy-mode proxy whose auth_query is `query`, with `tenants` in the
+/// standard tier (no cap).
+async fn proxy_with_auth_query(query: &str, tenants: &[&common::Tenant]) -> common::TestProxy {
+    let (user, password) = common::auth_role();
+    let mut tables = common::auth_table_for(user, password, "30s")
+        .replace(pgtier::sandbox::VERIFIER_QUERY, query);
+    for t in tenants {
+        tables.push_str(&format!("[tenants.{}]\ntier = \"standard\"\n", t.db));
+    }
+    start_proxy_from(&config_text("", "prefer", &tables)).await
+}
+
+/// Logins of one role that arrive while its verifier is being looked up
+/// wait for that lookup: ten at once cost the cluster one auth_query.
+#[tokio::test]
+async fn logins_of_one_role_at_once_share_one_lookup() {
+    let t = scram_tenant("pa_shared_lookup");
+    let (query, table, admin) = counted_slow_auth_query(0.5).await;
+    let proxy = proxy_with_auth_query(&query, &[&t]).await;
+    let logins = (0..10).map(|_| connect(proxy.addr, &t.db, &t.user, &t.password));
+    let mut clients = Vec::new();
+    for login in futures_util::future::join_all(logins).await {
+        let (client, conn) = login.expect("each of the ten logs in");
+        tokio::spawn(conn);
+        clients.push(client);
+    }
+    let asked: i64 = admin
+        .query_one(
+            &format!("SELECT count(*) FROM public.{table} WHERE role_name = $1"),
+            &[&t.user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(asked, 1, "auth_query calls for ten logins of one role");
+    for client in &clients {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+}
+
+/// Slow lookups of different roles do not queue behind each other on one
+/// connection: the proxy opens more (up to 4), and they answer side by
+/// side on different backends.
+#[tokio::test]
+async fn slow_lookups_of_different_roles_run_side_by_side() {
+    let tenants: Vec<common::Tenant> = (0..6)
+        .map(|i| scram_tenant(&format!("pa_side_{i}")))
+        .collect();
+    let (query, table, admin) = counted_slow_auth_query(1.0).await;
+    let proxy = proxy_with_auth_query(&query, &tenants.iter().collect::<Vec<_>>()).await;
+    let logins = tenants
+        .iter()
+        .map(|t| connect(proxy.addr, &t.db, &t.user, &t.password));
+    for login in futures_util::future::join_all(logins).await {
+        let (client, conn) = login.expect("each role logs in");
+        tokio::spawn(conn);
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let rows = admin
+        .query(
+            &format!("SELECT count(*), count(DISTINCT pid) FROM public.{table}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (asked, backends): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(asked, 6, "one lookup per role");
+    assert!(
+        (2..=4).contains(&backends),
+        "six slow lookups answered by {backends} auth_query backends (1 = queued on one)"
+    );
+    let open = proxy.handle.shared().verifiers.connections();
+    assert_eq!(open as i64, backends, "the connections opened stay open");
+}

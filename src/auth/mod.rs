@@ -9,6 +9,7 @@
 //! proxy, so it cannot bind to the cluster's channel), and BackendKeyData
 //! gets the proxy's own secret (see [`crate::cancel`]).
 
+pub mod auth_query;
 pub mod proxy;
 pub mod scram;
 pub mod verifiers;

@@ -1,18 +1,19 @@
 //! Where proxy-side authentication gets a role's SCRAM verifier: the
-//! operator's `auth_query`, run as `[auth] user` over one tokio-postgres
-//! connection (queries pipeline on it), cached for `auth_cache_ttl`, and
-//! what slows down guessing.
+//! operator's `auth_query`, run as `[auth] user` on a few connections (see
+//! [`crate::auth::auth_query`]), cached for `auth_cache_ttl`, asked once for
+//! all the logins of a role that arrive while it answers, and what slows
+//! down guessing.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
+use crate::auth::auth_query::{AuthQueryConnections, RETRY_AFTER};
 use crate::auth::scram::{Verifier, VerifierError};
 use crate::config::{AuthConfig, ClusterConfig};
-use crate::control::{self, Login};
 
 /// Roles whose answer is cached at once; past it, expired answers go, then
 /// all (a flood of made-up role names cannot grow memory without bound).
@@ -25,11 +26,6 @@ const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 /// A failure is forgotten this long after the last one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(600);
-/// For this long after an attempt at the lookup connection timed out, the
-/// lookups that waited for it fail at once, rather than each trying again
-/// in turn and waiting a whole `connect_timeout` (a cluster that refuses
-/// at once, e.g. with 57P03 while it starts, is asked again each time).
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What auth_query said of a role.
 #[derive(Debug, Clone)]
@@ -74,19 +70,20 @@ impl LookupError {
     }
 }
 
-/// The connection auth_query runs on, or when the last attempt at one
-/// timed out.
-#[derive(Debug, Default)]
-struct Link {
-    client: Option<Arc<tokio_postgres::Client>>,
-    timed_out: Option<Instant>,
-}
+/// One lookup's answer, shared by every login of the role that waited for
+/// it.
+type Answer = Result<Lookup, Arc<LookupError>>;
 
-/// The verifier cache and the connection auth_query runs on.
+/// The verifier cache and the connections auth_query runs on.
 #[derive(Debug)]
 pub struct Verifiers {
     cache: DashMap<String, (Lookup, Instant)>,
-    link: Mutex<Link>,
+    /// The lookup under way for each role: a login of a role already being
+    /// looked up waits for that answer instead of asking again (a pool
+    /// that opens 20 connections at start, a cache entry that expires
+    /// under load). Bounded by the logins in progress.
+    asking: DashMap<String, Arc<OnceCell<Answer>>>,
+    connections: AuthQueryConnections,
     /// Seeds mock verifiers: unpredictable, the same for a role for the
     /// proxy's life, so repeated attempts see the same salt.
     mock_seed: [u8; 32],
@@ -99,7 +96,8 @@ impl Default for Verifiers {
         rand::fill(&mut mock_seed[..]);
         Verifiers {
             cache: DashMap::new(),
-            link: Mutex::new(Link::default()),
+            asking: DashMap::new(),
+            connections: AuthQueryConnections::default(),
             mock_seed,
             failures: DashMap::new(),
         }
@@ -108,30 +106,45 @@ impl Default for Verifiers {
 
 impl Verifiers {
     /// The role's verifier, from the cache while fresh, else from
-    /// auth_query.
+    /// auth_query (the lookup under way for the role, if there is one).
     pub async fn lookup(
         &self,
         role: &str,
         auth: &AuthConfig,
         cluster: &ClusterConfig,
         tls: &Arc<rustls::ClientConfig>,
-    ) -> Result<Lookup, LookupError> {
+    ) -> Answer {
         if let Some(entry) = self.cache.get(role) {
             if entry.1.elapsed() < auth.auth_cache_ttl {
                 return Ok(entry.0.clone());
             }
         }
-        let lookup = self.query(role, auth, cluster, tls).await?;
+        let asking = Arc::clone(self.asking.entry(role.to_owned()).or_default().value());
+        // The first login to get here asks; if it gives up midway (its
+        // client left), the next one waiting asks instead.
+        let answer = asking
+            .get_or_init(|| async {
+                let answer = self.query(role, auth, cluster, tls).await;
+                if let Ok(lookup) = &answer {
+                    self.remember(role, lookup.clone(), auth.auth_cache_ttl);
+                }
+                answer.map_err(Arc::new)
+            })
+            .await
+            .clone();
+        // The next login asks afresh (or finds the cache).
+        self.asking.remove_if(role, |_, a| Arc::ptr_eq(a, &asking));
+        answer
+    }
+
+    fn remember(&self, role: &str, lookup: Lookup, ttl: Duration) {
         if self.cache.len() >= MAX_CACHED {
-            let ttl = auth.auth_cache_ttl;
             self.cache.retain(|_, (_, at)| at.elapsed() < ttl);
             if self.cache.len() >= MAX_CACHED {
                 self.cache.clear();
             }
         }
-        self.cache
-            .insert(role.to_owned(), (lookup.clone(), Instant::now()));
-        Ok(lookup)
+        self.cache.insert(role.to_owned(), (lookup, Instant::now()));
     }
 
     /// A verifier no password matches, for `role`.
@@ -148,30 +161,21 @@ impl Verifiers {
         cluster: &ClusterConfig,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Lookup, LookupError> {
-        let client = self.client(auth, cluster, tls).await?;
+        let on = self.connections.acquire(auth, cluster, tls).await?;
         // Bounded like the connection: a cluster that stops answering
         // fails lookups at once rather than holding every login in proxy
-        // mode until its login_timeout.
+        // mode until its login_timeout. A broken connection is left
+        // behind by the next lookup.
         let row = tokio::time::timeout(
             cluster.connect_timeout,
-            client.query_opt(&auth.auth_query, &[&role]),
+            on.client().query_opt(&auth.auth_query, &[&role]),
         )
-        .await;
-        let row = match row {
-            Ok(Ok(row)) => row,
-            Ok(Err(e)) => {
-                // A broken connection is replaced on the next lookup.
-                if client.is_closed() {
-                    self.drop_client(&client).await;
-                }
-                return Err(e.into());
-            }
-            Err(_) => {
-                // Its state unknown: replaced on the next lookup.
-                self.drop_client(&client).await;
-                return Err(LookupError::TimedOut(cluster.connect_timeout));
-            }
-        };
+        .await
+        .map_err(|_| {
+            // Its state unknown: not used again.
+            self.connections.discard(&on);
+            LookupError::TimedOut(cluster.connect_timeout)
+        })??;
         let Some(row) = row else {
             return Ok(Lookup::Unknown);
         };
@@ -185,59 +189,9 @@ impl Verifiers {
         })
     }
 
-    async fn client(
-        &self,
-        auth: &AuthConfig,
-        cluster: &ClusterConfig,
-        tls: &Arc<rustls::ClientConfig>,
-    ) -> Result<Arc<tokio_postgres::Client>, LookupError> {
-        let mut link = self.link.lock().await;
-        if let Some(client) = link.client.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(client));
-        }
-        if link.timed_out.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
-            return Err(LookupError::TimedOutRecently);
-        }
-        let user = auth.user.as_deref().ok_or(LookupError::NotConfigured)?;
-        let login = Login {
-            user,
-            password: auth.password.as_deref(),
-            database: &auth.database,
-            application_name: "pgtier auth",
-        };
-        // tokio-postgres bounds the TCP connect alone; a cluster that
-        // accepts and then says nothing would hold the lock (and with it
-        // every lookup) for ever.
-        let connected = tokio::time::timeout(
-            cluster.connect_timeout,
-            control::connect(cluster, &login, tls),
-        )
-        .await
-        .map_err(|_| LookupError::TimedOut(cluster.connect_timeout))
-        .and_then(|c| c.map_err(LookupError::from));
-        match connected {
-            Ok(client) => {
-                let client = Arc::new(client);
-                link.client = Some(Arc::clone(&client));
-                link.timed_out = None;
-                Ok(client)
-            }
-            Err(e) => {
-                if matches!(e, LookupError::TimedOut(_)) {
-                    link.timed_out = Some(Instant::now());
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Forgets the lookup connection if it is still `client` (another
-    /// lookup may have replaced it already).
-    async fn drop_client(&self, client: &Arc<tokio_postgres::Client>) {
-        let mut link = self.link.lock().await;
-        if link.client.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
-            link.client = None;
-        }
+    /// Open auth_query connections.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
     }
 
     /// Forgets a role's cached answer (its password was found wrong on the
