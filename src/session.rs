@@ -55,6 +55,9 @@ pub struct Refusal {
     pub error: Option<ErrorFields>,
     /// Metrics label (`max_connections`, `tls_required`, `login_timeout`, …).
     pub reason: &'static str,
+    /// For the log line alone, like PostgreSQL's server-log DETAIL (why a
+    /// password failed): the client is not told.
+    pub detail: Option<String>,
 }
 
 impl Refusal {
@@ -62,6 +65,7 @@ impl Refusal {
         Refusal {
             error: Some(error),
             reason,
+            detail: None,
         }
     }
 }
@@ -191,6 +195,7 @@ impl Login<'_> {
                     refusal: Refusal {
                         error: None,
                         reason: "login_timeout",
+                        detail: None,
                     },
                 })
             }
@@ -384,11 +389,17 @@ impl Login<'_> {
 fn login_failed(client: Stream, e: LoginError) -> Exit {
     let refusal = match e {
         LoginError::Refused { error, reason } => Refusal::new(error, reason),
+        LoginError::PasswordFailed { error, why } => Refusal {
+            error: Some(error),
+            reason: "wrong_password",
+            detail: why,
+        },
         LoginError::ClusterRefused(code) => {
             tracing::debug!(sqlstate = %code, "login refused by the cluster");
             Refusal {
                 error: None,
                 reason: "cluster_refused",
+                detail: None,
             }
         }
         e => return Exit::Lost(e.to_string()),
@@ -556,6 +567,7 @@ async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
                         user = startup.user(),
                         reason = refusal.reason,
                         error,
+                        detail = refusal.detail,
                         unlogged,
                         "login refused"
                     ),

@@ -20,12 +20,17 @@ struct Logging {
 
 impl Logging {
     async fn start(top_level: &str) -> Logging {
+        Logging::spawn(&common::config_text(top_level, "require", "")).await
+    }
+
+    /// The same, from a whole configuration text (see `config_text`).
+    async fn spawn(text: &str) -> Logging {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let text = common::config_text(top_level, "require", "").replace(
+        let text = text.replace(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\""),
         );
@@ -148,6 +153,68 @@ async fn a_flood_of_refused_logins_is_logged_at_the_budget_and_the_rest_counted(
     assert!(
         logged < 60,
         "{logged} lines for a flood of 60 at 5 a second"
+    );
+    let _ = pgtier.child.kill().await;
+}
+
+/// The next "login refused" line for `user`.
+async fn refusal_of(pgtier: &mut Logging, user: &str) -> String {
+    loop {
+        let line = pgtier.next_line().await;
+        if line.contains("login refused") && line.contains(&format!("user=\"{user}\"")) {
+            return line;
+        }
+    }
+}
+
+/// In proxy mode, why a password failed (no password assigned, no such
+/// role) is in the log line, as in PostgreSQL's server log, and not told to
+/// the client, who hears the same as for a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_a_password_failed_is_logged_and_not_told() {
+    let t = common::scram_tenant("logs_why");
+    let passwordless = common::unique("logs_nopw");
+    common::cluster()
+        .create_role(
+            &passwordless,
+            None,
+            pgtier::sandbox::PasswordEncryption::Scram,
+        )
+        .unwrap();
+    let text = common::config_text("", "require", &common::auth_table("0s"));
+    let mut pgtier = Logging::spawn(&text).await;
+    let told = |user: &str, e: tokio_postgres::Error| {
+        let db = e.as_db_error().expect("a refusal from the proxy");
+        assert_eq!(db.code().code(), "28P01", "{user}: {e}");
+        assert_eq!(
+            db.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
+        assert_eq!((db.detail(), db.hint()), (None, None), "{user}: {e}");
+    };
+
+    let e = common::connect(pgtier.addr, &t.db, &passwordless, "anything")
+        .await
+        .unwrap_err();
+    told(&passwordless, e);
+    let line = refusal_of(&mut pgtier, &passwordless).await;
+    assert!(line.contains("reason=\"wrong_password\""), "{line}");
+    assert!(
+        line.contains(&format!(
+            "found no password for role \\\"{passwordless}\\\""
+        )),
+        "{line}"
+    );
+
+    let e = common::connect(pgtier.addr, &t.db, &t.user, "wrong")
+        .await
+        .unwrap_err();
+    told(&t.user, e);
+    let line = refusal_of(&mut pgtier, &t.user).await;
+    assert!(line.contains("reason=\"wrong_password\""), "{line}");
+    assert!(
+        !line.contains("detail="),
+        "a wrong password needs no why: {line}"
     );
     let _ = pgtier.child.kill().await;
 }

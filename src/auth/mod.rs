@@ -76,6 +76,15 @@ pub enum LoginError {
         error: ErrorFields,
         reason: &'static str,
     },
+    /// Proxy mode found the password wrong. `why` goes to the log alone,
+    /// as PostgreSQL's DETAIL does ("Role \"x\" does not exist."): the
+    /// client hears only that the password failed, so it cannot tell a
+    /// missing role from a wrong password.
+    #[error("{error}")]
+    PasswordFailed {
+        error: ErrorFields,
+        why: Option<String>,
+    },
     #[error("client went away during login")]
     ClientGone,
     #[error("cluster connection lost during login: {0}")]

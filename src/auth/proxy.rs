@@ -129,12 +129,31 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
             "auth_unavailable",
         )
     })?;
-    let (verifier, unusable) = match lookup {
-        Lookup::Scram(verifier) => (verifier, None),
-        // No such role: an exchange against a verifier nothing matches,
-        // so the answer does not tell whether the role exists.
-        Lookup::Unknown => (shared.verifiers.mock(role), None),
-        Lookup::Unusable(why) => (shared.verifiers.mock(role), Some(why)),
+    // Without a usable verifier: an exchange against one nothing matches,
+    // so the answer does not tell whether the role exists; why it failed
+    // goes to the log.
+    let (verifier, why, unusable) = match lookup {
+        Lookup::Scram(verifier) => (verifier, None, false),
+        Lookup::Unknown => (
+            shared.verifiers.mock(role),
+            Some(format!("Role \"{role}\" does not exist or cannot log in.")),
+            false,
+        ),
+        Lookup::NoPassword => (
+            shared.verifiers.mock(role),
+            Some(format!(
+                "auth_query found no password for role \"{role}\" \
+                 (none assigned, or no such role)."
+            )),
+            false,
+        ),
+        Lookup::Unusable(e) => (
+            shared.verifiers.mock(role),
+            Some(format!(
+                "The password of role \"{role}\" cannot be checked by the proxy: {e}."
+            )),
+            true,
+        ),
     };
 
     let binding = if client.is_tls() {
@@ -166,29 +185,25 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     flush_to(client, &mut to_client).await?;
 
     let last = password_message(client, &mut from_client).await?;
-    let verified = match (exchange.client_final(&last), unusable) {
+    let verified = match (exchange.client_final(&last), why) {
         (Ok(verified), None) => verified,
         (Ok(_) | Err(ScramError::Proof), why) => {
             let delay = shared.verifiers.failed(peer, role);
             shared.metrics.auth_failed(!delay.is_zero());
-            if let Some(why) = why {
-                tracing::info!(reason = %why, "the role's password cannot be checked by the proxy");
-            }
             tokio::time::sleep(delay).await;
             let error = ErrorFields::fatal(
                 sqlstate::INVALID_PASSWORD,
                 format!("password authentication failed for user \"{role}\""),
             );
-            return Err(refused(
-                match why {
-                    Some(_) => error.with_hint(
-                        "pgtier's proxy authentication needs the role's password stored as SCRAM-SHA-256 \
-                         (set password_encryption = 'scram-sha-256' and set the password again).",
-                    ),
-                    None => error,
-                },
-                "wrong_password",
-            ));
+            let error = if unusable {
+                error.with_hint(
+                    "pgtier's proxy authentication needs the role's password stored as SCRAM-SHA-256 \
+                     (set password_encryption = 'scram-sha-256' and set the password again).",
+                )
+            } else {
+                error
+            };
+            return Err(LoginError::PasswordFailed { error, why });
         }
         (Err(e), _) => return Err(scram_refusal(e)),
     };

@@ -32,9 +32,13 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(600);
 pub enum Lookup {
     /// A SCRAM verifier to check the client against.
     Scram(Verifier),
-    /// No such role, or it cannot log in: checked against a mock verifier
-    /// no password matches, so the exchange does not tell.
+    /// auth_query returned no row (no such role, or it cannot log in):
+    /// checked against a mock verifier no password matches, so the
+    /// exchange does not tell.
     Unknown,
+    /// auth_query returned NULL: no password assigned (or, for a function
+    /// like the README's, no such role); checked like [`Lookup::Unknown`].
+    NoPassword,
     /// The role exists but its password cannot be checked by the proxy.
     Unusable(VerifierError),
 }
@@ -182,9 +186,9 @@ impl Verifiers {
         let stored: Option<String> = row.try_get(0)?;
         Ok(match Verifier::parse(stored.as_deref()) {
             Ok(verifier) => Lookup::Scram(verifier),
-            // No password (or no such role, for an auth_query that answers
-            // NULL then): nothing a password could match; say nothing more.
-            Err(VerifierError::Missing) => Lookup::Unknown,
+            // Nothing a password could match; the client is told no more
+            // than for a wrong one.
+            Err(VerifierError::Missing) => Lookup::NoPassword,
             Err(e) => Lookup::Unusable(e),
         })
     }
