@@ -1,11 +1,15 @@
 //! A bound on how many lines of one kind the proxy logs per second, so that
 //! a flood of refused logins (an attacker's, or a pool configured past its
 //! tier's cap) cannot set the log's volume. What is not logged is counted,
-//! and the next line that is logged says how many went unlogged; the
-//! metrics count every one.
+//! and the next line that is logged says how many went unlogged, or, when
+//! no line follows within a second, a line of its own does; the metrics
+//! count every one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::shared::Shared;
 
 /// Lines of one kind written per second, and those held back.
 #[derive(Debug)]
@@ -61,6 +65,36 @@ impl LogBudget {
     }
 }
 
+impl LogBudget {
+    /// The lines held back in seconds that are over, if no line written
+    /// since has reported them; they count as reported.
+    pub fn take_overdue(&self) -> u64 {
+        let now = self.started.elapsed().as_secs() & 0xffff_ffff;
+        if self.window.load(Ordering::Relaxed) >> 32 == now {
+            // Still the flood's second: the next line may yet say it.
+            return 0;
+        }
+        self.unlogged.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// Once a second, logs the refusals held back that no later refusal's line
+/// reported: a flood that stops still has its count in the log.
+pub async fn report_held_back(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let unlogged = shared.refusal_log.take_overdue();
+        if unlogged > 0 {
+            tracing::info!(
+                unlogged,
+                "refusals held back from the log (log_refusals_per_second)"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +113,24 @@ mod tests {
         // were held back before it.
         assert_eq!(budget.admit(0), Some(held));
         assert_eq!(budget.admit(0), Some(0));
+    }
+
+    #[test]
+    fn held_back_lines_are_overdue_only_once_their_second_is_over() {
+        let budget = LogBudget::default();
+        // The budget spent in the current second, then three held back.
+        let now = budget.started.elapsed().as_secs();
+        budget.window.store((now << 32) | 1, Ordering::Relaxed);
+        budget.unlogged.store(3, Ordering::Relaxed);
+        if budget.started.elapsed().as_secs() == now {
+            assert_eq!(budget.take_overdue(), 0, "the second is not over");
+        }
+        // The same window, a second earlier: over.
+        budget
+            .window
+            .store(now.wrapping_sub(1) << 32 | 1, Ordering::Relaxed);
+        assert_eq!(budget.take_overdue(), 3);
+        assert_eq!(budget.take_overdue(), 0, "reported once");
+        assert_eq!(budget.admit(10), Some(0), "and not again by the next line");
     }
 }

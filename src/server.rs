@@ -109,6 +109,7 @@ impl Proxy {
         } = self;
         let mut shutdown = shared.subscribe_shutdown();
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
+        tokio::spawn(crate::log_budget::report_held_back(Arc::clone(&shared)));
         tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
         tokio::spawn(keep_warm(Arc::clone(&shared)));
         let fleet_sync = tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared)));
