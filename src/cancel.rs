@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster;
 use crate::config::ClusterConfig;
-use crate::fleet::{Fleet, Op};
+use crate::fleet::{Fleet, Op, OpsQueue};
 use crate::protocol::startup::CancelKey;
 
 /// Proxy key → cluster key for every live session.
@@ -24,7 +24,7 @@ pub struct CancelKeys {
     map: DashMap<CancelKey, CancelKey>,
     /// In a fleet, where registrations are mirrored, so that a cancel
     /// reaching another instance finds its session.
-    mirror: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Op>>,
+    mirror: std::sync::OnceLock<OpsQueue>,
 }
 
 /// Keeps a mapping alive for as long as its session; removes it on drop.
@@ -38,7 +38,7 @@ impl Drop for CancelRegistration {
     fn drop(&mut self) {
         self.keys.map.remove(&self.client_key);
         if let Some(mirror) = self.keys.mirror.get() {
-            let _ = mirror.send(Op::CancelDel(self.client_key.clone()));
+            mirror.push(Op::CancelDel(self.client_key.clone()));
         }
     }
 }
@@ -65,7 +65,7 @@ impl CancelKeys {
             };
             if let dashmap::Entry::Vacant(slot) = self.map.entry(client_key.clone()) {
                 if let Some(mirror) = self.mirror.get() {
-                    let _ = mirror.send(Op::CancelAdd(client_key.clone(), cluster_key.clone()));
+                    mirror.push(Op::CancelAdd(client_key.clone(), cluster_key.clone()));
                 }
                 slot.insert(cluster_key);
                 return CancelRegistration {
@@ -77,7 +77,7 @@ impl CancelKeys {
     }
 
     /// Mirrors every registration (and its end) to a fleet's store.
-    pub fn mirror_to(&self, ops: tokio::sync::mpsc::UnboundedSender<Op>) {
+    pub fn mirror_to(&self, ops: OpsQueue) {
         let _ = self.mirror.set(ops);
     }
 

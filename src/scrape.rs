@@ -230,6 +230,16 @@ impl Collector for ProxyCollector {
             )?;
             ConstCounter::new(shared.fleet.store_errors())
                 .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+
+            let mut m = encoder.encode_descriptor(
+                "pgtier_fleet_ops_dropped",
+                "Releases, cancel keys and row changes not written to the fleet's store \
+                 (its queue full, or the store failing)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(shared.fleet.ops_dropped())
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
         }
 
         let mut m = encoder.encode_descriptor(

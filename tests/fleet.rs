@@ -305,7 +305,12 @@ async fn store_count_reaches(redis: &RedisServer, tenant: &str, want: u64) {
 async fn an_unreachable_store_fails_open_or_closed_as_configured() {
     let mut redis = RedisServer::start().unwrap();
     let t = scram_tenant("fleet_down");
-    let open = instance(&redis, "", "");
+    let admin_port = free_port();
+    let open = instance(
+        &redis,
+        &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
+        "",
+    );
     let closed = ChildProxy::start(&common::config_text(
         "",
         "prefer",
@@ -328,6 +333,24 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() {
         ),
         "53300"
     );
+    // The two sessions' cancel keys could not be written: dropped and
+    // counted, not queued for ever.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http_get(admin_port, "/metrics").await;
+        let dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("pgtier_fleet_ops_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if dropped >= Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgtier_fleet_ops_dropped_total {dropped:?} with the store down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Closed: no slot without the store.
     let e = connect(closed.addr, &t.db, &t.user, &t.password)
         .await
@@ -360,11 +383,7 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() {
 async fn the_operator_api_shows_the_instance_and_the_fleet() {
     let redis = RedisServer::start().unwrap();
     let t = scram_tenant("fleet_api");
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let admin_port = free_port();
     let a = instance(
         &redis,
         &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
@@ -375,18 +394,8 @@ async fn the_operator_api_shows_the_instance_and_the_fleet() {
     let (_on_a, _ca) = connect(a.addr, &t.db, &t.user, &t.password).await.unwrap();
     let (_on_b, _cb) = connect(b.addr, &t.db, &t.user, &t.password).await.unwrap();
     let get = |path: String| async move {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
-            .await
-            .unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {out}"))
+        let body = http_get(admin_port, &path).await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     };
     let fleet = get("/fleet".to_owned()).await;
     assert_eq!(fleet["store"], "redis");
@@ -399,4 +408,25 @@ async fn the_operator_api_shows_the_instance_and_the_fleet() {
     let tenant = get(format!("/tenants/{}", t.db)).await;
     assert_eq!(tenant["connections"], 1, "this instance's own: {tenant}");
     assert_eq!(tenant["fleet_connections"], 2, "the fleet's: {tenant}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of an operator API GET.
+async fn http_get(admin_port: u16, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
 }

@@ -20,6 +20,7 @@
 //! rest and adds one if under the limit. An instance killed with `kill -9`
 //! therefore frees its slots within `lease_ttl`.
 
+pub mod ops;
 pub mod redis;
 pub mod sync;
 
@@ -33,15 +34,7 @@ use crate::protocol::startup::CancelKey;
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::tenants::{AtCapacity, Slot, Tenant};
 
-/// What the background task does for the sessions, without making them
-/// wait: releases, cancel keys, committed row changes.
-#[derive(Debug)]
-pub enum Op {
-    Release(String),
-    CancelAdd(CancelKey, CancelKey),
-    CancelDel(CancelKey),
-    RowDelta(String, i64),
-}
+pub use ops::{Op, OpsQueue};
 
 /// Why a fleet-wide slot was not given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +81,8 @@ pub struct Fleet {
     pub instance: String,
     pub config: FleetConfig,
     store: Option<redis::Store>,
-    ops: mpsc::UnboundedSender<Op>,
-    ops_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    ops: OpsQueue,
+    ops_rx: std::sync::Mutex<Option<mpsc::Receiver<Op>>>,
     up: AtomicBool,
     errors: AtomicU64,
 }
@@ -99,12 +92,12 @@ pub struct Fleet {
 #[derive(Debug)]
 pub struct Lease {
     tenant: String,
-    ops: mpsc::UnboundedSender<Op>,
+    ops: OpsQueue,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let _ = self.ops.send(Op::Release(std::mem::take(&mut self.tenant)));
+        self.ops.push(Op::Release(std::mem::take(&mut self.tenant)));
     }
 }
 
@@ -113,7 +106,7 @@ impl Fleet {
     /// `[fleet] instance` does not). A store is connected lazily; until it
     /// answers, `on_store_error` decides.
     pub fn new(config: &FleetConfig, listen: std::net::SocketAddr) -> Fleet {
-        let (ops, ops_rx) = mpsc::unbounded_channel();
+        let (ops, ops_rx) = OpsQueue::new(ops::MAX_QUEUED);
         let name = config.instance.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_owned())
@@ -203,13 +196,23 @@ impl Fleet {
     /// Queues work for the background task (a no-op for a local fleet).
     pub fn send(&self, op: Op) {
         if self.store.is_some() {
-            let _ = self.ops.send(op);
+            self.ops.push(op);
         }
     }
 
-    /// The sender cancel keys mirror their registrations through.
-    pub fn ops(&self) -> Option<mpsc::UnboundedSender<Op>> {
+    /// The queue cancel keys mirror their registrations through.
+    pub fn ops(&self) -> Option<OpsQueue> {
         self.store.as_ref().map(|_| self.ops.clone())
+    }
+
+    /// Work for the store dropped since start (see [`ops`]).
+    pub fn ops_dropped(&self) -> u64 {
+        self.ops.dropped()
+    }
+
+    /// Counts `n` items of work the background task dropped.
+    pub fn ops_dropped_later(&self, n: usize) {
+        self.ops.dropped_later(n);
     }
 
     /// The cluster key behind a client key another instance issued.
@@ -221,7 +224,7 @@ impl Fleet {
     }
 
     /// The background task's end of the queue, taken once.
-    pub fn take_ops(&self) -> Option<mpsc::UnboundedReceiver<Op>> {
+    pub fn take_ops(&self) -> Option<mpsc::Receiver<Op>> {
         self.ops_rx.lock().ok().and_then(|mut r| r.take())
     }
 

@@ -8,7 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fleet::Op;
+use tokio::sync::mpsc::Receiver;
+
+use crate::fleet::ops::{Batch, Op};
+use crate::fleet::redis::Store;
+use crate::fleet::Fleet;
 use crate::quota::log_crossing;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -18,11 +22,13 @@ use crate::shutdown::Stage;
 const ROWS_REFRESH: Duration = Duration::from_secs(1);
 /// How often last activity is exchanged with the store.
 const ACTIVITY_SYNC: Duration = Duration::from_secs(10);
+/// The most queued work taken as one batch.
+const MAX_BATCH: usize = 1024;
 
 /// Runs until shutdown closes sessions; nothing to do for a local fleet.
 pub async fn run(shared: Arc<Shared>) {
     let fleet = &shared.fleet;
-    let (Some(store), Some(mut ops)) = (fleet.store().cloned(), fleet.take_ops()) else {
+    let (Some(store), Some(ops)) = (fleet.store().cloned(), fleet.take_ops()) else {
         return;
     };
     let instance = fleet.instance.clone();
@@ -38,20 +44,18 @@ pub async fn run(shared: Arc<Shared>) {
     // those it has none of any more get their entry removed.
     let mut asserted: HashSet<String> = HashSet::new();
     let mut pushed: HashMap<String, u64> = HashMap::new();
+    // The sessions' work runs beside the heartbeat, so that a store slow
+    // to answer it cannot hold the heartbeat up until the leases expire.
+    tokio::spawn(drain(
+        Arc::clone(&shared),
+        store.clone(),
+        instance.clone(),
+        ops,
+    ));
     tracing::info!(instance, "joined the fleet");
     loop {
         tokio::select! {
             _ = shutdown.reached(Stage::Closing) => break,
-            op = ops.recv() => {
-                let Some(op) = op else { break };
-                let done = match op {
-                    Op::Release(tenant) => store.release(&instance, &tenant).await,
-                    Op::CancelAdd(client, cluster) => store.add_cancel(&instance, &client, &cluster).await,
-                    Op::CancelDel(client) => store.del_cancel(&instance, &client).await,
-                    Op::RowDelta(tenant, delta) => store.row_delta(&tenant, delta).await,
-                };
-                fleet.noted(&done);
-            }
             _ = heartbeat.tick() => {
                 let mut counts = Vec::new();
                 let mut sessions = 0u64;
@@ -91,6 +95,68 @@ pub async fn run(shared: Arc<Shared>) {
         )
         .await;
     fleet.noted(&farewell);
+}
+
+/// Takes the sessions' work from the queue in batches and does it, until
+/// shutdown closes the sessions.
+async fn drain(shared: Arc<Shared>, store: Store, instance: String, mut ops: Receiver<Op>) {
+    let mut shutdown = shared.subscribe_shutdown();
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    loop {
+        tokio::select! {
+            _ = shutdown.reached(Stage::Closing) => break,
+            taken = ops.recv_many(&mut queued, MAX_BATCH) => {
+                if taken == 0 {
+                    break;
+                }
+                let batch = Batch::new(queued.drain(..));
+                apply(&shared.fleet, &store, &instance, batch).await;
+            }
+        }
+    }
+}
+
+/// Does a batch's calls until one fails: with the store not answering,
+/// each further call would wait out its timeout while the queue fills. That
+/// call's work and the rest are dropped and counted (the heartbeat, the
+/// cancel keys' expiry and the next measurement make up for it).
+async fn apply(fleet: &Fleet, store: &Store, instance: &str, batch: Batch) {
+    let mut left = batch.calls();
+    let mut done = |result: Result<(), ::redis::RedisError>| {
+        fleet.noted(&result);
+        if result.is_ok() {
+            left -= 1;
+        }
+        result.is_ok()
+    };
+    let ok = 'calls: {
+        for (client, cluster) in &batch.cancel_adds {
+            if !done(store.add_cancel(instance, client, cluster).await) {
+                break 'calls false;
+            }
+        }
+        for client in &batch.cancel_dels {
+            if !done(store.del_cancel(instance, client).await) {
+                break 'calls false;
+            }
+        }
+        for (tenant, &n) in &batch.releases {
+            for _ in 0..n {
+                if !done(store.release(instance, tenant).await) {
+                    break 'calls false;
+                }
+            }
+        }
+        for (tenant, &delta) in &batch.row_deltas {
+            if !done(store.row_delta(tenant, delta).await) {
+                break 'calls false;
+            }
+        }
+        true
+    };
+    if !ok && left > 0 {
+        fleet.ops_dropped_later(left);
+    }
 }
 
 /// Reads the fleet's figure of every tenant with a session here and a row
