@@ -3,68 +3,68 @@
 //! a session carries its session id, tenant and client address.
 
 mod common;
+mod harden;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use harden::ChildProxy;
 
-/// A `pgtier` binary running with `top_level` added to its configuration,
-/// its stderr read line by line.
+/// A `pgtier` binary running with its stderr's lines read in order, from
+/// the one after "accepting connections".
 struct Logging {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    proxy: ChildProxy,
     addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
+    /// Lines already read.
+    read: usize,
 }
 
 impl Logging {
+    /// With `top_level` added to the test configuration.
     async fn start(top_level: &str) -> Logging {
         Logging::spawn(&common::config_text(top_level, "require", "")).await
     }
 
-    /// The same, from a whole configuration text (see `config_text`).
+    /// From a whole configuration text (see `config_text`).
     async fn spawn(text: &str) -> Logging {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let text = text.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxy.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtier"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+        let text = text.to_owned();
+        let proxy = tokio::task::spawn_blocking(move || ChildProxy::start(&text))
+            .await
             .unwrap();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut logging = Logging {
-            child,
-            lines,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            _dir: dir,
-        };
-        while !logging.next_line().await.contains("accepting connections") {}
-        logging
+        let read = proxy
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|l| l.contains("accepting connections"))
+            .expect("the line that gave the address")
+            + 1;
+        Logging {
+            addr: proxy.addr,
+            proxy,
+            read,
+        }
+    }
+
+    /// The next line, within `wait`.
+    async fn next_line_within(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(line) = self.proxy.log.lock().unwrap().get(self.read).cloned() {
+                self.read += 1;
+                return Some(line);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The next line, within 10 s.
     async fn next_line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+        self.next_line_within(Duration::from_secs(10))
             .await
             .expect("a log line in time")
-            .expect("stderr readable")
-            .expect("pgtier still running")
     }
 }
 
@@ -88,7 +88,6 @@ async fn session_log(log_format: &str) -> Vec<String> {
             break;
         }
     }
-    let _ = pgtier.child.kill().await;
     seen.into_iter()
         .map(|l| l.replace(&t.db, "TENANT"))
         .collect()
@@ -127,12 +126,9 @@ async fn a_flood_of_refused_logins_is_logged_at_the_budget_and_the_rest_counted(
             tokio::time::Instant::now() < deadline,
             "{logged} logged + {unlogged} counted of {SENT} refusals after the flood stopped"
         );
-        let Ok(line) =
-            tokio::time::timeout(Duration::from_millis(300), pgtier.lines.next_line()).await
-        else {
+        let Some(line) = pgtier.next_line_within(Duration::from_millis(300)).await else {
             continue;
         };
-        let line = line.unwrap().expect("pgtier still running");
         // Refused before the proxy took the StartupMessage in: a
         // "connection refused" line.
         if line.contains("connection refused") || line.contains("login refused") {
@@ -149,7 +145,6 @@ async fn a_flood_of_refused_logins_is_logged_at_the_budget_and_the_rest_counted(
         logged < SENT,
         "{logged} lines for a flood of {SENT} at 5 a second"
     );
-    let _ = pgtier.child.kill().await;
 }
 
 /// The next "login refused" line for `user`.
@@ -211,7 +206,6 @@ async fn why_a_password_failed_is_logged_and_not_told() {
         !line.contains("detail="),
         "a wrong password needs no why: {line}"
     );
-    let _ = pgtier.child.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,19 @@ pub fn config_for_port(port: u16, top_level: &str, tls_mode: &str, tables: &str)
     )
 }
 
+/// The address in a "accepting connections" line, text (`listen=…`) or
+/// JSON (`"listen":"…"`).
+fn listen_address(line: &str) -> Option<SocketAddr> {
+    let text = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="));
+    let json = || {
+        line.split_once("\"listen\":\"")
+            .and_then(|(_, rest)| rest.split('"').next())
+    };
+    text.or_else(json).and_then(|a| a.parse().ok())
+}
+
 /// The `pgtier` binary running as a child process from a config file:
 /// for what an in-process proxy cannot show (its own memory, its answer
 /// to a signal, its exit code). Killed on drop.
@@ -116,11 +129,7 @@ impl ChildProxy {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                {
+                if let Some(addr) = listen_address(&line) {
                     let _ = tx.send(addr);
                 }
                 lines.lock().unwrap().push(line);
