@@ -351,6 +351,12 @@ async fn keep_warm(shared: Arc<Shared>) {
                 probed = true;
             }
         }
+        let closed = shared
+            .verifiers
+            .close_idle_connections(config.server_idle_timeout);
+        if closed > 0 {
+            tracing::debug!(connections = closed, "idle auth_query connections closed");
+        }
         let expired = shared.warm.expire(config.server_idle_timeout);
         if expired > 0 {
             tracing::debug!(

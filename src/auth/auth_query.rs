@@ -10,7 +10,8 @@
 //! they queue on the least busy (tokio-postgres pipelines them). With no
 //! connection open, one login opens it and the others wait for that
 //! attempt; if it timed out, they fail with it, and so does every lookup
-//! for [`RETRY_AFTER`].
+//! for [`RETRY_AFTER`]. Those opened for a burst are closed once idle for
+//! `server_idle_timeout`; one stays.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +40,8 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 struct Link {
     client: tokio_postgres::Client,
     in_flight: AtomicUsize,
+    /// When its last lookup ended.
+    last_used: Mutex<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +70,7 @@ pub struct OnLink(Arc<Link>);
 
 impl Drop for OnLink {
     fn drop(&mut self) {
+        *self.0.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -134,6 +138,7 @@ impl AuthQueryConnections {
                             let link = Arc::new(Link {
                                 client,
                                 in_flight: AtomicUsize::new(1),
+                                last_used: Mutex::new(Instant::now()),
                             });
                             state.links.push(Arc::clone(&link));
                             state.timed_out = None;
@@ -195,6 +200,29 @@ impl AuthQueryConnections {
     /// state is unknown); the lookups still on it end with it.
     pub fn discard(&self, on: &OnLink) {
         self.lock().links.retain(|l| !Arc::ptr_eq(l, &on.0));
+    }
+
+    /// Closes the connections opened for a burst once they have had no
+    /// lookup for `idle` (the operator's `server_idle_timeout`), keeping
+    /// one; returns how many.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        let mut state = self.lock();
+        let before = state.links.len();
+        let mut kept = 0;
+        state.links.retain(|l| {
+            let busy = l.in_flight.load(Ordering::Relaxed) > 0
+                || l.last_used
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed()
+                    < idle;
+            let keep = busy || kept == 0;
+            if keep {
+                kept += 1;
+            }
+            keep
+        });
+        before - state.links.len()
     }
 
     /// Open lookup connections.

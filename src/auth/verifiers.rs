@@ -198,6 +198,11 @@ impl Verifiers {
         self.connections.len()
     }
 
+    /// Closes auth_query connections idle for `idle`, but one.
+    pub fn close_idle_connections(&self, idle: Duration) -> usize {
+        self.connections.close_idle(idle)
+    }
+
     /// Forgets a role's cached answer (its password was found wrong on the
     /// cluster: the cache may be stale).
     pub fn forget(&self, role: &str) {
