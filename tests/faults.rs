@@ -52,16 +52,25 @@ async fn a_cluster_stopped_mid_query_errors_every_client_frees_every_slot_and_co
     let mut running = Vec::new();
     let mut idle = Vec::new();
     for i in 0..12 {
-        let (client, conn) = connect(proxy.addr, &tenant.db, &tenant.user, &tenant.password)
-            .await
-            .expect("login");
         if i < 10 {
+            let (client, conn) = connect(proxy.addr, &tenant.db, &tenant.user, &tenant.password)
+                .await
+                .expect("login");
             running.push((
                 tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await }),
                 conn,
             ));
         } else {
-            idle.push((client, conn));
+            idle.push(
+                common::connect_keeping_notices(
+                    proxy.addr,
+                    &tenant.db,
+                    &tenant.user,
+                    &tenant.password,
+                )
+                .await
+                .expect("login"),
+            );
         }
     }
     let c = Arc::clone(&cluster);
@@ -119,12 +128,22 @@ async fn a_cluster_stopped_mid_query_errors_every_client_frees_every_slot_and_co
             .expect_err("the connection ended with an error");
     }
     for (client, conn) in idle {
-        tokio::time::timeout_at((stopped + Duration::from_secs(5)).into(), conn)
-            .await
-            .expect("an idle session ended within 5 s")
-            .expect("connection task")
-            .expect_err("the connection ended with an error");
+        let (notices, end) =
+            tokio::time::timeout_at((stopped + Duration::from_secs(5)).into(), conn)
+                .await
+                .expect("an idle session ended within 5 s")
+                .expect("connection task");
+        end.expect_err("the connection ended with an error");
         assert!(client.is_closed());
+        // The cluster's last word to an idle session is a WARNING (57P01
+        // "terminating connection due to immediate shutdown command"): it
+        // reaches the client before the connection closes.
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.code() == &SqlState::ADMIN_SHUTDOWN && n.message().contains("shutdown")),
+            "the cluster's goodbye to an idle session: {notices:?}"
+        );
     }
     let took = stopped.elapsed();
     wait_until(Duration::from_secs(1), "every slot free", || {

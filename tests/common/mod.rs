@@ -319,6 +319,41 @@ pub async fn connect(
     Ok((client, tokio::spawn(connection)))
 }
 
+/// Like [`connect`]; the connection's task keeps the notices the server
+/// sent on it (a WARNING outside any query, such as a cluster's goodbye)
+/// and returns them with how the connection ended.
+pub async fn connect_keeping_notices(
+    addr: SocketAddr,
+    db: &str,
+    user: &str,
+    password: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        JoinHandle<(
+            Vec<tokio_postgres::error::DbError>,
+            Result<(), tokio_postgres::Error>,
+        )>,
+    ),
+    tokio_postgres::Error,
+> {
+    let (client, mut connection) = pg_config(addr, db, user, password)
+        .connect(tls_connector())
+        .await?;
+    let task = tokio::spawn(async move {
+        let mut notices = Vec::new();
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => notices.push(notice),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return (notices, Err(e)),
+                None => return (notices, Ok(())),
+            }
+        }
+    });
+    Ok((client, task))
+}
+
 /// Like [`connect`], also returning the stream of NOTIFY messages.
 pub async fn connect_with_notifications(
     addr: SocketAddr,
