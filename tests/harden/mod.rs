@@ -129,10 +129,13 @@ impl ChildProxy {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = listen_address(&line) {
+                let addr = listen_address(&line);
+                // The line is in the log before `start` returns with its
+                // address (a caller may look for it there).
+                lines.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                lines.lock().unwrap().push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
