@@ -544,8 +544,7 @@ async fn read_more(rx: &mut ReadSide, buf: &mut BytesMut, last: &mut usize) -> i
         *buf = BytesMut::new();
     }
     if buf.is_empty() {
-        // A socket with nothing to read yet is waited on without a buffer.
-        // (TLS answers at once: only a read can tell.)
+        // A stream with nothing to read yet is waited on without a buffer.
         let readable = rx.wait_readable();
         tokio::pin!(readable);
         match std::future::poll_fn(|cx| Poll::Ready(readable.as_mut().poll(cx))).await {
