@@ -63,9 +63,7 @@ impl LogBudget {
             }
         }
     }
-}
 
-impl LogBudget {
     /// The lines held back in seconds that are over, if no line written
     /// since has reported them; they count as reported.
     pub fn take_overdue(&self) -> u64 {
