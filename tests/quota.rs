@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::frames::{bind, execute, frame, parse, sync};
 use common::{
     cluster, connect, quota_table, read_message as read_msg, scram_tenant, start_proxy_with,
     wait_until,
@@ -378,33 +379,6 @@ async fn a_refusal_inside_a_transaction_aborts_it_as_postgresql_would() {
         .unwrap()
         .get(0);
     assert_eq!(count, 20);
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend(((body.len() + 4) as u32).to_be_bytes());
-    out.extend(body);
-    out
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = format!("{name}\0{sql}\0").into_bytes();
-    body.extend(0u16.to_be_bytes());
-    frame(b'P', &body)
-}
-
-fn bind(statement: &str) -> Vec<u8> {
-    let mut body = format!("\0{statement}\0").into_bytes();
-    body.extend([0, 0, 0, 0, 0, 0]);
-    frame(b'B', &body)
-}
-
-fn execute() -> Vec<u8> {
-    frame(b'E', b"\0\0\0\0\0")
-}
-
-fn sync() -> Vec<u8> {
-    frame(b'S', b"")
 }
 
 /// Logs `t` in over plaintext with raw frames ([`common::raw_login_ok`]).

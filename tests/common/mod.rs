@@ -13,6 +13,8 @@
 //! [`raw_login`], which answers whatever the mode asks.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod frames;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
