@@ -40,3 +40,6 @@ pub const INVALID_CURSOR_NAME: &str = "34000";
 pub const INVALID_PASSWORD: &str = "28P01";
 /// `invalid_catalog_name`: the database does not exist.
 pub const INVALID_CATALOG_NAME: &str = "3D000";
+/// A name the proxy reserves for itself (the refusal markers), as
+/// PostgreSQL answers names it reserves (`pg_` roles, …).
+pub const RESERVED_NAME: &str = "42939";

@@ -16,7 +16,7 @@
 //! the refused statement either), nothing is swapped and the client sees
 //! what PostgreSQL would have shown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +29,9 @@ use crate::protocol::frame::{put_frame, FrameHeader, Interest};
 use crate::protocol::ErrorFields;
 use crate::pump::{Hook, Verdict};
 use crate::quota::classify::Classification;
+use crate::quota::functions::function_call_adds_rows;
 use crate::quota::policy::{self, Refusal};
+use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
 use crate::quota::{log_crossing, Figure};
 use crate::shared::Shared;
 use crate::tenants::Tenant;
@@ -43,15 +45,14 @@ pub const MAX_INSPECTED_STATEMENT: usize = 8 * 1024 * 1024;
 const MAX_SMALL_MESSAGE: usize = 64 * 1024;
 /// How much of a Bind or Close the gate peeks at for the portal and
 /// statement names (longer names make the session's tracking unreliable,
-/// which it then says, see `lost_track`).
+/// which it then says, see `Tracker::lose_track`).
 const NAME_PEEK: usize = 5 + 2048;
 /// How much of a CommandComplete is read for its tag.
 const TAG_PEEK: usize = 5 + 64;
-/// Prepared statements and portals tracked per session; past this the
-/// session's tracking is unreliable (see `lost_track`).
-const MAX_TRACKED: usize = 10_000;
-/// The prefix of the marker names refused statements are replaced by.
-const MARKER_PREFIX: &str = "pgtier_refused_";
+/// The prefix of the marker names refused statements are replaced by. A
+/// client's own statement or portal names never start with it (any case):
+/// they get `42939`, as PostgreSQL answers names it reserves.
+pub const MARKER_PREFIX: &str = "pgtier_refused_";
 
 /// A refusal on its way: the cluster will fail the marker, and the gate's
 /// cluster side swaps that failure for `error`.
@@ -73,11 +74,17 @@ struct Link {
     /// A statement changed row counts in a way the tags do not tell:
     /// measure the tenant once its transaction is over.
     remeasure: AtomicBool,
+    /// Prepared statements and portals as the cluster has confirmed them.
+    names: Mutex<Tracker>,
 }
 
 impl Link {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -125,10 +132,6 @@ pub fn gates(shared: &Arc<Shared>, tenant: &Arc<Tenant>) -> (ClientGate, Cluster
         rules: Rules::load(shared, tenant),
         link: Arc::clone(&link),
         requests: 0,
-        statements: HashMap::new(),
-        portals: HashMap::new(),
-        lost_track: false,
-        nonce: rand::random(),
         asked_measurement: false,
     };
     let cluster = ClusterGate {
@@ -154,20 +157,9 @@ pub struct ClientGate {
     rules: Rules,
     link: Arc<Link>,
     /// Query, Sync and FunctionCall messages seen: each earns one
-    /// ReadyForQuery, which is how refusals are matched to the stream.
+    /// ReadyForQuery, which is how refusals and name changes are matched
+    /// to the stream.
     requests: u64,
-    /// Prepared statements by name (SQL PREPARE and protocol Parse share
-    /// one namespace, as in PostgreSQL): does executing it add rows?
-    statements: HashMap<Box<str>, bool>,
-    /// Portals by name: does executing it add rows?
-    portals: HashMap<Box<str>, bool>,
-    /// Statements may exist that the gate did not see prepared (prepared
-    /// before the rules applied, or past `MAX_TRACKED`): executing an
-    /// unknown one then counts as adding rows.
-    lost_track: bool,
-    /// Makes markers unguessable, so no statement of the client's own can
-    /// be mistaken for one.
-    nonce: u64,
     /// This session has asked for the tenant's first measurement.
     asked_measurement: bool,
 }
@@ -186,7 +178,7 @@ impl Hook for ClientGate {
     fn batch(&mut self) {
         if self.rules.refresh(&self.shared, &self.tenant) {
             // Statements prepared while nothing was enforced were not seen.
-            self.lost_track = true;
+            self.link.names().lose_track();
         }
         if self.rules.limits.row_limit > 0 && self.tenant.rows.unknown() && !self.asked_measurement
         {
@@ -213,6 +205,13 @@ impl Hook for ClientGate {
                 max_len: MAX_SMALL_MESSAGE,
             },
             b'B' | b'C' => Interest::Peek { len: NAME_PEEK },
+            // Only a tenant over its limit has calls refused; a refusal
+            // replaces the whole message, so it is held whole.
+            b'F' if self.rules.limits.row_limit > 0 && self.over_limit().is_some() => {
+                Interest::Whole {
+                    max_len: MAX_INSPECTED_STATEMENT,
+                }
+            }
             _ => Interest::Pass,
         }
     }
@@ -223,14 +222,9 @@ impl Hook for ClientGate {
             b'Q' => self.on_query(body),
             b'P' => self.on_parse(body),
             b'E' => self.on_execute(body),
-            b'B' => {
-                self.on_bind(body);
-                Verdict::Forward
-            }
-            b'C' => {
-                self.on_close(body);
-                Verdict::Forward
-            }
+            b'B' => self.on_bind(body),
+            b'C' => self.on_close(body),
+            b'F' => self.on_function_call(body),
             _ => Verdict::Forward,
         }
     }
@@ -243,23 +237,34 @@ impl ClientGate {
             return Verdict::Forward;
         };
         let statement = self.classify(sql);
+        if let Some(name) = statement
+            .prepares
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .find(|name| is_reserved(name.as_bytes()))
+        {
+            return self.refuse(Refusal::ReservedName(Space::Statement), name, Shape::Simple);
+        }
         if let Some(refusal) = self.verdict(&statement) {
-            return self.refuse(refusal, Shape::Simple);
+            return self.refuse(refusal, "", Shape::Simple);
         }
-        for (name, adds_rows) in &statement.prepares {
-            self.track_statement(name, *adds_rows);
-        }
-        for deallocated in &statement.deallocates {
-            match deallocated {
-                Some(name) => {
-                    self.statements.remove(name.as_str());
-                }
-                None => {
-                    // DEALLOCATE ALL / DISCARD ALL: every prepared
-                    // statement is gone, known or not.
-                    self.statements.clear();
-                    self.lost_track = false;
-                }
+        if !statement.prepares.is_empty() || !statement.deallocates.is_empty() {
+            // Each takes effect when its command tag says it did.
+            let request = self.requests;
+            let mut names = self.link.names();
+            for (name, adds_rows) in &statement.prepares {
+                let change = Change::Define(name.as_str().into(), *adds_rows);
+                names.sent(request, Confirmation::PrepareTag, Space::Statement, change);
+            }
+            for deallocated in &statement.deallocates {
+                let (by, change) = match deallocated {
+                    Some(name) => (
+                        Confirmation::DeallocateTag,
+                        Change::Remove(name.as_str().into()),
+                    ),
+                    None => (Confirmation::DeallocateAllTag, Change::RemoveAll),
+                };
+                names.sent(request, by, Space::Statement, change);
             }
         }
         if statement.remeasure {
@@ -275,67 +280,128 @@ impl ClientGate {
         let Some((sql, _)) = cstr(rest) else {
             return Verdict::Forward;
         };
+        if is_reserved(name) {
+            let name = String::from_utf8_lossy(name);
+            return self.refuse(
+                Refusal::ReservedName(Space::Statement),
+                &name,
+                Shape::Extended,
+            );
+        }
         let statement = self.classify(sql);
         if let Some(feature) = policy::denied_feature(&statement, self.rules.limits.deny) {
-            return self.refuse(Refusal::Policy(feature), Shape::Extended);
+            return self.refuse(Refusal::Policy(feature), "", Shape::Extended);
         }
         let adds_rows = statement.adds_rows || self.executes_rows(&statement);
         let name = String::from_utf8_lossy(name);
-        self.track_statement(&name, adds_rows);
+        let mut names = self.link.names();
+        // A SQL PREPARE in the text runs at each Execute, which the proxy
+        // does not follow: it counts at once if it adds rows.
+        for (prepared, adds) in &statement.prepares {
+            names.assume_defined(Space::Statement, prepared, *adds);
+        }
+        let change = Change::Define(name.as_ref().into(), adds_rows);
+        names.sent(
+            self.requests + 1,
+            Confirmation::ParseComplete,
+            Space::Statement,
+            change,
+        );
+        drop(names);
         if statement.remeasure {
             self.link.remeasure.store(true, Ordering::Relaxed);
         }
         Verdict::Forward
     }
 
-    fn on_bind(&mut self, body: &[u8]) {
+    fn on_bind(&mut self, body: &[u8]) -> Verdict {
         let names = cstr(body).and_then(|(portal, rest)| Some((portal, cstr(rest)?.0)));
         let Some((portal, statement)) = names else {
             // Names longer than the peek: this portal cannot be tracked.
-            self.lost_track = true;
-            return;
+            self.link.names().lose_track();
+            return Verdict::Forward;
         };
+        // A Bind is only peeked at, so it cannot be replaced: a portal with
+        // a reserved name is refused at its Execute instead.
         let statement = String::from_utf8_lossy(statement);
-        let adds_rows = self.statement_adds_rows(&statement);
         let portal = String::from_utf8_lossy(portal);
-        if self.portals.len() >= MAX_TRACKED && !self.portals.contains_key(portal.as_ref()) {
-            self.lost_track = true;
-            return;
-        }
-        self.portals.insert(portal.into(), adds_rows);
+        let mut names = self.link.names();
+        let adds_rows = names.adds_rows(Space::Statement, &statement, self.requests + 1);
+        let change = Change::Define(portal.as_ref().into(), adds_rows);
+        names.sent(
+            self.requests + 1,
+            Confirmation::BindComplete,
+            Space::Portal,
+            change,
+        );
+        Verdict::Forward
     }
 
     fn on_execute(&mut self, body: &[u8]) -> Verdict {
         let Some((portal, _)) = cstr(body) else {
             return Verdict::Forward;
         };
+        if is_reserved(portal) {
+            let portal = String::from_utf8_lossy(portal);
+            return self.refuse(
+                Refusal::ReservedName(Space::Portal),
+                &portal,
+                Shape::Extended,
+            );
+        }
         if self.rules.limits.row_limit == 0 {
             return Verdict::Forward;
         }
         let portal = String::from_utf8_lossy(portal);
-        let adds_rows = match self.portals.get(portal.as_ref()) {
-            Some(adds_rows) => *adds_rows,
-            None => self.lost_track,
-        };
+        let adds_rows = self
+            .link
+            .names()
+            .adds_rows(Space::Portal, &portal, self.requests + 1);
         match adds_rows.then(|| self.over_limit()).flatten() {
-            Some(figure) => self.refuse(Refusal::RowLimit(figure), Shape::Extended),
+            Some(figure) => self.refuse(Refusal::RowLimit(figure), "", Shape::Extended),
             None => Verdict::Forward,
         }
     }
 
-    fn on_close(&mut self, body: &[u8]) {
+    fn on_close(&mut self, body: &[u8]) -> Verdict {
         let Some((&kind, rest)) = body.split_first() else {
-            return;
+            return Verdict::Forward;
         };
         let Some((name, _)) = cstr(rest) else {
-            return;
+            return Verdict::Forward;
+        };
+        let space = match kind {
+            b'S' => Space::Statement,
+            b'P' => Space::Portal,
+            // The cluster refuses it; no CloseComplete comes.
+            _ => return Verdict::Forward,
         };
         let name = String::from_utf8_lossy(name);
-        match kind {
-            b'S' => self.statements.remove(name.as_ref()),
-            b'P' => self.portals.remove(name.as_ref()),
-            _ => None,
+        self.link.names().sent(
+            self.requests + 1,
+            Confirmation::CloseComplete,
+            space,
+            Change::Remove(name.as_ref().into()),
+        );
+        Verdict::Forward
+    }
+
+    /// A fast-path function call (libpq's large-object API, `PQfn`): while
+    /// the tenant is over its limit, refused unless the function is known
+    /// to add nothing.
+    fn on_function_call(&mut self, body: &[u8]) -> Verdict {
+        // Too short to name a function: the cluster will say so.
+        let Some(oid) = body.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) else {
+            return Verdict::Forward;
         };
+        if !function_call_adds_rows(oid) {
+            return Verdict::Forward;
+        }
+        match self.over_limit() {
+            // A FunctionCall earns its own ReadyForQuery, like a Query.
+            Some(figure) => self.refuse(Refusal::RowLimit(figure), "", Shape::Simple),
+            None => Verdict::Forward,
+        }
     }
 
     fn classify(&self, sql: &[u8]) -> Arc<Classification> {
@@ -363,34 +429,19 @@ impl ClientGate {
     }
 
     /// Whether a statement's SQL `EXECUTE`s a prepared statement that adds
-    /// rows.
+    /// rows: as the cluster has it, or as the same text prepares it.
     fn executes_rows(&self, statement: &Classification) -> bool {
+        if statement.executes.is_empty() {
+            return false;
+        }
+        let names = self.link.names();
         statement.executes.iter().any(|name| {
-            // A statement prepared in the same text counts as it says.
-            match statement
-                .prepares
-                .iter()
-                .find(|(prepared, _)| prepared == name)
-            {
-                Some((_, adds_rows)) => *adds_rows,
-                None => self.statement_adds_rows(name),
-            }
+            names.adds_rows(Space::Statement, name, self.requests)
+                || statement
+                    .prepares
+                    .iter()
+                    .any(|(prepared, adds_rows)| prepared == name && *adds_rows)
         })
-    }
-
-    fn statement_adds_rows(&self, name: &str) -> bool {
-        match self.statements.get(name) {
-            Some(adds_rows) => *adds_rows,
-            None => self.lost_track,
-        }
-    }
-
-    fn track_statement(&mut self, name: &str, adds_rows: bool) {
-        if self.statements.len() >= MAX_TRACKED && !self.statements.contains_key(name) {
-            self.lost_track = true;
-            return;
-        }
-        self.statements.insert(name.into(), adds_rows);
     }
 
     /// The tenant's figure, if it is over its limit.
@@ -402,19 +453,22 @@ impl ClientGate {
     }
 
     /// Replaces the refused message by a marker the cluster will fail, and
-    /// queues the error the client is to see in its place.
-    fn refuse(&mut self, refusal: Refusal, shape: Shape) -> Verdict {
+    /// queues the error the client is to see in its place. `name` is the
+    /// reserved name a `ReservedName` refusal is about.
+    fn refuse(&mut self, refusal: Refusal, name: &str, shape: Shape) -> Verdict {
         let limits = &self.rules.limits;
         let error = match refusal {
             Refusal::Policy(feature) => policy::policy_error(feature, &limits.tier),
             Refusal::RowLimit(figure) => {
                 policy::row_limit_error(self.tenant.name(), figure, limits.row_limit, &limits.tier)
             }
+            Refusal::ReservedName(space) => policy::reserved_name_error(space, name),
         };
         self.tenant.note_statement_refused(refusal.reason());
         tracing::debug!(tenant = self.tenant.name(), reason = refusal.reason(), error = %error, "statement refused");
-        self.nonce = self.nonce.wrapping_add(1);
-        let marker = format!("{MARKER_PREFIX}{:016x}", self.nonce);
+        // A fresh, unguessable name each time: a tenant who reads a marker
+        // in pg_stat_activity learns nothing about the next one.
+        let marker = format!("{MARKER_PREFIX}{:032x}", rand::random::<u128>());
         let mut out = BytesMut::with_capacity(64);
         let ready_index = match shape {
             Shape::Simple => {
@@ -444,6 +498,13 @@ impl ClientGate {
             .store(pending.len(), Ordering::Release);
         Verdict::Replace(out)
     }
+}
+
+/// Whether a client's statement or portal name claims the markers' prefix
+/// (in any case: quoted and unquoted names alike).
+fn is_reserved(name: &[u8]) -> bool {
+    name.len() >= MARKER_PREFIX.len()
+        && name[..MARKER_PREFIX.len()].eq_ignore_ascii_case(MARKER_PREFIX.as_bytes())
 }
 
 /// Cluster → client: swaps the cluster's failure of a marker for the
@@ -492,7 +553,9 @@ impl Hook for ClusterGate {
                 self.copy_in = true;
                 Interest::Pass
             }
-            b'C' if self.rules.limits.row_limit > 0 => Interest::Peek { len: TAG_PEEK },
+            b'C' if self.rules.active() => Interest::Peek { len: TAG_PEEK },
+            // ParseComplete, BindComplete, CloseComplete confirm names.
+            b'1' | b'2' | b'3' if self.rules.active() => Interest::Peek { len: 5 },
             _ => Interest::Pass,
         }
     }
@@ -503,6 +566,9 @@ impl Hook for ClusterGate {
             b'E' => return self.on_error(body),
             b'C' => self.on_command_complete(body),
             b'Z' => self.on_ready(body.first().copied().unwrap_or(b'I')),
+            b'1' => self.confirm(Confirmation::ParseComplete),
+            b'2' => self.confirm(Confirmation::BindComplete),
+            b'3' => self.confirm(Confirmation::CloseComplete),
             _ => {}
         }
         Verdict::Forward
@@ -536,6 +602,12 @@ impl ClusterGate {
         let tag = cstr(body).map_or(body, |(tag, _)| tag);
         let tag = std::str::from_utf8(tag).unwrap_or_default();
         let copy_in = std::mem::take(&mut self.copy_in);
+        if let Some(confirmation) = Confirmation::of_tag(tag) {
+            self.confirm(confirmation);
+        }
+        if self.rules.limits.row_limit == 0 {
+            return;
+        }
         match Tag::parse(tag) {
             Tag::Rows(n) => {
                 self.delta = self.delta.saturating_add(n);
@@ -558,8 +630,17 @@ impl ClusterGate {
         }
     }
 
+    /// The cluster carried out a change of names of the request it is
+    /// answering.
+    fn confirm(&mut self, confirmation: Confirmation) {
+        self.link.names().confirmed(self.readies + 1, confirmation);
+    }
+
     fn on_ready(&mut self, status: u8) {
         self.readies += 1;
+        if self.rules.active() {
+            self.link.names().ready(self.readies);
+        }
         if self.link.pending_count.load(Ordering::Acquire) > 0 {
             // Markers answered by now failed or were skipped.
             let mut pending = self.link.lock();

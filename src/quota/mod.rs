@@ -14,8 +14,10 @@
 
 pub mod auditor;
 pub mod classify;
+pub mod functions;
 pub mod gate;
 pub mod policy;
+pub mod prepared;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,7 @@
 use crate::config::DenySet;
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::quota::classify::{Classification, Feature};
+use crate::quota::prepared::Space;
 use crate::quota::{thousands, Figure};
 
 /// Why a statement is refused.
@@ -14,6 +15,9 @@ pub enum Refusal {
     Policy(Feature),
     /// It may add rows while the tenant is over its row limit.
     RowLimit(Figure),
+    /// It names a prepared statement or portal with the prefix of the
+    /// proxy's refusal markers.
+    ReservedName(Space),
 }
 
 impl Refusal {
@@ -22,6 +26,7 @@ impl Refusal {
         match self {
             Refusal::Policy(_) => "policy",
             Refusal::RowLimit(_) => "row_limit",
+            Refusal::ReservedName(_) => "reserved_name",
         }
     }
 }
@@ -47,6 +52,23 @@ pub fn policy_error(feature: Feature, tier: &str) -> ErrorFields {
     .with_hint(format!(
         "Upgrade the database's tier to use {}.",
         feature.name
+    ))
+}
+
+/// `ERROR 42939`: a client's statement or portal name claims the prefix of
+/// the proxy's refusal markers, which no client may use.
+pub fn reserved_name_error(space: Space, name: &str) -> ErrorFields {
+    let what = match space {
+        Space::Statement => "prepared statement",
+        Space::Portal => "portal",
+    };
+    ErrorFields::error(
+        sqlstate::RESERVED_NAME,
+        format!("{what} name \"{name}\" is reserved"),
+    )
+    .with_detail(format!(
+        "Names beginning with \"{}\" are reserved for the proxy.",
+        crate::quota::gate::MARKER_PREFIX
     ))
 }
 
