@@ -407,3 +407,37 @@ async fn replication_connections_are_refused() {
     }
     refused_before_any_tenant(&proxy, "replication", 5).await;
 }
+
+/// `options` cannot move the session: PostgreSQL takes no database name
+/// from a client's command-line options, and `session_authorization` for
+/// another role needs a superuser. Checked against each version, since the
+/// proxy relies on it rather than reading `options` for identity.
+#[tokio::test]
+async fn options_cannot_change_the_database_or_the_role() {
+    let hobby = unique("opt_hobby");
+    let hobby_user = format!("{hobby}_owner");
+    let password = tenant(&hobby, &hobby_user);
+    let acme = unique("opt_acme");
+    let acme_user = format!("{acme}_owner");
+    tenant(&acme, &acme_user);
+    let proxy = proxy("", "").await;
+    let u = hobby_user.as_str();
+    for (options, expected) in [
+        (acme.clone(), "42601"),
+        (format!("-c work_mem=64MB {acme}"), "42601"),
+        (format!("-c session_authorization={acme_user}"), "42501"),
+        (format!("--session_authorization={acme_user}"), "42501"),
+    ] {
+        let (_s, outcome) = login(
+            &proxy,
+            &[("user", u), ("database", &hobby), ("options", &options)],
+            &password,
+        )
+        .await;
+        let (code, message) = outcome.unwrap_or_else(|| panic!("options={options:?} logged in"));
+        assert_eq!(code, expected, "options={options:?}: {message}");
+    }
+    // Without them, the same login works.
+    let mut s = login_ok(&proxy, &[("user", u), ("database", &hobby)], &password).await;
+    assert_eq!(query(&mut s, "SELECT 1").await, None);
+}
