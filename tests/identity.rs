@@ -36,7 +36,7 @@ fn tenant(db: &str, user: &str) -> String {
 /// `pad` characters as fit (after an `x` or two where they do not divide).
 fn name_of_63(prefix: &str, pad: char) -> String {
     let mut name = unique(prefix);
-    while (63 - name.len()) % pad.len_utf8() != 0 {
+    while !(63 - name.len()).is_multiple_of(pad.len_utf8()) {
         name.push('x');
     }
     while name.len() < 63 {
