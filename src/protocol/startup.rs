@@ -165,10 +165,25 @@ pub struct StartupMessage {
 }
 
 impl StartupMessage {
+    /// A parameter by its exact name, as PostgreSQL matches `database`,
+    /// `user` and `options` (settings: [`Self::setting`]).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A setting given as a startup parameter (`client_encoding`,
+    /// `TimeZone`, …), found whatever the case it was sent in, as
+    /// PostgreSQL finds settings: `Client_Encoding=SJIS` sets the client
+    /// encoding. Unambiguous, since no name comes twice in any case. Not
+    /// for `database`, `user`, `options` and `replication`, which
+    /// PostgreSQL matches exactly ([`Self::param`]).
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
@@ -503,6 +518,14 @@ mod tests {
             decode_startup(&[("user", "u"), ("database", "d"), ("Database", "e")]),
             dup("Database")
         );
+    }
+
+    #[test]
+    fn settings_are_found_whatever_their_case() {
+        let msg = decode_startup(&[("user", "u"), ("Client_Encoding", "SJIS")]).unwrap();
+        assert_eq!(msg.setting("client_encoding"), Some("SJIS"));
+        assert_eq!(msg.param("client_encoding"), None);
+        assert_eq!(msg.setting("timezone"), None);
     }
 
     /// PostgreSQL (15, 17 and 18 alike) cuts `database` and `user` to 63
