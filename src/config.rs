@@ -621,6 +621,16 @@ impl Config {
             )));
         }
         for (tenant, t) in &self.tenants {
+            // PostgreSQL cuts a database name to 63 bytes, and so does the
+            // proxy when it names the tenant: a longer entry would never
+            // apply, and its tenant would get the default tier.
+            if tenant.len() > crate::protocol::startup::MAX_NAME_BYTES {
+                return Err(invalid(format!(
+                    "tenants.{tenant:?}: a database name has at most 63 bytes (this one has {}); \
+                     PostgreSQL and pgtier cut longer names, so this entry would never apply",
+                    tenant.len()
+                )));
+            }
             if let Some(tier) = &t.tier {
                 if !self.tiers.contains_key(tier) {
                     return Err(invalid(format!(
@@ -892,6 +902,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tenants.x.tier"), "{err}");
+
+        let long = "d".repeat(64);
+        let err = Config::from_toml_str(&format!("{BASE}\n[tenants.{long}]\ntier = \"free\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 63 bytes"), "{err}");
+        let exact = "d".repeat(63);
+        Config::from_toml_str(&format!("{BASE}\n[tenants.{exact}]\ntier = \"free\"\n")).unwrap();
     }
 
     #[test]

@@ -149,11 +149,18 @@ pub async fn handshake(
     }
 }
 
-/// Refuses a startup packet with PostgreSQL's own SQLSTATE and message.
+/// Refuses a startup packet with PostgreSQL's own SQLSTATE and message
+/// (and the proxy's own for what PostgreSQL would accept but the proxy
+/// cannot read unambiguously: a parameter given twice, a name cut inside a
+/// character).
 fn refuse(stream: Stream, e: StartupError) -> HandshakeError {
+    let mut error = ErrorFields::fatal(e.sqlstate(), e.to_string());
+    if let Some(hint) = e.hint() {
+        error = error.with_hint(hint);
+    }
     HandshakeError::Refused {
         stream: Box::new(stream),
-        error: ErrorFields::fatal(e.sqlstate(), e.to_string()),
-        reason: "bad_startup",
+        error,
+        reason: e.reason(),
     }
 }

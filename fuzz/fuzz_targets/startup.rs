@@ -1,14 +1,15 @@
 //! The startup-phase decoder: the first bytes any client on the internet
 //! may send. A packet is a length (checked first, before anything is
 //! allocated) and a body; whatever the body, decoding ends in a packet or an
-//! error, and what it accepts is what PostgreSQL accepts and forwards
-//! unchanged.
+//! error, and what it accepts is what PostgreSQL accepts, read as
+//! PostgreSQL reads it: no parameter twice, `database` and `user` cut to 63
+//! bytes (and forwarded so).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pgtier::protocol::startup::{
     check_length, decode, StartupError, StartupMessage, StartupPacket, MAX_CANCEL_SECRET,
-    MAX_STARTUP_PACKET_LEN, MIN_STARTUP_PACKET_LEN,
+    MAX_NAME_BYTES, MAX_STARTUP_PACKET_LEN, MIN_STARTUP_PACKET_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -39,6 +40,14 @@ fn check(body: &[u8]) {
         Ok(StartupPacket::Startup(msg)) => {
             assert!(!msg.user().is_empty(), "a user name is required");
             assert!(!msg.database().is_empty(), "the tenant is never empty");
+            // The tenant and the role are the names the cluster uses.
+            assert!(msg.database().len() <= MAX_NAME_BYTES);
+            assert!(msg.user().len() <= MAX_NAME_BYTES);
+            let mut names: Vec<String> =
+                msg.params.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), msg.params.len(), "a parameter twice: {msg:?}");
             // PostgreSQL reads parameters up to the first empty name: that
             // is the terminator, and it must be the last byte.
             assert!(

@@ -23,6 +23,11 @@ pub const PROTOCOL_3_0: u32 = 3 << 16;
 pub const PROTOCOL_3_2: u32 = (3 << 16) | 2;
 /// The longest cancel-key secret protocol 3.2 allows.
 pub const MAX_CANCEL_SECRET: usize = 256;
+/// The longest database or role name PostgreSQL keeps: `NAMEDATALEN - 1`.
+/// Every version the proxy supports (15, 17, 18) cuts the startup packet's
+/// `database` and `user` to this many bytes before it looks them up, so a
+/// longer name reaches the same database and role as its first 63 bytes.
+pub const MAX_NAME_BYTES: usize = 63;
 
 /// Why a startup packet is refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -39,6 +44,23 @@ pub enum StartupError {
     UnsupportedVersion { major: u16, minor: u16 },
     #[error("invalid length of cancel request packet")]
     BadCancel,
+    /// The same parameter named twice (names compared ignoring ASCII case,
+    /// as PostgreSQL compares setting names). PostgreSQL would keep the
+    /// last value; refusing means no reader can take another one.
+    #[error("invalid startup packet layout: parameter \"{0}\" given twice")]
+    DuplicateParameter(String),
+    /// A `database` or `user` longer than [`MAX_NAME_BYTES`] whose cut
+    /// falls inside a UTF-8 character: PostgreSQL would look up a name
+    /// ending in part of a character, which the proxy cannot name.
+    #[error(
+        "invalid startup packet layout: {what} name is longer than 63 bytes and \
+         byte 63 ends inside a multibyte character"
+    )]
+    NameCutInCharacter { what: &'static str },
+    /// `replication`: a walsender connection, which may open no database
+    /// at all and speaks commands the proxy does not read.
+    #[error("replication connections are not supported through this proxy")]
+    Replication,
 }
 
 impl StartupError {
@@ -49,11 +71,39 @@ impl StartupError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             StartupError::NoUser => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            StartupError::UnsupportedVersion { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+            StartupError::UnsupportedVersion { .. } | StartupError::Replication => {
+                sqlstate::FEATURE_NOT_SUPPORTED
+            }
             StartupError::BadLength
             | StartupError::MissingTerminator
             | StartupError::NotUtf8
-            | StartupError::BadCancel => sqlstate::PROTOCOL_VIOLATION,
+            | StartupError::BadCancel
+            | StartupError::DuplicateParameter(_)
+            | StartupError::NameCutInCharacter { .. } => sqlstate::PROTOCOL_VIOLATION,
+        }
+    }
+
+    /// The metrics and log label of the refusal: the attempts to make the
+    /// proxy and the cluster read different names have their own, so that
+    /// they stand out from clients that are merely broken.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StartupError::DuplicateParameter(_) => "duplicate_parameter",
+            StartupError::NameCutInCharacter { .. } => "name_cut_in_character",
+            StartupError::Replication => "replication",
+            _ => "bad_startup",
+        }
+    }
+
+    /// A hint for the client, where one helps.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StartupError::DuplicateParameter(_) => Some("Send each startup parameter once."),
+            StartupError::NameCutInCharacter { .. } => Some(
+                "PostgreSQL keeps the first 63 bytes of a database or user name; \
+                 use the name as the database stores it.",
+            ),
+            _ => None,
         }
     }
 }
@@ -99,21 +149,41 @@ impl CancelKey {
     }
 }
 
-/// A decoded StartupMessage.
+/// A decoded StartupMessage, read as the cluster will read it: each
+/// parameter named once, and `database` and `user` already cut to
+/// [`MAX_NAME_BYTES`]. So the tenant ([`Self::database`]), the role
+/// ([`Self::user`]) and what [`Self::encode`] forwards are one and the same
+/// name, whatever the cluster's version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartupMessage {
     pub minor_version: u16,
-    /// Parameters in the order the client sent them, `_pq_.` options removed.
+    /// Parameters in the order the client sent them, `_pq_.` options
+    /// removed, no name twice, `database` and `user` truncated.
     pub params: Vec<(String, String)>,
     /// `_pq_.` protocol options the client asked for; the proxy supports none.
     pub unsupported_options: Vec<String>,
 }
 
 impl StartupMessage {
+    /// A parameter by its exact name, as PostgreSQL matches `database`,
+    /// `user` and `options` (settings: [`Self::setting`]).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A setting given as a startup parameter (`client_encoding`,
+    /// `TimeZone`, …), found whatever the case it was sent in, as
+    /// PostgreSQL finds settings: `Client_Encoding=SJIS` sets the client
+    /// encoding. Unambiguous, since no name comes twice in any case. Not
+    /// for `database`, `user`, `options` and `replication`, which
+    /// PostgreSQL matches exactly ([`Self::param`]).
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
@@ -122,7 +192,9 @@ impl StartupMessage {
     }
 
     /// The database, which names the tenant. PostgreSQL's default applies:
-    /// the user name when `database` is absent or empty.
+    /// the user name when `database` is absent or empty (both already
+    /// truncated, which is the same as PostgreSQL's defaulting first and
+    /// truncating after).
     pub fn database(&self) -> &str {
         match self.param("database") {
             Some(db) if !db.is_empty() => db,
@@ -221,15 +293,28 @@ fn decode_params(minor_version: u16, rest: &[u8]) -> Result<StartupMessage, Star
     }
     let mut params = Vec::with_capacity(strings.len() / 2);
     let mut unsupported_options = Vec::new();
+    // PostgreSQL keeps the last of two values; the proxy would have to
+    // apply that rule in every reader (the tenant, the role, the client
+    // encoding, …). Refusing the packet leaves nothing to disagree on.
+    // Setting names are case-insensitive to PostgreSQL, so `TimeZone` and
+    // `timezone` are the same parameter. A set, not pairwise comparisons:
+    // a 10,000-byte packet holds over 3,000 names.
+    let mut seen = std::collections::HashSet::with_capacity(strings.len() / 2);
     let mut iter = strings.into_iter();
     while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+        if !seen.insert(k.to_ascii_lowercase()) {
+            return Err(StartupError::DuplicateParameter(k));
+        }
+        if k == "replication" {
+            return Err(StartupError::Replication);
+        }
         if k.starts_with("_pq_.") {
             unsupported_options.push(k);
         } else {
             params.push((k, v));
         }
     }
-    let msg = StartupMessage {
+    let mut msg = StartupMessage {
         minor_version,
         params,
         unsupported_options,
@@ -237,7 +322,31 @@ fn decode_params(minor_version: u16, rest: &[u8]) -> Result<StartupMessage, Star
     if msg.user().is_empty() {
         return Err(StartupError::NoUser);
     }
+    for (name, value) in &mut msg.params {
+        // PostgreSQL's names for these two are exact (`strcmp`): `Database`
+        // is a setting to it, and an unknown one at that.
+        let what = match name.as_str() {
+            "database" => "database",
+            "user" => "user",
+            _ => continue,
+        };
+        truncate_name(value, what)?;
+    }
     Ok(msg)
+}
+
+/// Cuts `name` to [`MAX_NAME_BYTES`] as PostgreSQL does (bytes, not
+/// characters: it does not know the name's encoding yet). A cut inside a
+/// character is refused: the cluster would look up a name no UTF-8
+/// database has, and the proxy could not even name it.
+fn truncate_name(name: &mut String, what: &'static str) -> Result<(), StartupError> {
+    if name.len() > MAX_NAME_BYTES {
+        if !name.is_char_boundary(MAX_NAME_BYTES) {
+            return Err(StartupError::NameCutInCharacter { what });
+        }
+        name.truncate(MAX_NAME_BYTES);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -334,6 +443,180 @@ mod tests {
         // An empty value is still a value.
         let body = startup_body(PROTOCOL_3_0, &[("user", "a"), ("options", "")]);
         assert!(matches!(decode(&body), Ok(StartupPacket::Startup(_))));
+    }
+
+    fn decode_startup(params: &[(&str, &str)]) -> Result<StartupMessage, StartupError> {
+        match decode(&startup_body(PROTOCOL_3_0, params))? {
+            StartupPacket::Startup(msg) => Ok(msg),
+            other => panic!("not a startup: {other:?}"),
+        }
+    }
+
+    /// PostgreSQL keeps the last value of a parameter given twice; the
+    /// proxy used to read the first, so `database=acme, database=hobby`
+    /// was counted as acme and opened hobby. Any name twice is refused,
+    /// wherever it stands and whatever the other parameters.
+    #[test]
+    fn a_parameter_given_twice_is_refused_wherever_it_stands() {
+        let dup = |name: &str| Err(StartupError::DuplicateParameter(name.to_owned()));
+        for params in [
+            &[("user", "u"), ("database", "a"), ("database", "b")][..],
+            &[("database", "a"), ("user", "u"), ("database", "b")],
+            &[("database", "a"), ("database", "a"), ("user", "u")],
+            &[("database", "a"), ("database", ""), ("user", "u")],
+            &[("database", ""), ("user", "u"), ("database", "b")],
+        ] {
+            assert_eq!(decode_startup(params), dup("database"), "{params:?}");
+        }
+        for params in [
+            &[("user", "x"), ("user", "hobby")][..],
+            &[("user", "x"), ("database", "d"), ("user", "hobby")],
+            &[("user", ""), ("user", "hobby")],
+            &[("user", "hobby"), ("user", "")],
+        ] {
+            assert_eq!(decode_startup(params), dup("user"), "{params:?}");
+        }
+        assert_eq!(
+            decode_startup(&[("user", "u"), ("options", "-c a=1"), ("options", "")]),
+            dup("options")
+        );
+        assert_eq!(
+            decode_startup(&[
+                ("user", "u"),
+                ("client_encoding", "UTF8"),
+                ("application_name", "x"),
+                ("client_encoding", "SJIS"),
+            ]),
+            dup("client_encoding")
+        );
+        // Setting names are case-insensitive to PostgreSQL: one setting.
+        assert_eq!(
+            decode_startup(&[
+                ("user", "u"),
+                ("client_encoding", "UTF8"),
+                ("Client_Encoding", "SJIS")
+            ]),
+            dup("Client_Encoding")
+        );
+        assert_eq!(
+            decode_startup(&[("user", "u"), ("_pq_.x", "1"), ("_pq_.x", "2")]),
+            dup("_pq_.x")
+        );
+        let err = decode_startup(&[("user", "u"), ("user", "v")]).unwrap_err();
+        assert_eq!(err.sqlstate(), "08P01");
+        assert_eq!(err.reason(), "duplicate_parameter");
+        assert_eq!(
+            err.to_string(),
+            "invalid startup packet layout: parameter \"user\" given twice"
+        );
+        // `Database` is a setting to PostgreSQL (an unknown one, which it
+        // refuses), not the database; next to `database` it is the same
+        // name in another case, so refused like any other pair.
+        let msg = decode_startup(&[("user", "u"), ("Database", "e")]).unwrap();
+        assert_eq!(msg.database(), "u");
+        assert_eq!(
+            decode_startup(&[("user", "u"), ("database", "d"), ("Database", "e")]),
+            dup("Database")
+        );
+    }
+
+    #[test]
+    fn settings_are_found_whatever_their_case() {
+        let msg = decode_startup(&[("user", "u"), ("Client_Encoding", "SJIS")]).unwrap();
+        assert_eq!(msg.setting("client_encoding"), Some("SJIS"));
+        assert_eq!(msg.param("client_encoding"), None);
+        assert_eq!(msg.setting("timezone"), None);
+    }
+
+    /// PostgreSQL (15, 17 and 18 alike) cuts `database` and `user` to 63
+    /// bytes before the lookup: `<63 bytes>zzz` is the same database as
+    /// `<63 bytes>`, so it must be the same tenant, and the cluster gets
+    /// the name the proxy counts.
+    #[test]
+    fn names_are_cut_to_63_bytes_as_the_cluster_cuts_them() {
+        let name63 = "d".repeat(63);
+        for suffix in ["", "z", "zzz", &"z".repeat(100)] {
+            let long = format!("{name63}{suffix}");
+            let user = format!("{}{suffix}", "u".repeat(63));
+            let msg = decode_startup(&[("user", &user), ("database", &long)]).unwrap();
+            assert_eq!(msg.database(), name63);
+            assert_eq!(msg.user(), "u".repeat(63));
+            let StartupPacket::Startup(forwarded) = decode(&msg.encode(PROTOCOL_3_0)[4..]).unwrap()
+            else {
+                panic!("not a startup")
+            };
+            assert_eq!(forwarded.param("database"), Some(name63.as_str()));
+            assert_eq!(forwarded.param("user"), Some("u".repeat(63).as_str()));
+        }
+        // No database: the user's (truncated) name, which is what
+        // PostgreSQL's default-then-truncate gives too.
+        for database in [None, Some("")] {
+            let long_user = format!("{}xyz", "h".repeat(63));
+            let mut params = vec![("user", long_user.as_str())];
+            params.extend(database.map(|d| ("database", d)));
+            let msg = decode_startup(&params).unwrap();
+            assert_eq!(msg.database(), "h".repeat(63));
+            assert_eq!(msg.user(), "h".repeat(63));
+        }
+        // Other parameters are not names: left alone, whatever their case.
+        let long = "x".repeat(80);
+        let msg = decode_startup(&[
+            ("user", "u"),
+            ("application_name", &long),
+            ("Database", &long),
+        ])
+        .unwrap();
+        assert_eq!(msg.param("application_name"), Some(long.as_str()));
+        assert_eq!(msg.param("Database"), Some(long.as_str()));
+        assert_eq!(msg.database(), "u");
+    }
+
+    /// A cut at byte 63 that falls inside a character names something no
+    /// UTF-8 database holds and the proxy cannot represent: refused. A
+    /// character that ends at byte 63, or starts at byte 64, is fine.
+    #[test]
+    fn a_cut_inside_a_multibyte_character_is_refused() {
+        for (ch, width) in [("é", 2), ("€", 3), ("𝄞", 4)] {
+            for pad in 63 - width..=63 {
+                let name = format!("{}{ch}tail", "a".repeat(pad));
+                let cut_inside = pad < 63 && pad + width > 63;
+                for key in ["database", "user"] {
+                    let params = [("user", "u"), (key, name.as_str())];
+                    let params = if key == "user" {
+                        &params[1..]
+                    } else {
+                        &params[..]
+                    };
+                    let got = decode_startup(params);
+                    if cut_inside {
+                        let err = got.unwrap_err();
+                        assert_eq!(err, StartupError::NameCutInCharacter { what: key });
+                        assert_eq!(err.sqlstate(), "08P01");
+                        assert_eq!(err.reason(), "name_cut_in_character");
+                    } else {
+                        let msg = got.unwrap();
+                        let value = msg.param(key).unwrap();
+                        assert_eq!(value.as_bytes(), &name.as_bytes()[..63], "{key} {pad} {ch}");
+                    }
+                }
+            }
+        }
+        // Exactly 63 bytes ending in a multibyte character: untouched.
+        let name = format!("{}é", "a".repeat(61));
+        assert_eq!(name.len(), 63);
+        assert_eq!(decode_startup(&[("user", &name)]).unwrap().database(), name);
+    }
+
+    /// A walsender connection may open no database at all (`replication=
+    /// true`) and speaks commands the proxy does not read.
+    #[test]
+    fn replication_connections_are_refused() {
+        for value in ["true", "database", "false", "0", ""] {
+            let err = decode_startup(&[("user", "u"), ("replication", value)]).unwrap_err();
+            assert_eq!(err, StartupError::Replication);
+            assert_eq!(err.sqlstate(), "0A000");
+            assert_eq!(err.reason(), "replication");
+        }
     }
 
     #[test]
