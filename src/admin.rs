@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::quota::grace_s;
 use crate::sessions::KillReason;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -183,8 +184,14 @@ pub struct TenantView {
     pub rows_exact: bool,
     /// 0 = unlimited.
     pub row_limit: u64,
-    /// Statements that add rows are refused while this is true.
+    /// Statements that add rows are refused while this is true (over the
+    /// limit, or unmeasurable past the grace).
     pub over_quota: bool,
+    /// Why the auditor cannot measure the tenant (`connect`, `permission`,
+    /// `lock`, `timeout`, `other`; `unmeasured` when no measurement has
+    /// finished yet), null when the last measurement worked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rows_unmeasurable: Option<String>,
     /// Sessions across the whole fleet (`[fleet] store = "redis"`; in
     /// `/tenants/{name}` only: it asks the store).
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -211,7 +218,24 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
         rows: figure.map(|f| f.rows),
         rows_exact: figure.is_some_and(|f| f.exact),
         row_limit: limits.row_limit,
-        over_quota: figure.is_some_and(|f| f.is_over(limits.row_limit)),
+        over_quota: limits.row_limit > 0
+            && (figure.is_some_and(|f| f.is_over(limits.row_limit))
+                || tenant.is_some_and(|t| {
+                    let grace = shared.config().quota.as_ref().map(|q| grace_s(q.interval));
+                    grace.is_some_and(|g| t.rows.unmeasurable(unix_now(), g))
+                })),
+        rows_unmeasurable: (limits.row_limit > 0)
+            .then(|| {
+                tenant.and_then(|t| match t.rows.failure() {
+                    Some(reason) => Some(reason.as_str().to_owned()),
+                    None if t.rows.figure().is_none() && t.rows.measured_at() == 0 => t
+                        .rows
+                        .unmeasurable(unix_now(), 0)
+                        .then(|| "unmeasured".to_owned()),
+                    None => None,
+                })
+            })
+            .flatten(),
         fleet_connections: None,
     }
 }

@@ -295,7 +295,8 @@ impl TenantConfig {
 
 /// `[quota]`: how the proxy measures tenants' rows. It logs into each
 /// tenant's database on the cluster as this role, which needs to read
-/// every table (`pg_read_all_data`) and CONNECT on tenant databases.
+/// every table (`pg_read_all_data`), bypass row-level security
+/// (`BYPASSRLS`) and CONNECT on tenant databases.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {

@@ -38,7 +38,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     )?;
     cluster.psql(
         "postgres",
-        &format!("GRANT pg_read_all_data TO {QUOTA_ROLE}"),
+        &format!("GRANT pg_read_all_data TO {QUOTA_ROLE}; ALTER ROLE {QUOTA_ROLE} BYPASSRLS"),
     )?;
     // Proxy-mode authentication, as proxy.toml ships it: pgtier checks
     // passwords itself, as a role that may only call one SECURITY DEFINER

@@ -167,6 +167,19 @@ impl Collector for ProxyCollector {
             }
         }
 
+        let mut m = encoder.encode_descriptor(
+            "pgtier_quota_measure_failures",
+            "Failed measurements of a tenant's rows, by reason (connect, permission, lock, timeout, other); while they fail, statements that add rows are refused",
+            None,
+            MetricType::Counter,
+        )?;
+        for (t, _) in &tenants {
+            for (reason, n) in t.rows.failures().filter(|(_, n)| *n > 0) {
+                let labels = [("tenant", t.name()), ("reason", reason.as_str())];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
         ConstCounter::new(shared.metrics.session_panics()).encode(encoder.encode_descriptor(
             "pgtier_session_panics",
             "Connection tasks that ended in a panic (each is a bug; the log has the panic)",

@@ -64,7 +64,8 @@ impl Tenant {
     /// Counts a refused statement by reason (`row_limit` or `policy`).
     pub fn note_statement_refused(&self, reason: &'static str) {
         let counter = match reason {
-            "row_limit" => &self.refused_row_limit,
+            // Refused for the row limit, measured or not.
+            "row_limit" | "unmeasured" => &self.refused_row_limit,
             _ => &self.refused_policy,
         };
         counter.fetch_add(1, Ordering::Relaxed);

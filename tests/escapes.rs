@@ -1,9 +1,11 @@
-//! A hostile tenant tries to escape its row quota through the proxy's own
+//! A hostile tenant tries to escape its row quota. Through the proxy's own
 //! machinery (issue 19): by claiming the marker a refusal is replaced by,
 //! by desynchronising the proxy's map of prepared statements from the
-//! cluster's, and through FunctionCall. Each attack here worked against the
-//! proxy before the rule it tests; each ends with the table's rows counted
-//! by the cluster itself, so an INSERT that slipped through cannot hide.
+//! cluster's, and through FunctionCall. Through the measurement (issue
+//! 20): by keeping rows where a count does not look (large objects,
+//! temporary tables), or by blinding the auditor (row-level security,
+//! CONNECT revoked, a table held locked). Each attack here worked against
+//! the proxy before the rule it tests.
 
 mod common;
 
@@ -18,41 +20,53 @@ use tokio::net::TcpStream;
 
 const LIMIT: u64 = 10;
 
-/// A trust tenant owning `t` with 20 rows, a proxy giving it a 10-row
-/// limit, and the proxy's word that the tenant is over it.
-async fn over_limit(prefix: &str) -> (common::Tenant, common::TestProxy) {
+/// A trust tenant owning `t` with `rows` rows (made by another session, so
+/// that the cluster's statistics know them), and a proxy measuring every
+/// second that gives it `limit` rows, its `[quota]` table being `quota`.
+async fn tenant_with_rows(
+    prefix: &str,
+    rows: u32,
+    limit: u64,
+    quota: &str,
+) -> (common::Tenant, common::TestProxy) {
     let t = common::trust_tenant(prefix);
-    let tables = format!(
-        "{}[tenants.{}]\nrow_limit = {LIMIT}\n",
-        quota_table("1s"),
-        t.db
-    );
-    let proxy = start_proxy_with("", &tables).await;
     cluster()
         .psql(
             &t.db,
             &format!(
-                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 20);
+                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, {rows});
                  ALTER TABLE t OWNER TO {}",
                 t.user
             ),
         )
         .unwrap();
+    let tables = format!("{quota}[tenants.{}]\nrow_limit = {limit}\n", t.db);
+    (t, start_proxy_with("", &tables).await)
+}
+
+/// Waits until the proxy holds `db` over (or not over) `limit`, as its
+/// last measurement (and the tags since) say.
+async fn wait_over(proxy: &common::TestProxy, db: &str, limit: u64, over: bool, within: u64) {
+    let shared = proxy.handle.shared().clone();
+    let db = db.to_owned();
+    let what = format!("{db} {} its limit", if over { "over" } else { "not over" });
+    wait_until(Duration::from_secs(within), &what, move || {
+        shared
+            .tenants
+            .get(&db)
+            .and_then(|t| t.rows.figure().filter(|_| t.rows.failure().is_none()))
+            .is_some_and(|f| f.is_over(limit) == over)
+    })
+    .await;
+}
+
+/// A trust tenant owning `t` with 20 rows, a proxy giving it a 10-row
+/// limit, and the proxy's word that the tenant is over it.
+async fn over_limit(prefix: &str) -> (common::Tenant, common::TestProxy) {
+    let (t, proxy) = tenant_with_rows(prefix, 20, LIMIT, &quota_table("1s")).await;
     // The first login asks for the first measurement.
     let _first = raw_login(&proxy, &t).await;
-    let shared = proxy.handle.shared().clone();
-    let db = t.db.clone();
-    wait_until(
-        Duration::from_secs(5),
-        "the tenant over its limit",
-        move || {
-            shared
-                .tenants
-                .get(&db)
-                .is_some_and(|t| t.rows.figure().is_some_and(|f| f.is_over(LIMIT)))
-        },
-    )
-    .await;
+    wait_over(&proxy, &t.db, LIMIT, true, 5).await;
     (t, proxy)
 }
 
@@ -279,4 +293,238 @@ async fn a_function_call_that_may_add_rows_is_refused_over_the_limit() {
         .psql(&t.db, "SELECT count(*) FROM pg_largeobject_metadata")
         .unwrap();
     assert_eq!(objects.trim(), "0", "no large object was created");
+}
+
+/// The proxy's tenant `db`.
+fn tenant(proxy: &common::TestProxy, db: &str) -> std::sync::Arc<pgtier::tenants::Tenant> {
+    proxy
+        .handle
+        .shared()
+        .tenants
+        .get(db)
+        .expect("a tenant the proxy knows")
+}
+
+/// The message of the one error in `answer`'s stream, read raw.
+async fn error_message(s: &mut TcpStream, bytes: &[u8]) -> (String, String) {
+    s.write_all(bytes).await.unwrap();
+    let mut error = None;
+    loop {
+        let (tag, body) = read_message(s).await;
+        match tag {
+            b'E' => {
+                let code = pgtier::protocol::error::sqlstate_of(&body)
+                    .unwrap_or("")
+                    .to_owned();
+                let message = pgtier::protocol::error::field_of(&body, b'M')
+                    .unwrap_or_default()
+                    .to_owned();
+                error = Some((code, message));
+            }
+            b'Z' => return error.unwrap_or_default(),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_objects_count_and_cannot_be_created_over_the_limit() {
+    let (t, proxy) = tenant_with_rows("esc_lo", 5, LIMIT, &quota_table("1s")).await;
+    let mut s = raw_login(&proxy, &t).await;
+    wait_over(&proxy, &t.db, LIMIT, false, 5).await;
+    // 10,000 bytes: one object and five 2 KiB pages; the INSERT makes the
+    // tenant due for its next measurement.
+    let made = send(
+        &mut s,
+        &query(
+            "SELECT lo_from_bytea(0, decode(repeat('ab', 10000), 'hex')); INSERT INTO t VALUES (0)",
+        ),
+        1,
+    )
+    .await;
+    assert!(made.errors.is_empty(), "{made:?}");
+    wait_over(&proxy, &t.db, LIMIT, true, 6).await;
+    let figure = tenant(&proxy, &t.db).rows.figure().unwrap();
+    // (A write that overlaps a measurement may count twice until the next.)
+    assert!(
+        figure.rows >= 6 + 1 + 5,
+        "the rows, the object and its pages: {figure:?}"
+    );
+    // Over the limit, libpq's large-object API is refused too.
+    let answer = send(&mut s, &function_call(LO_CREAT, &[0x20000]), 1).await;
+    assert_eq!(answer.errors, ["53400"]);
+}
+
+#[tokio::test]
+async fn rows_in_a_temporary_table_stay_counted_while_its_session_lives() {
+    let (t, proxy) = tenant_with_rows("esc_temp", 0, 100, &quota_table("1s")).await;
+    let mut holder = raw_login(&proxy, &t).await;
+    let made = send(
+        &mut holder,
+        &query("CREATE TEMP TABLE tt (n int); INSERT INTO tt SELECT generate_series(1, 150)"),
+        1,
+    )
+    .await;
+    assert!(made.errors.is_empty(), "{made:?}");
+    wait_over(&proxy, &t.db, 100, true, 5).await;
+    // Measurements that cannot read the other session's table (and whose
+    // statistics trail it) do not unblock the tenant.
+    let rows = tenant(&proxy, &t.db).rows.measured_at();
+    let shared = proxy.handle.shared().clone();
+    let db = t.db.clone();
+    wait_until(Duration::from_secs(8), "two more measurements", move || {
+        shared
+            .tenants
+            .get(&db)
+            .is_some_and(|t| t.rows.measured_at() >= rows + 2)
+    })
+    .await;
+    let mut other = raw_login(&proxy, &t).await;
+    let answer = send(&mut other, &query("INSERT INTO t VALUES (1)"), 1).await;
+    assert_eq!(answer.errors, ["53400"], "still over its limit");
+    // Once the session and its table are gone, the tenant is under again.
+    drop(holder);
+    wait_over(&proxy, &t.db, 100, false, 8).await;
+}
+
+#[tokio::test]
+async fn a_tenant_hiding_rows_behind_row_level_security_cannot_be_measured_and_is_refused() {
+    // A quota role as an operator might have made it before BYPASSRLS was
+    // in the recipe.
+    let user = common::unique("quota_norls");
+    let password = format!("pw-{user}");
+    cluster()
+        .psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'scram-sha-256';
+                 CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE pg_read_all_data"
+            ),
+        )
+        .unwrap();
+    let quota =
+        format!("[quota]\nuser = \"{user}\"\npassword = \"{password}\"\ninterval = \"1s\"\n");
+    let (t, proxy) = tenant_with_rows("esc_rls", 20, LIMIT, &quota).await;
+    let mut s = raw_login(&proxy, &t).await;
+    // Only its owner sees the rows: a count with row-level security on
+    // reads 0.
+    let hidden = send(
+        &mut s,
+        &query(&format!(
+            "ALTER TABLE t ENABLE ROW LEVEL SECURITY; CREATE POLICY mine ON t USING (current_user = '{}')",
+            t.user
+        )),
+        1,
+    )
+    .await;
+    assert!(hidden.errors.is_empty(), "{hidden:?}");
+    let shared = proxy.handle.shared().clone();
+    let db = t.db.clone();
+    wait_until(Duration::from_secs(8), "a failed measurement", move || {
+        shared
+            .tenants
+            .get(&db)
+            .is_some_and(|t| t.rows.failure().is_some())
+    })
+    .await;
+    assert_eq!(
+        tenant(&proxy, &t.db).rows.failure(),
+        Some(pgtier::quota::Unmeasurable::Permission)
+    );
+    let shared = proxy.handle.shared().clone();
+    let db = t.db.clone();
+    wait_until(Duration::from_secs(8), "the grace over", move || {
+        shared
+            .tenants
+            .get(&db)
+            .is_some_and(|t| t.rows.unmeasurable(pgtier::tenants::unix_now(), 3))
+    })
+    .await;
+    let (code, message) = error_message(&mut s, &query("INSERT INTO t VALUES (0)")).await;
+    assert_eq!(code, "53400");
+    assert!(message.starts_with("cannot measure database"), "{message}");
+    assert_eq!(rows_of_t(&t), "20");
+}
+
+#[tokio::test]
+async fn revoking_the_auditors_connect_blinds_nothing() {
+    let t = common::trust_tenant("esc_connect");
+    cluster()
+        .psql(
+            &t.db,
+            &format!(
+                "CREATE TABLE t (n int); ALTER TABLE t OWNER TO {};
+                 REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
+                t.user, t.db
+            ),
+        )
+        .unwrap();
+    let tables = format!(
+        "{}[tenants.{}]\nrow_limit = 1000\n",
+        quota_table("1s"),
+        t.db
+    );
+    let proxy = start_proxy_with("", &tables).await;
+    let mut s = raw_login(&proxy, &t).await;
+    let shared = proxy.handle.shared().clone();
+    let db = t.db.clone();
+    wait_until(
+        Duration::from_secs(8),
+        "refused for want of a measurement",
+        move || {
+            shared.tenants.get(&db).is_some_and(|t| {
+                t.rows.failure() == Some(pgtier::quota::Unmeasurable::Connect)
+                    && t.rows.unmeasurable(pgtier::tenants::unix_now(), 3)
+            })
+        },
+    )
+    .await;
+    let (code, message) = error_message(
+        &mut s,
+        &query("CREATE TABLE big AS SELECT generate_series(1, 5000) AS n"),
+    )
+    .await;
+    assert_eq!(code, "53400", "{message}");
+    // Reads and deletes still work.
+    assert!(send(&mut s, &query("SELECT count(*) FROM t"), 1)
+        .await
+        .errors
+        .is_empty());
+    // CONNECT given back: measured, and writes work again.
+    let (quota_user, _) = common::quota_role();
+    cluster()
+        .psql(
+            &t.db,
+            &format!("GRANT CONNECT ON DATABASE {} TO {quota_user}", t.db),
+        )
+        .unwrap();
+    wait_over(&proxy, &t.db, 1000, false, 8).await;
+    let answer = send(&mut s, &query("INSERT INTO t VALUES (1)"), 1).await;
+    assert!(answer.errors.is_empty(), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_table_held_locked_is_measured_from_statistics() {
+    let (t, proxy) = tenant_with_rows("esc_lock", 20, 30, &quota_table("1s")).await;
+    let mut locker = raw_login(&proxy, &t).await;
+    wait_over(&proxy, &t.db, 30, false, 5).await;
+    // A running query is never idle: the lock stays as long as the sleep.
+    locker
+        .write_all(&query(
+            "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+        ))
+        .await
+        .unwrap();
+    let mut s = raw_login(&proxy, &t).await;
+    let made = send(
+        &mut s,
+        &query("CREATE TABLE big AS SELECT generate_series(1, 50) AS n"),
+        1,
+    )
+    .await;
+    assert!(made.errors.is_empty(), "{made:?}");
+    wait_over(&proxy, &t.db, 30, true, 10).await;
+    let answer = send(&mut s, &query("INSERT INTO big VALUES (0)"), 1).await;
+    assert_eq!(answer.errors, ["53400"]);
+    drop(locker);
 }

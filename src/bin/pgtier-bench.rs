@@ -917,7 +917,7 @@ fn create_service_roles(cluster: &Cluster, targets: &[Target]) -> Result<Service
             "postgres",
             &format!(
                 "SET password_encryption = 'scram-sha-256'; \
-                 CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE pg_read_all_data;"
+                 CREATE ROLE {user} LOGIN PASSWORD '{password}' BYPASSRLS IN ROLE pg_read_all_data;"
             ),
         )?;
         roles.quota = Some((user.to_owned(), password));

@@ -1,7 +1,23 @@
 //! Measures tenants' rows on the cluster: the live rows of every table (and
 //! populated materialized view) in the tenant's database outside
 //! `pg_catalog`, `information_schema` and `pg_toast`, counted exactly, not
-//! estimated.
+//! estimated; plus what a count cannot reach, so that the tenant cannot
+//! hide rows from it:
+//!
+//! - large objects (`pg_largeobject`, in `pg_catalog`): one row each, plus
+//!   one per 2 KiB page of data;
+//! - temporary tables, which only their own session can read: one row per
+//!   8 KiB page they occupy (the cluster's file size, which needs no access
+//!   to the other session's buffers);
+//! - a table the tenant holds locked (a count would wait on it): the
+//!   cluster's statistics for it (`n_live_tup`, `reltuples`, `relpages`:
+//!   the greatest), which need no lock;
+//! - rows row-level security would hide: counted with `row_security = off`,
+//!   so a policy makes the count fail (and the tenant unmeasurable) rather
+//!   than read low.
+//!
+//! A measurement that fails leaves the tenant *unmeasurable*; after a grace
+//! it counts as over its limit ([`crate::quota::RowCount::unmeasurable`]).
 //!
 //! Counting stays cheap however large a tenant grows: each table is
 //! counted at most up to the remaining budget + 1 (a `LIMIT`ed subquery),
@@ -25,7 +41,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::control::{self, Login};
-use crate::quota::log_crossing;
+use crate::quota::{log_crossing, Unmeasurable};
 use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::tenants::{unix_now, Tenant};
@@ -43,13 +59,23 @@ const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 const LOCK_TIMEOUT: &str = "2s";
 const STATEMENT_TIMEOUT: &str = "60s";
 
-/// The tables that hold a tenant's rows.
-const TABLES: &str = "SELECT n.nspname, c.relname \
+/// The tables that hold a tenant's rows, and whether each is another
+/// session's temporary table (which only its size can measure).
+const TABLES: &str = "SELECT c.oid, n.nspname, c.relname, c.relpersistence = 't' \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated)) \
        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' \
+       AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' \
      ORDER BY c.oid";
+/// A locked table's rows as the statistics say (no lock needed).
+const STATISTICS: &str = "SELECT greatest(pg_catalog.pg_stat_get_live_tuples(c.oid), \
+     c.reltuples::bigint, c.relpages::bigint) FROM pg_catalog.pg_class c WHERE c.oid = $1";
+/// A temporary table's rows: its statistics (which trail its session),
+/// and never fewer than one per 8 KiB page it occupies (heap and TOAST).
+const TEMPORARY: &str = "SELECT greatest(pg_catalog.pg_stat_get_live_tuples($1::oid), \
+     pg_catalog.pg_table_size($1::oid) / 8192)";
+/// PostgreSQL's SQLSTATE for a lock not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Serves measurement requests and the periodic re-measurements until
 /// shutdown closes sessions. Does nothing without `[quota]`.
@@ -98,6 +124,25 @@ enum AuditError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("timed out")]
     Timeout,
+    #[error("could not log in: {0}")]
+    Connect(tokio_postgres::Error),
+}
+
+impl AuditError {
+    /// What the operator sees as the reason.
+    fn reason(&self) -> Unmeasurable {
+        match self {
+            AuditError::NotConfigured | AuditError::Connect(_) => Unmeasurable::Connect,
+            AuditError::Timeout => Unmeasurable::Timeout,
+            AuditError::Postgres(e) => match e.code().map(|c| c.code()) {
+                Some("42501") => Unmeasurable::Permission,
+                Some(LOCK_NOT_AVAILABLE) => Unmeasurable::Lock,
+                Some("57014") => Unmeasurable::Timeout,
+                _ if e.is_closed() => Unmeasurable::Connect,
+                _ => Unmeasurable::Other,
+            },
+        }
+    }
 }
 
 impl Auditor {
@@ -142,14 +187,20 @@ impl Auditor {
         tenant.rows.begin_measurement();
         let started = Instant::now();
         match self.count(&config, tenant.name(), limit).await {
-            Ok((rows, exact)) => {
+            Ok((rows, exactness)) => {
+                let crossing = match exactness {
+                    Exactness::Exact => tenant.rows.finish_measurement(rows, true, limit),
+                    Exactness::LowerBound => tenant.rows.finish_measurement(rows, false, limit),
+                    Exactness::Estimate => tenant.rows.finish_estimate(rows, limit),
+                };
+                let figure = tenant.rows.figure();
+                let (rows, exact) = figure.map_or((rows, false), |f| (f.rows, f.exact));
                 if let Some(store) = fleet.store() {
                     let published = store
                         .publish_rows(&fleet.instance, tenant.name(), rows, exact, unix_now())
                         .await;
                     fleet.noted(&published);
                 }
-                let crossing = tenant.rows.finish_measurement(rows, exact, limit);
                 tracing::debug!(
                     tenant = tenant.name(),
                     rows,
@@ -160,15 +211,18 @@ impl Auditor {
                 log_crossing(&tenant, crossing, limit);
             }
             Err(e) => {
+                // At most one line per tenant per interval: failed
+                // measurements are retried that often.
                 tracing::warn!(
                     tenant = tenant.name(),
                     user = quota.user,
+                    reason = e.reason().as_str(),
                     error = %e,
-                    "could not measure the tenant's rows; trying again later"
+                    "could not measure the tenant's rows: statements that add rows are refused until it can be; trying again later"
                 );
                 tenant
                     .rows
-                    .abandon_measurement(quota.interval.as_secs().max(1));
+                    .abandon_measurement(quota.interval.as_secs().max(1), e.reason());
             }
         }
     }
@@ -179,7 +233,7 @@ impl Auditor {
         config: &Config,
         database: &str,
         limit: u64,
-    ) -> Result<(i64, bool), AuditError> {
+    ) -> Result<(i64, Exactness), AuditError> {
         let client = self.connection(config, database).await?;
         let deadline = config.cluster.connect_timeout + Duration::from_secs(60);
         let counted = tokio::time::timeout(deadline, count_rows(&client, limit))
@@ -213,7 +267,9 @@ impl Auditor {
             database,
             application_name: "pgtier quota",
         };
-        Ok(control::connect(&config.cluster, &login, &self.shared.cluster_tls()).await?)
+        control::connect(&config.cluster, &login, &self.shared.cluster_tls())
+            .await
+            .map_err(AuditError::Connect)
     }
 
     fn put_back(&self, database: &str, client: tokio_postgres::Client) {
@@ -260,64 +316,143 @@ impl Auditor {
                 return;
             }
         };
-        let reads_all = client
-            .query_one(
-                "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_data', 'MEMBER') \
-                 OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-                &[],
-            )
-            .await
-            .map(|row| row.get::<_, Option<bool>>(0).unwrap_or(false));
-        match reads_all {
-            Ok(true) => tracing::info!(user = quota.user, "quota auditor ready"),
-            Ok(false) => tracing::warn!(
+        match role_shortcomings(&client).await {
+            Ok(missing) if missing.is_empty() => {
+                tracing::info!(user = quota.user, "quota auditor ready")
+            }
+            Ok(missing) => tracing::warn!(
                 user = quota.user,
-                "the quota role is not a member of pg_read_all_data: tables it cannot read make measurements fail"
+                missing = missing.join(", "),
+                "the quota role lacks what measuring needs: tenants it cannot measure have statements that add rows refused (see the README's [quota] section)"
             ),
             Err(e) => tracing::warn!(error = %e, "could not check the quota role's privileges"),
         }
     }
 }
 
+/// What the quota role lacks of what measuring needs: reading every table
+/// (`pg_read_all_data` or superuser) and bypassing row-level security
+/// (`BYPASSRLS` or superuser).
+async fn role_shortcomings(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<&'static str>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT r.rolsuper OR pg_catalog.pg_has_role(current_user, 'pg_read_all_data', 'MEMBER'), \
+                    r.rolsuper OR r.rolbypassrls \
+             FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await?;
+    let mut missing = Vec::new();
+    if !row.get::<_, Option<bool>>(0).unwrap_or(false) {
+        missing.push("membership in pg_read_all_data");
+    }
+    if !row.get::<_, Option<bool>>(1).unwrap_or(false) {
+        missing.push("BYPASSRLS");
+    }
+    Ok(missing)
+}
+
+/// How far a measurement's figure can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exactness {
+    /// Every row counted.
+    Exact,
+    /// Counting stopped past the limit: at least this many.
+    LowerBound,
+    /// Some tables only estimated (temporary tables, tables held locked).
+    Estimate,
+}
+
+impl Exactness {
+    /// Counting stopped past the budget (an estimate stays one).
+    fn stopped(&mut self) {
+        if *self == Exactness::Exact {
+            *self = Exactness::LowerBound;
+        }
+    }
+}
+
 /// Counts the rows of every table visible to `client`'s database, each at
-/// most up to the remaining budget + 1, in one read-only transaction.
+/// most up to the remaining budget + 1, and the large objects, in one
+/// read-only transaction with row-level security off.
 async fn count_rows(
     client: &tokio_postgres::Client,
     limit: u64,
-) -> Result<(i64, bool), tokio_postgres::Error> {
+) -> Result<(i64, Exactness), tokio_postgres::Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
     client
         .batch_execute(&format!(
             "BEGIN READ ONLY; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
-             SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'"
+             SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'; \
+             SET LOCAL row_security = off"
         ))
         .await?;
     let tables = client.query(TABLES, &[]).await?;
     let mut total: i64 = 0;
-    let mut exact = true;
+    let mut exactness = Exactness::Exact;
+    let budget_left = |total: i64| limit.saturating_add(1).saturating_sub(total);
     for table in tables {
-        let budget = limit.saturating_add(1).saturating_sub(total);
+        let budget = budget_left(total);
         if budget <= 0 {
-            exact = false;
+            exactness.stopped();
             break;
         }
-        let schema: String = table.get(0);
-        let name: String = table.get(1);
-        let sql = format!(
-            "SELECT count(*) FROM (SELECT FROM ONLY {}.{} LIMIT {budget}) AS t",
-            quote_ident(&schema),
-            quote_ident(&name)
-        );
-        let rows: i64 = client.query_one(&sql, &[]).await?.get(0);
+        let oid: u32 = table.get(0);
+        let schema: String = table.get(1);
+        let name: String = table.get(2);
+        let temporary: bool = table.get(3);
+        let rows = if temporary {
+            // Another session's: only its statistics and size are
+            // readable.
+            exactness = Exactness::Estimate;
+            client.query_one(TEMPORARY, &[&oid]).await?.get::<_, i64>(0)
+        } else {
+            let sql = format!(
+                "SELECT count(*) FROM (SELECT FROM ONLY {}.{} LIMIT {budget}) AS t",
+                quote_ident(&schema),
+                quote_ident(&name)
+            );
+            client.batch_execute("SAVEPOINT measure").await?;
+            match client.query_one(&sql, &[]).await {
+                Ok(row) => {
+                    client.batch_execute("RELEASE SAVEPOINT measure").await?;
+                    row.get(0)
+                }
+                Err(e) if e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
+                    // Held locked: its statistics, which need no lock.
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT measure; RELEASE SAVEPOINT measure")
+                        .await?;
+                    exactness = Exactness::Estimate;
+                    client.query_one(STATISTICS, &[&oid]).await?.get(0)
+                }
+                Err(e) => return Err(e),
+            }
+        };
         total = total.saturating_add(rows);
         if rows >= budget {
             // Counting stopped here: the tenant is over, by at least this.
-            exact = false;
+            exactness.stopped();
             break;
         }
     }
+    let budget = budget_left(total);
+    if budget > 0 {
+        // Large objects: one row each, and one per 2 KiB page of data.
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM (SELECT FROM pg_catalog.pg_largeobject_metadata LIMIT {budget}) m) \
+                  + (SELECT count(*) FROM (SELECT FROM pg_catalog.pg_largeobject LIMIT {budget}) p)"
+        );
+        let objects: i64 = client.query_one(&sql, &[]).await?.get(0);
+        total = total.saturating_add(objects);
+        if objects >= budget {
+            exactness.stopped();
+        }
+    }
     client.batch_execute("COMMIT").await?;
-    Ok((total, exact))
+    Ok((total, exactness))
 }
 
 /// `name` as a quoted SQL identifier.

@@ -32,9 +32,9 @@ use crate::quota::classify::Classification;
 use crate::quota::functions::function_call_adds_rows;
 use crate::quota::policy::{self, Refusal};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
-use crate::quota::{log_crossing, Figure};
+use crate::quota::{grace_s, log_crossing};
 use crate::shared::Shared;
-use crate::tenants::Tenant;
+use crate::tenants::{unix_now, Tenant};
 
 /// The longest Query or Parse the gate inspects. The frame is held whole
 /// while it is classified; a longer one ends the session with `54000`
@@ -94,14 +94,22 @@ impl Link {
 struct Rules {
     generation: u64,
     limits: Limits,
+    /// How long the tenant may go unmeasured before it counts as over
+    /// ([`crate::quota::grace_s`]).
+    grace_s: u64,
 }
 
 impl Rules {
     fn load(shared: &Shared, tenant: &Tenant) -> Rules {
         let generation = shared.config_generation();
+        let config = shared.config();
         Rules {
             generation,
-            limits: shared.config().limits_for(tenant.name()),
+            limits: config.limits_for(tenant.name()),
+            grace_s: config
+                .quota
+                .as_ref()
+                .map_or(u64::MAX, |q| grace_s(q.interval)),
         }
     }
 
@@ -358,7 +366,7 @@ impl ClientGate {
             .names()
             .adds_rows(Space::Portal, &portal, self.requests + 1);
         match adds_rows.then(|| self.over_limit()).flatten() {
-            Some(figure) => self.refuse(Refusal::RowLimit(figure), "", Shape::Extended),
+            Some(refusal) => self.refuse(refusal, "", Shape::Extended),
             None => Verdict::Forward,
         }
     }
@@ -399,7 +407,7 @@ impl ClientGate {
         }
         match self.over_limit() {
             // A FunctionCall earns its own ReadyForQuery, like a Query.
-            Some(figure) => self.refuse(Refusal::RowLimit(figure), "", Shape::Simple),
+            Some(refusal) => self.refuse(refusal, "", Shape::Simple),
             None => Verdict::Forward,
         }
     }
@@ -423,7 +431,7 @@ impl ClientGate {
         }
         if self.rules.limits.row_limit > 0 && (statement.adds_rows || self.executes_rows(statement))
         {
-            return self.over_limit().map(Refusal::RowLimit);
+            return self.over_limit();
         }
         None
     }
@@ -445,11 +453,17 @@ impl ClientGate {
     }
 
     /// The tenant's figure, if it is over its limit.
-    fn over_limit(&self) -> Option<Figure> {
+    fn over_limit(&self) -> Option<Refusal> {
+        let limit = self.rules.limits.row_limit;
+        if let Some(figure) = self.tenant.rows.figure().filter(|f| f.is_over(limit)) {
+            return Some(Refusal::RowLimit(figure));
+        }
+        // Fail closed: a tenant the auditor cannot measure (or has not yet,
+        // past the grace) may be over.
         self.tenant
             .rows
-            .figure()
-            .filter(|figure| figure.is_over(self.rules.limits.row_limit))
+            .unmeasurable(unix_now(), self.rules.grace_s)
+            .then_some(Refusal::Unmeasured)
     }
 
     /// Replaces the refused message by a marker the cluster will fail, and
@@ -463,6 +477,7 @@ impl ClientGate {
                 policy::row_limit_error(self.tenant.name(), figure, limits.row_limit, &limits.tier)
             }
             Refusal::ReservedName(space) => policy::reserved_name_error(space, name),
+            Refusal::Unmeasured => policy::unmeasured_error(self.tenant.name(), &limits.tier),
         };
         self.tenant.note_statement_refused(refusal.reason());
         tracing::debug!(tenant = self.tenant.name(), reason = refusal.reason(), error = %error, "statement refused");

@@ -36,6 +36,55 @@ pub struct RowCount {
     busy: AtomicBool,
     /// Unix seconds when the last measurement finished (0 = never).
     measured_at: AtomicU64,
+    /// Failed measurements, by [`Unmeasurable`] reason.
+    failures: [AtomicU64; Unmeasurable::ALL.len()],
+}
+
+/// Why a tenant could not be measured. A tenant that cannot be measured
+/// is treated as over its limit once [`grace_s`] has passed: otherwise
+/// revoking the auditor's CONNECT, or holding a lock, would switch the
+/// quota off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmeasurable {
+    /// The auditor could not log in to the tenant's database (CONNECT
+    /// revoked, a connection limit, the cluster unreachable).
+    Connect,
+    /// A table it may not read, or row-level security it may not bypass.
+    Permission,
+    /// A lock it could not get (and no other way to measure that table).
+    Lock,
+    /// The measurement took too long.
+    Timeout,
+    Other,
+}
+
+impl Unmeasurable {
+    pub const ALL: [Unmeasurable; 5] = [
+        Unmeasurable::Connect,
+        Unmeasurable::Permission,
+        Unmeasurable::Lock,
+        Unmeasurable::Timeout,
+        Unmeasurable::Other,
+    ];
+
+    /// The metrics label and the `/tenants` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmeasurable::Connect => "connect",
+            Unmeasurable::Permission => "permission",
+            Unmeasurable::Lock => "lock",
+            Unmeasurable::Timeout => "timeout",
+            Unmeasurable::Other => "other",
+        }
+    }
+}
+
+/// How long a tenant may go without a usable measurement (never measured,
+/// or the last attempt failed) before statements that add rows are
+/// refused: one auditor interval, and never less than a few seconds so a
+/// first measurement has time to finish.
+pub fn grace_s(interval: std::time::Duration) -> u64 {
+    interval.as_secs().max(3)
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +107,12 @@ struct RowState {
     /// Whether the tenant was over its limit when last looked at, so that
     /// each crossing is logged once.
     over: bool,
+    /// Unix second since which the tenant has had no usable measurement:
+    /// asked for and never measured, or its measurements failing (0 =
+    /// measured).
+    unmeasured_since: u64,
+    /// Why the last measurement failed, until one succeeds.
+    failure: Option<Unmeasurable>,
 }
 
 /// A tenant's row figure at one moment.
@@ -133,6 +188,30 @@ impl RowCount {
         let mut state = self.lock();
         state.wanted = true;
         state.dirty = true;
+        if state.rows.is_none() && state.unmeasured_since == 0 {
+            state.unmeasured_since = unix_now();
+        }
+    }
+
+    /// Whether the tenant has been without a usable measurement for
+    /// `grace_s` seconds at `now`: statements that add rows are then
+    /// refused.
+    pub fn unmeasurable(&self, now: u64, grace_s: u64) -> bool {
+        let since = self.lock().unmeasured_since;
+        since > 0 && now.saturating_sub(since) >= grace_s
+    }
+
+    /// Why the last measurement failed, until one succeeds.
+    pub fn failure(&self) -> Option<Unmeasurable> {
+        self.lock().failure
+    }
+
+    /// Failed measurements so far, by reason.
+    pub fn failures(&self) -> impl Iterator<Item = (Unmeasurable, u64)> + '_ {
+        Unmeasurable::ALL
+            .iter()
+            .zip(&self.failures)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
     }
 
     /// Whether the tenant should be measured now: asked for (its first
@@ -179,6 +258,30 @@ impl RowCount {
         // the tenant dirty, so the next measurement settles it.
         state.rows = Some(rows.saturating_add(during));
         state.exact = exact;
+        state.unmeasured_since = 0;
+        state.failure = None;
+        drop(state);
+        self.measured_at.store(unix_now(), Ordering::Relaxed);
+        self.busy.store(false, Ordering::Release);
+        crossed(&mut self.lock(), limit)
+    }
+
+    /// [`Self::finish_measurement`] for a measurement that found temporary
+    /// tables, whose rows it can only estimate from statistics that trail
+    /// their session by up to PostgreSQL's idle flush interval (10 s): it
+    /// raises the figure but never lowers it, and the tenant is measured
+    /// again each interval until the temporary tables are gone. Rows the
+    /// tags counted into a temporary table thus stay counted.
+    pub fn finish_estimate(&self, rows: i64, limit: u64) -> Option<Crossing> {
+        let mut state = self.lock();
+        let during = std::mem::take(&mut state.delta_during);
+        state.measuring = false;
+        let measured = rows.saturating_add(during);
+        state.rows = Some(state.rows.map_or(measured, |before| before.max(measured)));
+        state.exact = false;
+        state.dirty = true;
+        state.unmeasured_since = 0;
+        state.failure = None;
         drop(state);
         self.measured_at.store(unix_now(), Ordering::Relaxed);
         self.busy.store(false, Ordering::Release);
@@ -186,10 +289,16 @@ impl RowCount {
     }
 
     /// A measurement failed (the cluster was unreachable, a table locked…):
-    /// the old figure stays and the tenant is tried again in `retry_s`
-    /// seconds.
-    pub fn abandon_measurement(&self, retry_s: u64) {
+    /// the old figure stays, the tenant is tried again in `retry_s`
+    /// seconds, and from [`grace_s`] after the first failure in a row it
+    /// counts as over its limit.
+    pub fn abandon_measurement(&self, retry_s: u64, reason: Unmeasurable) {
+        self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
+        state.failure = Some(reason);
+        if state.unmeasured_since == 0 {
+            state.unmeasured_since = unix_now();
+        }
         state.measuring = false;
         state.dirty = true;
         state.wanted = true;
@@ -209,6 +318,8 @@ impl RowCount {
         }
         state.rows = Some(rows);
         state.exact = exact;
+        state.unmeasured_since = 0;
+        state.failure = None;
         if measured_at > self.measured_at() {
             self.measured_at.store(measured_at, Ordering::Relaxed);
             state.wanted = false;
@@ -307,6 +418,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tenant_without_a_usable_measurement_is_unmeasurable_after_the_grace() {
+        let count = RowCount::default();
+        let now = unix_now();
+        assert!(
+            !count.unmeasurable(now + 100, 3),
+            "nobody asked: no grace runs"
+        );
+        count.want_measurement();
+        assert!(!count.unmeasurable(now, 3), "within the grace");
+        assert!(
+            count.unmeasurable(now + 3, 3),
+            "never measured after the grace"
+        );
+        count.begin_measurement();
+        count.finish_measurement(5, true, 100);
+        assert!(!count.unmeasurable(now + 100, 3));
+        count.begin_measurement();
+        count.abandon_measurement(1, Unmeasurable::Permission);
+        assert_eq!(count.failure(), Some(Unmeasurable::Permission));
+        assert!(
+            count.unmeasurable(unix_now() + 3, 3),
+            "failing: the old figure is no excuse"
+        );
+        assert_eq!(
+            count
+                .failures()
+                .find(|(r, _)| *r == Unmeasurable::Permission),
+            Some((Unmeasurable::Permission, 1))
+        );
+        count.adopt(5, true, unix_now(), 100);
+        assert!(
+            !count.unmeasurable(unix_now() + 100, 3),
+            "a fleet figure counts"
+        );
+        assert_eq!(count.failure(), None);
+    }
+
+    #[test]
     fn numbers_get_thousands_separators() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
@@ -382,7 +531,7 @@ mod tests {
         let count = RowCount::default();
         count.want_measurement();
         count.begin_measurement();
-        count.abandon_measurement(30);
+        count.abandon_measurement(30, Unmeasurable::Connect);
         let now = unix_now();
         assert!(!count.due(now, 30));
         assert!(count.due(now + 31, 30));

@@ -18,6 +18,8 @@ pub enum Refusal {
     /// It names a prepared statement or portal with the prefix of the
     /// proxy's refusal markers.
     ReservedName(Space),
+    /// It may add rows and the tenant cannot be measured (fail closed).
+    Unmeasured,
 }
 
 impl Refusal {
@@ -27,6 +29,7 @@ impl Refusal {
             Refusal::Policy(_) => "policy",
             Refusal::RowLimit(_) => "row_limit",
             Refusal::ReservedName(_) => "reserved_name",
+            Refusal::Unmeasured => "unmeasured",
         }
     }
 }
@@ -70,6 +73,21 @@ pub fn reserved_name_error(space: Space, name: &str) -> ErrorFields {
         "Names beginning with \"{}\" are reserved for the proxy.",
         crate::quota::gate::MARKER_PREFIX
     ))
+}
+
+/// `ERROR 53400`: the tenant cannot be measured, so statements that may
+/// add rows are refused until it can (fail closed).
+pub fn unmeasured_error(database: &str, tier: &str) -> ErrorFields {
+    ErrorFields::error(
+        sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+        format!(
+            "cannot measure database \"{database}\"'s rows; statements that add rows are refused until it can be measured"
+        ),
+    )
+    .with_detail(format!("The {tier} tier limits the rows a database holds."))
+    .with_hint(
+        "Statements that do not add rows still work. Undo anything that keeps the database from being read (CONNECT or privileges revoked, row-level security, a session holding a lock), or contact the operator.",
+    )
 }
 
 /// How a figure reads in a message: exact, or "more than" the limit when

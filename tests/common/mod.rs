@@ -526,7 +526,8 @@ pub async fn wait_for_cluster(sql: &str, expected: &str, what: &str) {
 }
 
 /// The role the row quota counts as, created once per test binary:
-/// `(user, password)`. It reads every table (`pg_read_all_data`).
+/// `(user, password)`. It reads every table (`pg_read_all_data`) and
+/// bypasses row-level security (`BYPASSRLS`), as the README's recipe says.
 pub fn quota_role() -> &'static (String, String) {
     static ROLE: OnceLock<(String, String)> = OnceLock::new();
     ROLE.get_or_init(|| {
@@ -534,7 +535,12 @@ pub fn quota_role() -> &'static (String, String) {
         let password = format!("pw-{user}");
         let c = cluster();
         c.create_role(&user, Some(&password), PasswordEncryption::Scram)
-            .and_then(|()| c.psql("postgres", &format!("GRANT pg_read_all_data TO {user}")))
+            .and_then(|()| {
+                c.psql(
+                    "postgres",
+                    &format!("GRANT pg_read_all_data TO {user}; ALTER ROLE {user} BYPASSRLS"),
+                )
+            })
             .unwrap_or_else(|e| panic!("creating the quota role: {e}"));
         (user, password)
     })
