@@ -16,8 +16,9 @@
 //! the refused statement either), nothing is swapped and the client sees
 //! what PostgreSQL would have shown.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -29,6 +30,7 @@ use crate::protocol::frame::{put_frame, FrameHeader, Interest};
 use crate::protocol::ErrorFields;
 use crate::pump::{Hook, Verdict};
 use crate::quota::classify::Classification;
+use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::policy::{self, Refusal};
 use crate::quota::{log_crossing, Figure};
 use crate::shared::Shared;
@@ -47,6 +49,9 @@ const MAX_SMALL_MESSAGE: usize = 64 * 1024;
 const NAME_PEEK: usize = 5 + 2048;
 /// How much of a CommandComplete is read for its tag.
 const TAG_PEEK: usize = 5 + 64;
+/// How much of a ParameterStatus is read: enough for `client_encoding`
+/// and any encoding name (a longer value is no encoding PostgreSQL knows).
+const PARAMETER_PEEK: usize = 5 + 64;
 /// Prepared statements and portals tracked per session; past this the
 /// session's tracking is unreliable (see `lost_track`).
 const MAX_TRACKED: usize = 10_000;
@@ -73,6 +78,69 @@ struct Link {
     /// A statement changed row counts in a way the tags do not tell:
     /// measure the tenant once its transaction is over.
     remeasure: AtomicBool,
+    /// The session's client encoding as the cluster last reported it.
+    encoding: EncodingState,
+}
+
+/// The client encoding the cluster reported last (ParameterStatus in the
+/// login greeting and after every change), and how many ReadyForQuery had
+/// been seen when it was: a message the client sent before the cluster
+/// answered all earlier ones may be read in an encoding still in flight.
+#[derive(Debug)]
+struct EncodingState {
+    /// `Stepping::ALL` index, or [`UNKNOWN_ENCODING`].
+    stepping: AtomicU8,
+    /// The server encoding is UTF8: with a UTF8 client, names are stored as
+    /// the client sent them (no conversion, no folding).
+    server_utf8: AtomicBool,
+    /// ReadyForQuery messages the cluster gate has seen (published after
+    /// the ParameterStatus messages before them).
+    readies: AtomicU64,
+}
+
+/// An encoding the cluster named that the proxy does not know, or none.
+const UNKNOWN_ENCODING: u8 = u8::MAX;
+
+impl Default for EncodingState {
+    fn default() -> EncodingState {
+        EncodingState {
+            stepping: AtomicU8::new(UNKNOWN_ENCODING),
+            server_utf8: AtomicBool::new(false),
+            readies: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EncodingState {
+    /// Notes a ParameterStatus body if it is `client_encoding` or
+    /// `server_encoding`.
+    fn note_parameter(&self, body: &[u8]) {
+        if body.starts_with(b"client_encoding\0") {
+            // A value cut off by the peek is no encoding PostgreSQL knows.
+            let code = encoding::parameter_value(body, "client_encoding")
+                .and_then(encoding::stepping_of_value)
+                .and_then(|s| Stepping::ALL.iter().position(|&a| a == s))
+                .map_or(UNKNOWN_ENCODING, |i| i as u8);
+            self.stepping.store(code, Ordering::Release);
+        } else if let Some(value) = encoding::parameter_value(body, "server_encoding") {
+            self.server_utf8.store(
+                encoding::stepping_of_value(value) == Some(Stepping::Utf8),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// The encoding the cluster reads the next message in, once it has
+    /// answered `requests` requests.
+    fn reading(&self, requests: u64) -> Reading {
+        if self.readies.load(Ordering::Acquire) < requests {
+            return Reading::Unknown;
+        }
+        match Stepping::ALL.get(self.stepping.load(Ordering::Acquire) as usize) {
+            Some(&stepping) => Reading::Known(stepping),
+            None => Reading::Unknown,
+        }
+    }
 }
 
 impl Link {
@@ -117,8 +185,25 @@ impl Rules {
 }
 
 /// The gates of one session: `(client → cluster, cluster → client)`.
-pub fn gates(shared: &Arc<Shared>, tenant: &Arc<Tenant>) -> (ClientGate, ClusterGate) {
+///
+/// `greeting` is what the login sends the client (its ParameterStatus
+/// messages say the session's client and server encodings).
+pub fn gates(
+    shared: &Arc<Shared>,
+    tenant: &Arc<Tenant>,
+    greeting: &[u8],
+) -> (ClientGate, ClusterGate) {
     let link = Arc::new(Link::default());
+    let mut rest = greeting;
+    while let Ok(Some(header)) = FrameHeader::parse(rest) {
+        let Some(frame) = rest.get(..header.frame_len) else {
+            break;
+        };
+        if header.tag == b'S' {
+            link.encoding.note_parameter(&frame[5..]);
+        }
+        rest = &rest[header.frame_len..];
+    }
     let client = ClientGate {
         shared: Arc::clone(shared),
         tenant: Arc::clone(tenant),
@@ -130,6 +215,9 @@ pub fn gates(shared: &Arc<Shared>, tenant: &Arc<Tenant>) -> (ClientGate, Cluster
         lost_track: false,
         nonce: rand::random(),
         asked_measurement: false,
+        before: (0, false),
+        unsynced: false,
+        names_exact: true,
     };
     let cluster = ClusterGate {
         shared: Arc::clone(shared),
@@ -170,6 +258,18 @@ pub struct ClientGate {
     nonce: u64,
     /// This session has asked for the tenant's first measurement.
     asked_measurement: bool,
+    /// `(requests, unsynced)` before the frame being handled.
+    before: (u64, bool),
+    /// A Bind or Execute since the last Sync, Query or FunctionCall: it may
+    /// have changed the client encoding before the cluster reads the next
+    /// message, whatever the ReadyForQuery count says.
+    unsynced: bool,
+    /// Every non-ASCII statement or portal name so far was read exactly as
+    /// the cluster stores it (UTF8 client on a UTF8 server). Otherwise a
+    /// conversion may have made two different byte strings one name (CP932's
+    /// duplicate characters) or one byte string two (an encoding change
+    /// between PREPARE and EXECUTE), and a non-ASCII name is not trusted.
+    names_exact: bool,
 }
 
 /// How a refused message is replaced.
@@ -199,8 +299,14 @@ impl Hook for ClientGate {
     }
 
     fn interest(&mut self, header: &FrameHeader) -> Interest {
-        if matches!(header.tag, b'Q' | b'S' | b'F') {
-            self.requests += 1;
+        self.before = (self.requests, self.unsynced);
+        match header.tag {
+            b'Q' | b'S' | b'F' => {
+                self.requests += 1;
+                self.unsynced = false;
+            }
+            b'B' | b'E' => self.unsynced = true,
+            _ => {}
         }
         if !self.rules.active() {
             return Interest::Pass;
@@ -280,7 +386,7 @@ impl ClientGate {
             return self.refuse(Refusal::Policy(feature), Shape::Extended);
         }
         let adds_rows = statement.adds_rows || self.executes_rows(&statement);
-        let name = String::from_utf8_lossy(name);
+        let name = self.name(name);
         self.track_statement(&name, adds_rows);
         if statement.remeasure {
             self.link.remeasure.store(true, Ordering::Relaxed);
@@ -295,9 +401,9 @@ impl ClientGate {
             self.lost_track = true;
             return;
         };
-        let statement = String::from_utf8_lossy(statement);
+        let statement = self.name(statement);
         let adds_rows = self.statement_adds_rows(&statement);
-        let portal = String::from_utf8_lossy(portal);
+        let portal = self.name(portal);
         if self.portals.len() >= MAX_TRACKED && !self.portals.contains_key(portal.as_ref()) {
             self.lost_track = true;
             return;
@@ -312,8 +418,9 @@ impl ClientGate {
         if self.rules.limits.row_limit == 0 {
             return Verdict::Forward;
         }
-        let portal = String::from_utf8_lossy(portal);
+        let portal = self.name(portal);
         let adds_rows = match self.portals.get(portal.as_ref()) {
+            _ if !self.name_trusted(&portal) => true,
             Some(adds_rows) => *adds_rows,
             None => self.lost_track,
         };
@@ -330,7 +437,7 @@ impl ClientGate {
         let Some((name, _)) = cstr(rest) else {
             return;
         };
-        let name = String::from_utf8_lossy(name);
+        let name = self.name(name);
         match kind {
             b'S' => self.statements.remove(name.as_ref()),
             b'P' => self.portals.remove(name.as_ref()),
@@ -338,16 +445,67 @@ impl ClientGate {
         };
     }
 
-    fn classify(&self, sql: &[u8]) -> Arc<Classification> {
-        // SQL arrives in the client's encoding; classification only needs
-        // the ASCII keywords, so invalid UTF-8 is read leniently.
-        match std::str::from_utf8(sql) {
-            Ok(text) => self.shared.classifier.classify(text),
-            Err(_) => self
+    /// Classifies SQL as the cluster will read it: in the client encoding
+    /// in force when it reads the message (see [`encoding`]). While a
+    /// change may be in flight, text with a non-ASCII byte is read every
+    /// way and the verdicts combined ([`encoding::cautious_union`]): a
+    /// refusal would break innocent pipelined non-ASCII text, which the
+    /// union lets through unless some reading finds a denied feature or
+    /// rows added while over the limit.
+    fn classify(&mut self, sql: &[u8]) -> Arc<Classification> {
+        let reading = self.reading();
+        self.note_reading(sql, reading);
+        if let Reading::Known(stepping) = reading {
+            return self
                 .shared
                 .classifier
-                .classify(&String::from_utf8_lossy(sql)),
+                .classify(&encoding::lexable(sql, stepping));
         }
+        let verdicts = encoding::readings(sql, reading)
+            .iter()
+            .map(|text| self.shared.classifier.classify(text))
+            .collect();
+        encoding::cautious_union(verdicts)
+    }
+
+    /// The encoding the cluster reads the message being handled in.
+    fn reading(&self) -> Reading {
+        let (requests, unsynced) = self.before;
+        if unsynced {
+            return Reading::Unknown;
+        }
+        self.link.encoding.reading(requests)
+    }
+
+    /// A name read from a message with non-ASCII bytes in a reading that is
+    /// not the cluster's own spelling makes non-ASCII names untrusted.
+    fn note_reading(&mut self, raw: &[u8], reading: Reading) {
+        if self.names_exact
+            && !(reading == Reading::Known(Stepping::Utf8)
+                && self.link.encoding.server_utf8.load(Ordering::Acquire))
+            && !raw.is_ascii()
+        {
+            self.names_exact = false;
+        }
+    }
+
+    /// A statement or portal name as the classifier spells it (ASCII names
+    /// are the same in every encoding).
+    fn name<'a>(&mut self, raw: &'a [u8]) -> Cow<'a, str> {
+        if raw.is_ascii() {
+            return encoding::lexable(raw, Stepping::Bytes);
+        }
+        let reading = self.reading();
+        self.note_reading(raw, reading);
+        match reading {
+            Reading::Known(stepping) => encoding::lexable(raw, stepping),
+            Reading::Unknown => encoding::lexable(raw, Stepping::Bytes),
+        }
+    }
+
+    /// Whether what the session tracked under `name` can be believed.
+    fn name_trusted(&self, name: &str) -> bool {
+        self.names_exact || name.is_ascii()
     }
 
     /// What the tier says of a statement, policy first.
@@ -379,6 +537,9 @@ impl ClientGate {
     }
 
     fn statement_adds_rows(&self, name: &str) -> bool {
+        if !self.name_trusted(name) {
+            return true;
+        }
         match self.statements.get(name) {
             Some(adds_rows) => *adds_rows,
             None => self.lost_track,
@@ -493,6 +654,10 @@ impl Hook for ClusterGate {
                 Interest::Pass
             }
             b'C' if self.rules.limits.row_limit > 0 => Interest::Peek { len: TAG_PEEK },
+            // Rare (a reported setting changed): `client_encoding` is read.
+            b'S' => Interest::Peek {
+                len: PARAMETER_PEEK,
+            },
             _ => Interest::Pass,
         }
     }
@@ -502,7 +667,14 @@ impl Hook for ClusterGate {
         match header.tag {
             b'E' => return self.on_error(body),
             b'C' => self.on_command_complete(body),
-            b'Z' => self.on_ready(body.first().copied().unwrap_or(b'I')),
+            b'Z' => {
+                self.on_ready(body.first().copied().unwrap_or(b'I'));
+                self.link
+                    .encoding
+                    .readies
+                    .store(self.readies, Ordering::Release);
+            }
+            b'S' => self.link.encoding.note_parameter(body),
             _ => {}
         }
         Verdict::Forward
