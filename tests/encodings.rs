@@ -346,3 +346,50 @@ async fn innocent_multibyte_text_still_runs() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_name_spelled_two_ways_cannot_hide_a_prepared_insert() {
+    let (proxy, t) = over_limit_tenant("enc_names").await;
+    let mut missed = Vec::new();
+    // One statement, two spellings: LATIN1 `é` prepared, UTF-8 `é` executed
+    // after the client changed its encoding (the cluster stores UTF-8).
+    let mut s = login(&proxy, &t, &[("client_encoding", "LATIN1")]).await;
+    let mut out = query(b"PREPARE \"\xe9\" AS INSERT INTO t VALUES (0)");
+    out.extend(query(b"SET client_encoding = 'UTF8'"));
+    let (errors, _) = exchange(&mut s, &out, 2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let (errors, _) = exchange(&mut s, &query("EXECUTE \"é\"".as_bytes()), 1).await;
+    if errors != ["53400"] {
+        missed.push(format!("LATIN1 then UTF8: {errors:?}"));
+    }
+    let _ = s.write_all(&frame(b'X', b"")).await;
+
+    // CP932's duplicates: SJIS 0xED40 and 0xFA5C are both U+7E8A to the
+    // cluster, so DEALLOCATE and PREPARE of one replace the other.
+    let mut s = login(&proxy, &t, &[("client_encoding", "SJIS")]).await;
+    for sql in [
+        &b"PREPARE \"\xed\x40\" AS SELECT 1"[..],
+        b"DEALLOCATE \"\xfa\x5c\"",
+        b"PREPARE \"\xfa\x5c\" AS INSERT INTO t VALUES (0)",
+    ] {
+        let (errors, _) = exchange(&mut s, &query(sql), 1).await;
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let (errors, _) = exchange(&mut s, &query(b"EXECUTE \"\xed\x40\""), 1).await;
+    if errors != ["53400"] {
+        missed.push(format!("SJIS duplicates, SQL EXECUTE: {errors:?}"));
+    }
+    // The same through Bind/Execute of the protocol-level name.
+    let mut body = b"\0\xed\x40\0".to_vec();
+    body.extend([0, 0, 0, 0, 0, 0]);
+    let mut out = frame(b'B', &body);
+    out.extend(frame(b'E', b"\0\0\0\0\0"));
+    out.extend(sync());
+    let (errors, _) = exchange(&mut s, &out, 1).await;
+    if errors != ["53400"] {
+        missed.push(format!("SJIS duplicates, Bind/Execute: {errors:?}"));
+    }
+    let _ = s.write_all(&frame(b'X', b"")).await;
+    assert!(missed.is_empty(), "not refused:\n{}", missed.join("\n"));
+    assert_eq!(rows_in_t(&t), "20", "no INSERT reached the table");
+}
