@@ -855,6 +855,28 @@ mod tests {
     }
 
     #[test]
+    fn the_reported_encoding_counts_once_earlier_requests_are_answered() {
+        let state = EncodingState::default();
+        assert_eq!(state.reading(0), Reading::Unknown, "nothing reported");
+        state.note_parameter(b"client_encoding\0SJIS\0");
+        assert_eq!(state.reading(0), Reading::Known(Stepping::Sjis));
+        assert_eq!(state.reading(1), Reading::Unknown, "a request unanswered");
+        state.readies.store(1, Ordering::Release);
+        assert_eq!(state.reading(1), Reading::Known(Stepping::Sjis));
+        state.note_parameter(b"client_encoding\0EBCDIC\0");
+        assert_eq!(state.reading(1), Reading::Unknown, "an unknown name");
+        state.note_parameter(b"client_encoding\0UTF8\0");
+        state.note_parameter(b"client_encoding\0UTF");
+        assert_eq!(state.reading(1), Reading::Unknown, "a value cut off");
+        state.note_parameter(b"client_encoding\0UTF8\0");
+        state.note_parameter(b"application_name\0SJIS\0");
+        assert_eq!(state.reading(1), Reading::Known(Stepping::Utf8));
+        assert!(!state.server_utf8.load(Ordering::Acquire));
+        state.note_parameter(b"server_encoding\0UTF8\0");
+        assert!(state.server_utf8.load(Ordering::Acquire));
+    }
+
+    #[test]
     fn cstr_needs_its_terminator() {
         assert_eq!(cstr(b"abc\0rest"), Some((&b"abc"[..], &b"rest"[..])));
         assert_eq!(cstr(b"abc"), None);
