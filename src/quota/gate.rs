@@ -461,10 +461,10 @@ impl ClientGate {
                 .classifier
                 .classify(&encoding::lexable(sql, stepping));
         }
-        let verdicts = encoding::readings(sql, reading)
-            .iter()
-            .map(|text| self.shared.classifier.classify(text))
-            .collect();
+        let mut verdicts = Vec::with_capacity(Stepping::ALL.len());
+        encoding::for_each_reading(sql, reading, |text| {
+            verdicts.push(self.shared.classifier.classify(text));
+        });
         encoding::cautious_union(verdicts)
     }
 
