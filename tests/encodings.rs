@@ -364,6 +364,28 @@ async fn a_name_spelled_two_ways_cannot_hide_a_prepared_insert() {
     }
     let _ = s.write_all(&frame(b'X', b"")).await;
 
+    // Cut to 63 bytes: the cluster keeps `é` (two bytes in UTF-8) after 61
+    // bytes of ASCII, a cut of its three-byte placeholder would not.
+    let mut s = login(&proxy, &t, &[("client_encoding", "LATIN1")]).await;
+    let long = "a".repeat(61);
+    for sql in [
+        format!("PREPARE {long}\u{e9} AS INSERT INTO t VALUES (0)"),
+        format!("PREPARE {long} AS SELECT 1"),
+    ] {
+        let sql: Vec<u8> = sql.chars().map(|c| c as u8).collect();
+        let (errors, _) = exchange(&mut s, &query(&sql), 1).await;
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let execute: Vec<u8> = format!("EXECUTE {long}\u{e9}")
+        .chars()
+        .map(|c| c as u8)
+        .collect();
+    let (errors, _) = exchange(&mut s, &query(&execute), 1).await;
+    if errors != ["53400"] {
+        missed.push(format!("LATIN1, a cut name: {errors:?}"));
+    }
+    let _ = s.write_all(&frame(b'X', b"")).await;
+
     // CP932's duplicates: SJIS 0xED40 and 0xFA5C are both U+7E8A to the
     // cluster, so DEALLOCATE and PREPARE of one replace the other.
     let mut s = login(&proxy, &t, &[("client_encoding", "SJIS")]).await;

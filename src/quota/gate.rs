@@ -55,6 +55,10 @@ const PARAMETER_PEEK: usize = 5 + 64;
 /// Prepared statements and portals tracked per session; past this the
 /// session's tracking is unreliable (see `lost_track`).
 const MAX_TRACKED: usize = 10_000;
+/// The shortest ASCII name that may be what is left of a longer non-ASCII
+/// identifier after the classifier's 63-byte cut: 63 less a 3-byte
+/// placeholder, plus one.
+const TRUNCATION_ARTEFACT: usize = 61;
 /// The prefix of the marker names refused statements are replaced by.
 const MARKER_PREFIX: &str = "pgtier_refused_";
 
@@ -503,9 +507,14 @@ impl ClientGate {
         }
     }
 
-    /// Whether what the session tracked under `name` can be believed.
+    /// Whether what the session tracked under `name` can be believed. Once
+    /// names are not exact, neither is a non-ASCII name nor an ASCII one of
+    /// [`TRUNCATION_ARTEFACT`] bytes or more: PostgreSQL cuts identifiers to
+    /// 63 bytes of the server encoding, and where a non-ASCII character is
+    /// shorter there than its placeholders here, it keeps a character the
+    /// classifier's cut dropped (`a…aé` would be tracked as `a…a`).
     fn name_trusted(&self, name: &str) -> bool {
-        self.names_exact || name.is_ascii()
+        self.names_exact || (name.is_ascii() && name.len() < TRUNCATION_ARTEFACT)
     }
 
     /// What the tier says of a statement, policy first.
