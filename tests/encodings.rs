@@ -5,8 +5,9 @@
 //! to PostgreSQL, and an escaped quote to a byte lexer. Each test hides a
 //! denied `CREATE EXTENSION` or a row-adding INSERT behind such a character,
 //! with the client encoding set every way a client can set it (startup
-//! parameter, `options`, SET, SET NAMES, set_config, RESET to a startup
-//! value, and changes still in flight when the statement arrives), over the
+//! parameter, `options`, SET, SET NAMES, set_config, RESET or DISCARD ALL
+//! back to a startup value, and changes still in flight when the statement
+//! arrives), over the
 //! simple and the extended protocol, and checks the proxy refuses it and
 //! the cluster ran nothing. Raw frames, because a driver would convert the
 //! text itself.
@@ -39,17 +40,20 @@ enum Way {
     SetConfig,
     /// Startup value, SET to UTF8, RESET back: the cluster's word counts.
     Reset,
+    /// Startup value, SET to UTF8, DISCARD ALL.
+    Discard,
     /// `SET client_encoding` and the statement in one write.
     Pipelined,
 }
 
-const WAYS: [Way; 7] = [
+const WAYS: [Way; 8] = [
     Way::Startup,
     Way::Options,
     Way::Set,
     Way::SetNames,
     Way::SetConfig,
     Way::Reset,
+    Way::Discard,
     Way::Pipelined,
 ];
 
@@ -135,7 +139,7 @@ async fn session(
 ) -> (TcpStream, Vec<u8>) {
     let options = format!("-c client_encoding={encoding}");
     let extra: Vec<(&str, &str)> = match way {
-        Way::Startup | Way::Reset => vec![("client_encoding", encoding)],
+        Way::Startup | Way::Reset | Way::Discard => vec![("client_encoding", encoding)],
         Way::Options => vec![("options", options.as_str())],
         _ => vec![],
     };
@@ -144,10 +148,13 @@ async fn session(
         Way::Set | Way::Pipelined => format!("SET client_encoding = '{encoding}'"),
         Way::SetNames => format!("SET NAMES '{encoding}'"),
         Way::SetConfig => format!("SELECT set_config('client_encoding', '{encoding}', false)"),
-        Way::Reset => {
+        Way::Reset | Way::Discard => {
             let (errors, _) = exchange(&mut s, &query(b"SET client_encoding = 'UTF8'"), 1).await;
             assert!(errors.is_empty(), "{errors:?}");
-            "RESET client_encoding".to_owned()
+            match way {
+                Way::Reset => "RESET client_encoding".to_owned(),
+                _ => "DISCARD ALL".to_owned(),
+            }
         }
         Way::Startup | Way::Options => return (s, Vec::new()),
     };
