@@ -7,10 +7,9 @@
 //! with the client encoding set every way a client can set it (startup
 //! parameter, `options`, SET, SET NAMES, set_config, RESET or DISCARD ALL
 //! back to a startup value, and changes still in flight when the statement
-//! arrives), over the
-//! simple and the extended protocol, and checks the proxy refuses it and
-//! the cluster ran nothing. Raw frames, because a driver would convert the
-//! text itself.
+//! arrives), over the simple and the extended protocol, and checks the proxy
+//! refuses it and the cluster ran nothing. Raw frames, because a driver
+//! would convert the text itself.
 
 mod common;
 
