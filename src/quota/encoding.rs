@@ -12,6 +12,8 @@
 //! multibyte characters may end in an ASCII byte: in SJIS, `\x83\x5c` is one
 //! character to PostgreSQL but `\x83` and a backslash to a byte lexer, so
 //! `SELECT E'\x83\x5c'; CREATE EXTENSION x; -- '` hides a statement from it.
+//! (UHC's only convertible ASCII trail bytes are letters, which end nothing,
+//! but it is stepped as PostgreSQL steps it all the same.)
 //!
 //! [`lexable`] turns a message string into the text the classifier lexes:
 //! ASCII characters unchanged, every non-ASCII character (in the dangerous
@@ -29,9 +31,14 @@
 //! A multibyte character is never converted to an ASCII one (PostgreSQL's
 //! conversion maps keep ASCII one-to-one).
 //!
+//! Which encoding applies is the gate's to know ([`Reading`]): the one the
+//! cluster last reported, or, while a change may still be in flight,
+//! every stepping at once ([`for_each_reading`], [`cautious_union`]).
+//!
 //! Cost: UTF-8 text is borrowed as it is (one validity scan, which the
 //! classifier needed anyway); pure-ASCII text in any encoding is borrowed
-//! after an `is_ascii` scan.
+//! after an `is_ascii` scan. Other text is copied once, at most three bytes
+//! per byte.
 
 use std::borrow::Cow;
 use std::sync::Arc;
