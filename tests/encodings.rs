@@ -255,6 +255,12 @@ async fn a_simple_query_hides_nothing_behind_a_multibyte_backslash() {
             if errors != ["53400"] {
                 missed.push(format!("INSERT, {what}: {errors:?}"));
             }
+
+            // Over its limit, the tenant still reads, in its encoding.
+            let select = hide(b"SELECT E'", character, b"' AS v -- '");
+            let (errors, rows) = exchange(&mut s, &query(&select), 1).await;
+            assert!(errors.is_empty(), "SELECT, {what}: {errors:?}");
+            assert_eq!(rows, vec![character.to_vec()], "SELECT, {what}");
             let _ = s.write_all(&frame(b'X', b"")).await;
         }
     }
