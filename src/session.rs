@@ -462,7 +462,7 @@ impl Session {
             tenant.rows.want_measurement();
             shared.audits.request(&tenant);
         }
-        let (mut to_cluster, mut to_client) = gate::gates(&shared, &tenant);
+        let (mut to_cluster, mut to_client) = gate::gates(&shared, &tenant, &logged_in.greeting);
         let registration = shared.sessions.register(Arc::clone(&tenant));
         let control = &registration.control;
         span.record("id", control.id);

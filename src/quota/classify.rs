@@ -46,8 +46,8 @@
 //!
 //! The text must be in an ASCII-safe encoding (UTF-8, LATIN*, EUC-*). Client
 //! encodings whose multi-byte characters can contain the byte `\` (SJIS, BIG5,
-//! GBK, UHC, GB18030) can shift where a string ends; the caller must convert
-//! such text, or refuse those encodings, before classifying it.
+//! GBK, GB18030) can shift where a string ends; the gate converts such text
+//! first (`crate::quota::encoding`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -233,7 +233,7 @@ impl Classification {
 
     /// Both readings of a text whose lexing depends on
     /// `standard_conforming_strings`: everything either reading reports.
-    fn union(mut self, other: Classification) -> Classification {
+    pub(crate) fn union(mut self, other: Classification) -> Classification {
         self.adds_rows |= other.adds_rows;
         self.remeasure |= other.remeasure;
         self.unparsed |= other.unparsed;

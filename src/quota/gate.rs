@@ -16,8 +16,9 @@
 //! the refused statement either), nothing is swapped and the client sees
 //! what PostgreSQL would have shown.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -29,6 +30,7 @@ use crate::protocol::frame::{put_frame, FrameHeader, Interest};
 use crate::protocol::ErrorFields;
 use crate::pump::{Hook, Verdict};
 use crate::quota::classify::Classification;
+use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::functions::function_call_adds_rows;
 use crate::quota::policy::{self, Refusal};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
@@ -49,6 +51,13 @@ const MAX_SMALL_MESSAGE: usize = 64 * 1024;
 const NAME_PEEK: usize = 5 + 2048;
 /// How much of a CommandComplete is read for its tag.
 const TAG_PEEK: usize = 5 + 64;
+/// How much of a ParameterStatus is read: enough for `client_encoding`
+/// and any encoding name (a longer value is no encoding PostgreSQL knows).
+const PARAMETER_PEEK: usize = 5 + 64;
+/// The shortest ASCII name that may be what is left of a longer non-ASCII
+/// identifier after the classifier's 63-byte cut: 63 less a 3-byte
+/// placeholder, plus one.
+const TRUNCATION_ARTEFACT: usize = 61;
 /// The prefix of the marker names refused statements are replaced by. A
 /// client's own statement or portal names never start with it (any case):
 /// they get `42939`, as PostgreSQL answers names it reserves.
@@ -76,6 +85,69 @@ struct Link {
     remeasure: AtomicBool,
     /// Prepared statements and portals as the cluster has confirmed them.
     names: Mutex<Tracker>,
+    /// The session's client encoding as the cluster last reported it.
+    encoding: EncodingState,
+}
+
+/// The client encoding the cluster reported last (ParameterStatus in the
+/// login greeting and after every change), and how many ReadyForQuery had
+/// been seen when it was: a message the client sent before the cluster
+/// answered all earlier ones may be read in an encoding still in flight.
+#[derive(Debug)]
+struct EncodingState {
+    /// `Stepping::ALL` index, or [`UNKNOWN_ENCODING`].
+    stepping: AtomicU8,
+    /// The server encoding is UTF8: with a UTF8 client, names are stored as
+    /// the client sent them (no conversion, no folding).
+    server_utf8: AtomicBool,
+    /// ReadyForQuery messages the cluster gate has seen (published after
+    /// the ParameterStatus messages before them).
+    readies: AtomicU64,
+}
+
+/// An encoding the cluster named that the proxy does not know, or none.
+const UNKNOWN_ENCODING: u8 = u8::MAX;
+
+impl Default for EncodingState {
+    fn default() -> EncodingState {
+        EncodingState {
+            stepping: AtomicU8::new(UNKNOWN_ENCODING),
+            server_utf8: AtomicBool::new(false),
+            readies: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EncodingState {
+    /// Notes a ParameterStatus body if it is `client_encoding` or
+    /// `server_encoding`.
+    fn note_parameter(&self, body: &[u8]) {
+        if body.starts_with(b"client_encoding\0") {
+            // A value cut off by the peek is no encoding PostgreSQL knows.
+            let code = encoding::parameter_value(body, "client_encoding")
+                .and_then(encoding::stepping_of_value)
+                .and_then(|s| Stepping::ALL.iter().position(|&a| a == s))
+                .map_or(UNKNOWN_ENCODING, |i| i as u8);
+            self.stepping.store(code, Ordering::Release);
+        } else if let Some(value) = encoding::parameter_value(body, "server_encoding") {
+            self.server_utf8.store(
+                encoding::stepping_of_value(value) == Some(Stepping::Utf8),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// The encoding the cluster reads the next message in, once it has
+    /// answered `requests` requests.
+    fn reading(&self, requests: u64) -> Reading {
+        if self.readies.load(Ordering::Acquire) < requests {
+            return Reading::Unknown;
+        }
+        match Stepping::ALL.get(self.stepping.load(Ordering::Acquire) as usize) {
+            Some(&stepping) => Reading::Known(stepping),
+            None => Reading::Unknown,
+        }
+    }
 }
 
 impl Link {
@@ -132,8 +204,25 @@ impl Rules {
 }
 
 /// The gates of one session: `(client → cluster, cluster → client)`.
-pub fn gates(shared: &Arc<Shared>, tenant: &Arc<Tenant>) -> (ClientGate, ClusterGate) {
+///
+/// `greeting` is what the login sends the client (its ParameterStatus
+/// messages say the session's client and server encodings).
+pub fn gates(
+    shared: &Arc<Shared>,
+    tenant: &Arc<Tenant>,
+    greeting: &[u8],
+) -> (ClientGate, ClusterGate) {
     let link = Arc::new(Link::default());
+    let mut rest = greeting;
+    while let Ok(Some(header)) = FrameHeader::parse(rest) {
+        let Some(frame) = rest.get(..header.frame_len) else {
+            break;
+        };
+        if header.tag == b'S' {
+            link.encoding.note_parameter(&frame[5..]);
+        }
+        rest = &rest[header.frame_len..];
+    }
     let client = ClientGate {
         shared: Arc::clone(shared),
         tenant: Arc::clone(tenant),
@@ -141,6 +230,9 @@ pub fn gates(shared: &Arc<Shared>, tenant: &Arc<Tenant>) -> (ClientGate, Cluster
         link: Arc::clone(&link),
         requests: 0,
         asked_measurement: false,
+        before: (0, false),
+        unsynced: false,
+        names_exact: true,
     };
     let cluster = ClusterGate {
         shared: Arc::clone(shared),
@@ -170,6 +262,18 @@ pub struct ClientGate {
     requests: u64,
     /// This session has asked for the tenant's first measurement.
     asked_measurement: bool,
+    /// `(requests, unsynced)` before the frame being handled.
+    before: (u64, bool),
+    /// A Bind or Execute since the last Sync, Query or FunctionCall: it may
+    /// have changed the client encoding before the cluster reads the next
+    /// message, whatever the ReadyForQuery count says.
+    unsynced: bool,
+    /// Every non-ASCII statement or portal name so far was read exactly as
+    /// the cluster stores it (UTF8 client on a UTF8 server). Otherwise a
+    /// conversion may have made two different byte strings one name (CP932's
+    /// duplicate characters) or one byte string two (an encoding change
+    /// between PREPARE and EXECUTE), and a non-ASCII name is not trusted.
+    names_exact: bool,
 }
 
 /// How a refused message is replaced.
@@ -199,8 +303,14 @@ impl Hook for ClientGate {
     }
 
     fn interest(&mut self, header: &FrameHeader) -> Interest {
-        if matches!(header.tag, b'Q' | b'S' | b'F') {
-            self.requests += 1;
+        self.before = (self.requests, self.unsynced);
+        match header.tag {
+            b'Q' | b'S' | b'F' => {
+                self.requests += 1;
+                self.unsynced = false;
+            }
+            b'B' | b'E' => self.unsynced = true,
+            _ => {}
         }
         if !self.rules.active() {
             return Interest::Pass;
@@ -301,7 +411,7 @@ impl ClientGate {
             return self.refuse(Refusal::Policy(feature), "", Shape::Extended);
         }
         let adds_rows = statement.adds_rows || self.executes_rows(&statement);
-        let name = String::from_utf8_lossy(name);
+        let name = self.name(name);
         let mut names = self.link.names();
         // A SQL PREPARE in the text runs at each Execute, which the proxy
         // does not follow: it counts at once if it adds rows.
@@ -331,10 +441,10 @@ impl ClientGate {
         };
         // A Bind is only peeked at, so it cannot be replaced: a portal with
         // a reserved name is refused at its Execute instead.
-        let statement = String::from_utf8_lossy(statement);
-        let portal = String::from_utf8_lossy(portal);
+        let statement = self.name(statement);
+        let portal = self.name(portal);
+        let adds_rows = self.statement_adds_rows(&statement, self.requests + 1);
         let mut names = self.link.names();
-        let adds_rows = names.adds_rows(Space::Statement, &statement, self.requests + 1);
         let change = Change::Define(portal.as_ref().into(), adds_rows);
         names.sent(
             self.requests + 1,
@@ -360,11 +470,12 @@ impl ClientGate {
         if self.rules.limits.row_limit == 0 {
             return Verdict::Forward;
         }
-        let portal = String::from_utf8_lossy(portal);
-        let adds_rows = self
-            .link
-            .names()
-            .adds_rows(Space::Portal, &portal, self.requests + 1);
+        let portal = self.name(portal);
+        let adds_rows = !self.name_trusted(&portal)
+            || self
+                .link
+                .names()
+                .adds_rows(Space::Portal, &portal, self.requests + 1);
         match adds_rows.then(|| self.over_limit()).flatten() {
             Some(refusal) => self.refuse(refusal, "", Shape::Extended),
             None => Verdict::Forward,
@@ -384,7 +495,7 @@ impl ClientGate {
             // The cluster refuses it; no CloseComplete comes.
             _ => return Verdict::Forward,
         };
-        let name = String::from_utf8_lossy(name);
+        let name = self.name(name);
         self.link.names().sent(
             self.requests + 1,
             Confirmation::CloseComplete,
@@ -412,16 +523,72 @@ impl ClientGate {
         }
     }
 
-    fn classify(&self, sql: &[u8]) -> Arc<Classification> {
-        // SQL arrives in the client's encoding; classification only needs
-        // the ASCII keywords, so invalid UTF-8 is read leniently.
-        match std::str::from_utf8(sql) {
-            Ok(text) => self.shared.classifier.classify(text),
-            Err(_) => self
+    /// Classifies SQL as the cluster will read it: in the client encoding
+    /// in force when it reads the message (see [`encoding`]). While a
+    /// change may be in flight, text with a non-ASCII byte is read every
+    /// way and the verdicts combined ([`encoding::cautious_union`]): a
+    /// refusal would break innocent pipelined non-ASCII text, which the
+    /// union lets through unless some reading finds a denied feature or
+    /// rows added while over the limit.
+    fn classify(&mut self, sql: &[u8]) -> Arc<Classification> {
+        let reading = self.reading();
+        self.note_reading(sql, reading);
+        if let Reading::Known(stepping) = reading {
+            return self
                 .shared
                 .classifier
-                .classify(&String::from_utf8_lossy(sql)),
+                .classify(&encoding::lexable(sql, stepping));
         }
+        let mut verdicts = Vec::with_capacity(Stepping::ALL.len());
+        encoding::for_each_reading(sql, reading, |text| {
+            verdicts.push(self.shared.classifier.classify(text));
+        });
+        encoding::cautious_union(verdicts)
+    }
+
+    /// The encoding the cluster reads the message being handled in.
+    fn reading(&self) -> Reading {
+        let (requests, unsynced) = self.before;
+        if unsynced {
+            return Reading::Unknown;
+        }
+        self.link.encoding.reading(requests)
+    }
+
+    /// A name read from a message with non-ASCII bytes in a reading that is
+    /// not the cluster's own spelling makes non-ASCII names untrusted.
+    fn note_reading(&mut self, raw: &[u8], reading: Reading) {
+        if self.names_exact
+            && !(reading == Reading::Known(Stepping::Utf8)
+                && self.link.encoding.server_utf8.load(Ordering::Acquire))
+            && !raw.is_ascii()
+        {
+            self.names_exact = false;
+        }
+    }
+
+    /// A statement or portal name as the classifier spells it (ASCII names
+    /// are the same in every encoding).
+    fn name<'a>(&mut self, raw: &'a [u8]) -> Cow<'a, str> {
+        if raw.is_ascii() {
+            return encoding::lexable(raw, Stepping::Bytes);
+        }
+        let reading = self.reading();
+        self.note_reading(raw, reading);
+        match reading {
+            Reading::Known(stepping) => encoding::lexable(raw, stepping),
+            Reading::Unknown => encoding::lexable(raw, Stepping::Bytes),
+        }
+    }
+
+    /// Whether what the session tracked under `name` can be believed. Once
+    /// names are not exact, neither is a non-ASCII name nor an ASCII one of
+    /// [`TRUNCATION_ARTEFACT`] bytes or more: PostgreSQL cuts identifiers to
+    /// 63 bytes of the server encoding, and where a non-ASCII character is
+    /// shorter there than its placeholders here, it keeps a character the
+    /// classifier's cut dropped (`a…aé` would be tracked as `a…a`).
+    fn name_trusted(&self, name: &str) -> bool {
+        self.names_exact || (name.is_ascii() && name.len() < TRUNCATION_ARTEFACT)
     }
 
     /// What the tier says of a statement, policy first.
@@ -442,14 +609,24 @@ impl ClientGate {
         if statement.executes.is_empty() {
             return false;
         }
-        let names = self.link.names();
         statement.executes.iter().any(|name| {
-            names.adds_rows(Space::Statement, name, self.requests)
+            self.statement_adds_rows(name, self.requests)
                 || statement
                     .prepares
                     .iter()
                     .any(|(prepared, adds_rows)| prepared == name && *adds_rows)
         })
+    }
+
+    /// Whether executing the prepared statement `name` by a message of
+    /// `request` may add rows. A name the session cannot be sure it read
+    /// as the cluster stores it counts as adding rows.
+    fn statement_adds_rows(&self, name: &str, request: u64) -> bool {
+        !self.name_trusted(name)
+            || self
+                .link
+                .names()
+                .adds_rows(Space::Statement, name, request)
     }
 
     /// The tenant's figure, if it is over its limit.
@@ -571,6 +748,10 @@ impl Hook for ClusterGate {
             b'C' if self.rules.active() => Interest::Peek { len: TAG_PEEK },
             // ParseComplete, BindComplete, CloseComplete confirm names.
             b'1' | b'2' | b'3' if self.rules.active() => Interest::Peek { len: 5 },
+            // Rare (a reported setting changed): `client_encoding` is read.
+            b'S' => Interest::Peek {
+                len: PARAMETER_PEEK,
+            },
             _ => Interest::Pass,
         }
     }
@@ -580,7 +761,14 @@ impl Hook for ClusterGate {
         match header.tag {
             b'E' => return self.on_error(body),
             b'C' => self.on_command_complete(body),
-            b'Z' => self.on_ready(body.first().copied().unwrap_or(b'I')),
+            b'Z' => {
+                self.on_ready(body.first().copied().unwrap_or(b'I'));
+                self.link
+                    .encoding
+                    .readies
+                    .store(self.readies, Ordering::Release);
+            }
+            b'S' => self.link.encoding.note_parameter(body),
             b'1' => self.confirm(Confirmation::ParseComplete),
             b'2' => self.confirm(Confirmation::BindComplete),
             b'3' => self.confirm(Confirmation::CloseComplete),
@@ -776,6 +964,28 @@ mod tests {
         assert_eq!(Tag::parse("CREATE TABLE"), Tag::Wrote);
         assert_eq!(Tag::parse("PREPARE TRANSACTION"), Tag::Remeasure);
         assert_eq!(Tag::parse("PREPARE"), Tag::Read);
+    }
+
+    #[test]
+    fn the_reported_encoding_counts_once_earlier_requests_are_answered() {
+        let state = EncodingState::default();
+        assert_eq!(state.reading(0), Reading::Unknown, "nothing reported");
+        state.note_parameter(b"client_encoding\0SJIS\0");
+        assert_eq!(state.reading(0), Reading::Known(Stepping::Sjis));
+        assert_eq!(state.reading(1), Reading::Unknown, "a request unanswered");
+        state.readies.store(1, Ordering::Release);
+        assert_eq!(state.reading(1), Reading::Known(Stepping::Sjis));
+        state.note_parameter(b"client_encoding\0EBCDIC\0");
+        assert_eq!(state.reading(1), Reading::Unknown, "an unknown name");
+        state.note_parameter(b"client_encoding\0UTF8\0");
+        state.note_parameter(b"client_encoding\0UTF");
+        assert_eq!(state.reading(1), Reading::Unknown, "a value cut off");
+        state.note_parameter(b"client_encoding\0UTF8\0");
+        state.note_parameter(b"application_name\0SJIS\0");
+        assert_eq!(state.reading(1), Reading::Known(Stepping::Utf8));
+        assert!(!state.server_utf8.load(Ordering::Acquire));
+        state.note_parameter(b"server_encoding\0UTF8\0");
+        assert!(state.server_utf8.load(Ordering::Acquire));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! - [`classify`]: what a statement does (adds rows? uses a feature a tier
 //!   may deny?), by a lexical fast path and PostgreSQL's own grammar;
+//! - [`encoding`]: statement text as the cluster reads it in the session's
+//!   client encoding (multibyte characters that end in `\` included);
 //! - [`policy`]: a tier's `deny` list and `row_limit` turned into verdicts
 //!   and the errors clients see;
 //! - [`auditor`]: measures each tenant's rows on the cluster, bounded in
@@ -14,6 +16,7 @@
 
 pub mod auditor;
 pub mod classify;
+pub mod encoding;
 pub mod functions;
 pub mod gate;
 pub mod policy;
