@@ -11,9 +11,9 @@
 //!
 //! - Sync and Flush;
 //! - a simple Query whose text is empty: only whitespace, `;` and comments;
-//! - the extended protocol's empty statement: Parse of such a text into the
-//!   unnamed statement, Bind of the unnamed portal to it (no parameters),
-//!   Describe and Execute of those.
+//! - the extended protocol's empty statement: Parse of such a text (into
+//!   the unnamed statement or a named one), Bind of the unnamed portal to
+//!   it (no parameters), Describe and Execute of those.
 //!
 //! Everything else is work, and so is anything this module cannot read
 //! whole (a frame longer than [`MAX_PING_FRAME`], a malformed one): a ping
@@ -45,8 +45,15 @@ pub struct PingWatch {
     /// The unnamed prepared statement holds an empty statement (the last
     /// frame that could change it was a Parse of one).
     unnamed_statement_empty: bool,
-    /// The unnamed portal is bound to that empty statement.
+    /// The unnamed portal is bound to an empty statement.
     unnamed_portal_empty: bool,
+    /// Named statements holding an empty statement (pgjdbc's `isValid()`
+    /// statement becomes a named one after `prepareThreshold` uses, and is
+    /// then bound without a new Parse). A few short names at most; they are
+    /// forgotten at a Close of theirs and at any statement that may drop
+    /// prepared statements (`DEALLOCATE`, `DISCARD`) or that the watch
+    /// cannot read.
+    empty_named: Vec<Box<[u8]>>,
     /// The last batch ended inside a frame streaming through (never a
     /// ping: those are read whole).
     mid_frame: bool,
@@ -79,10 +86,15 @@ impl PingWatch {
                 // A simple Query replaces the unnamed statement and portal.
                 self.unnamed_statement_empty = false;
                 self.unnamed_portal_empty = false;
-                matches!(cstr(body), Some((sql, [])) if empty_sql(sql))
+                let sql = cstr(body).map_or(body, |(sql, _)| sql);
+                let ok = matches!(cstr(body), Some((_, []))) && empty_sql(sql);
+                if !ok {
+                    self.forget_if_dropping(sql);
+                }
+                ok
             }
             b'P' => {
-                let Some(([], rest)) = cstr(body) else {
+                let Some((name, rest)) = cstr(body) else {
                     return false;
                 };
                 let Some((sql, rest)) = cstr(rest) else {
@@ -92,24 +104,70 @@ impl PingWatch {
                     return false;
                 };
                 let ok = empty_sql(sql) && types >= 0 && rest.len() == 4 * types as usize;
-                self.unnamed_statement_empty = ok;
-                self.unnamed_portal_empty = false;
-                ok
+                if !ok {
+                    self.forget_if_dropping(sql);
+                }
+                if name.is_empty() {
+                    self.unnamed_statement_empty = ok;
+                    self.unnamed_portal_empty = false;
+                    return ok;
+                }
+                self.empty_named.retain(|n| **n != *name);
+                if ok && name.len() <= MAX_NAME && self.empty_named.len() < MAX_NAMED {
+                    self.empty_named.push(name.into());
+                    return true;
+                }
+                false
             }
             b'B' => {
-                let ok = self.unnamed_statement_empty && empty_bind(body);
+                let ok = empty_bind(body).is_some_and(|statement| self.empty(statement));
                 self.unnamed_portal_empty = ok;
                 ok
             }
             b'D' => match body {
-                [b'S', 0] => self.unnamed_statement_empty,
+                [b'S', name @ .., 0] => self.empty(name),
                 [b'P', 0] => self.unnamed_portal_empty,
                 _ => false,
             },
+            b'C' => {
+                // Closing is work; a closed name is empty no more.
+                if let [b'S', name @ .., 0] = body {
+                    self.empty_named.retain(|n| **n != *name);
+                }
+                false
+            }
             b'E' => body.len() == 5 && body[0] == 0 && self.unnamed_portal_empty,
             _ => false,
         }
     }
+
+    /// `statement` (a name, or the unnamed one) holds an empty statement.
+    fn empty(&self, statement: &[u8]) -> bool {
+        if statement.is_empty() {
+            self.unnamed_statement_empty
+        } else {
+            self.empty_named.iter().any(|n| **n == *statement)
+        }
+    }
+
+    /// A statement that may drop prepared statements forgets the named ones.
+    fn forget_if_dropping(&mut self, sql: &[u8]) {
+        if !self.empty_named.is_empty()
+            && (contains_word(sql, b"deallocate") || contains_word(sql, b"discard"))
+        {
+            self.empty_named.clear();
+        }
+    }
+}
+
+/// How many named empty statements are remembered, and how long a name.
+const MAX_NAMED: usize = 4;
+const MAX_NAME: usize = 64;
+
+/// `word` (lower case ASCII) in `text`, in any case.
+fn contains_word(text: &[u8], word: &[u8]) -> bool {
+    text.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// Whether the client's bytes walked in this batch did work (or belong to
@@ -128,7 +186,7 @@ pub fn work_in_batch(watch: &mut PingWatch, scanner: &Scanner) -> bool {
 fn candidate(header: &FrameHeader) -> bool {
     match header.tag {
         b'S' | b'H' => header.frame_len == HEADER_LEN,
-        b'Q' | b'P' | b'B' | b'D' | b'E' => header.frame_len <= MAX_PING_FRAME,
+        b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' => header.frame_len <= MAX_PING_FRAME,
         _ => false,
     }
 }
@@ -157,6 +215,10 @@ impl<H: Hook> Hook for Watched<'_, H> {
         let asked = self.hook.interest(header);
         if !candidate(header) {
             self.watch.work();
+            // A statement the watch cannot read may drop prepared ones.
+            if matches!(header.tag, b'Q' | b'P') && !matches!(asked, Interest::Whole { .. }) {
+                self.watch.empty_named.clear();
+            }
             return asked;
         }
         self.watch.in_hand = Some(asked);
@@ -178,7 +240,12 @@ impl<H: Hook> Hook for Watched<'_, H> {
                     self.hook.frame(header, bytes)
                 }
             }
-            None => self.hook.frame(header, bytes),
+            None => {
+                if matches!(header.tag, b'Q' | b'P') {
+                    self.watch.forget_if_dropping(&bytes[HEADER_LEN..]);
+                }
+                self.hook.frame(header, bytes)
+            }
         }
     }
 }
@@ -194,15 +261,17 @@ fn int16(b: &[u8]) -> Option<(i16, &[u8])> {
     Some((i16::from_be_bytes(*n), rest))
 }
 
-/// A Bind of the unnamed portal to the unnamed statement with no
-/// parameters (format codes for results are allowed).
-fn empty_bind(body: &[u8]) -> bool {
-    let Some(([], rest)) = cstr(body) else {
-        return false;
+/// A Bind of the unnamed portal with no parameters (format codes for
+/// results are allowed): the statement it binds.
+fn empty_bind(body: &[u8]) -> Option<&[u8]> {
+    let ([], rest) = cstr(body)? else {
+        return None;
     };
-    let Some(([], rest)) = cstr(rest) else {
-        return false;
-    };
+    let (statement, rest) = cstr(rest)?;
+    bind_tail_is_empty(rest).then_some(statement)
+}
+
+fn bind_tail_is_empty(rest: &[u8]) -> bool {
     let Some((formats, rest)) = int16(rest) else {
         return false;
     };
@@ -350,8 +419,8 @@ mod tests {
             // Malformed: text after the NUL, a Sync with a body.
             frames(&[(b'Q', b"\0x\0")]),
             frames(&[(b'S', b"x")]),
-            // A named statement, or a Bind to one.
-            frames(&[(b'P', b"s1\0\0\0\0")]),
+            // A named statement, or a Bind to one not known to be empty.
+            frames(&[(b'P', b"s1\0select 1\0\0\0")]),
             frames(&[
                 (b'B', b"\0s1\0\0\0\0\0\0\0"),
                 (b'E', b"\0\0\0\0\0"),
@@ -404,6 +473,60 @@ mod tests {
         stream.extend(frames(&[(b'Q', b"\0")]));
         stream.extend(&exec);
         assert!(any_work(&stream));
+    }
+
+    /// pgjdbc's `isValid()` statement, once server-prepared under a name,
+    /// is bound again without a Parse: still a ping, until a Close, a
+    /// `DISCARD`/`DEALLOCATE` or an unreadable statement may have dropped it.
+    #[test]
+    fn a_named_empty_statement_is_remembered_until_it_may_be_dropped() {
+        let parse = frames(&[(b'P', b"S_1\0\0\0\0"), (b'S', b"")]);
+        let exec = frames(&[
+            (b'B', b"\0S_1\0\0\0\0\0\0\0"),
+            (b'D', b"P\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ]);
+        let run = |parts: &[Vec<u8>]| {
+            let stream = parts.concat();
+            let mut watch = PingWatch::default();
+            let mut scanner = Scanner::default();
+            let mut out = Vec::new();
+            for part in parts {
+                let mut hook = NoHook;
+                let mut w = Watched::new(&mut hook, &mut watch);
+                walk_from_client(&mut scanner, part, &mut w, &mut Splices::default()).unwrap();
+                out.push(work_in_batch(&mut watch, &scanner));
+                scanner.consumed();
+            }
+            drop(stream);
+            out
+        };
+        let select = frames(&[(b'Q', b"select 1\0")]);
+        assert_eq!(
+            run(&[parse.clone(), exec.clone(), select.clone(), exec.clone()]),
+            [false, false, true, false],
+            "real work in between does not drop it"
+        );
+        for dropping in [
+            frames(&[(b'Q', b"DISCARD ALL\0")]),
+            frames(&[(b'Q', b"deallocate S_1\0")]),
+            frames(&[(b'C', b"SS_1\0"), (b'S', b"")]),
+            frames(&[(b'Q', &[&b"select 1 "[..], &[b' '; MAX_PING_FRAME]].concat())]),
+        ] {
+            assert_eq!(
+                run(&[parse.clone(), dropping, exec.clone()]),
+                [false, true, true]
+            );
+        }
+        // Named with text: work, and never remembered.
+        let real = frames(&[(b'P', b"S_2\0select 1\0\0\0"), (b'S', b"")]);
+        let exec2 = frames(&[
+            (b'B', b"\0S_2\0\0\0\0\0\0\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ]);
+        assert_eq!(run(&[real, exec2]), [true, true]);
     }
 
     /// A ping split at every byte is a ping; a query split anywhere is work

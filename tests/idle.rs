@@ -359,6 +359,13 @@ fn ping_frames(shape: &str) -> Vec<u8> {
             put(&mut out, b'E', b"\0\0\0\0\0");
             put(&mut out, b'S', b"");
         }
+        // pgjdbc's isValid() once its statement is server-prepared (after
+        // `prepareThreshold` uses): Bind of the named empty statement.
+        "named empty" => {
+            put(&mut out, b'B', b"\0S_1\0\0\0\0\0\0\0");
+            put(&mut out, b'E', b"\0\0\0\0\0");
+            put(&mut out, b'S', b"");
+        }
         other => panic!("no ping {other:?}"),
     }
     out.to_vec()
@@ -450,8 +457,18 @@ async fn a_session_that_only_pings_is_idle() {
         (&pingers, "empty query"),
         (&worker, "semicolon and comment"),
         (&worker, "extended empty"),
+        (&worker, "named empty"),
     ] {
         let mut s = tls_session(addr, t).await;
+        if shape == "named empty" {
+            use tokio::io::AsyncWriteExt;
+            let mut prepare = bytes::BytesMut::new();
+            pgtier::protocol::frame::put_frame(&mut prepare, b'P', b"S_1\0\0\0\0");
+            pgtier::protocol::frame::put_frame(&mut prepare, b'S', b"");
+            s.write_all(&prepare).await.unwrap();
+            s.flush().await.unwrap();
+            answered(&mut s).await.unwrap();
+        }
         let frames = ping_frames(shape);
         sessions.push(tokio::spawn(async move {
             let start = Instant::now();
