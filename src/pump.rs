@@ -10,7 +10,9 @@
 //! the few frames a hook asks to see whole, their bounded size).
 //!
 //! The pump knows no policy. It tracks what idle detection needs (requests
-//! and the ReadyForQuery that answer them) and hands the frames a [`Hook`]
+//! and the ReadyForQuery that answer them, and whether a batch did work,
+//! which `crate::ping` decides: keep-alive pings are not activity) and
+//! hands the frames a [`Hook`]
 //! asks for to it; the hook answers with a [`Verdict`]: forward the frame,
 //! or send other bytes in its place. Quota and statement policy live behind
 //! that trait, in `crate::quota`.
