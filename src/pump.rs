@@ -10,7 +10,9 @@
 //! the few frames a hook asks to see whole, their bounded size).
 //!
 //! The pump knows no policy. It tracks what idle detection needs (requests
-//! and the ReadyForQuery that answer them) and hands the frames a [`Hook`]
+//! and the ReadyForQuery that answer them, and whether a batch did work,
+//! which `crate::ping` decides: keep-alive pings are not activity) and
+//! hands the frames a [`Hook`]
 //! asks for to it; the hook answers with a [`Verdict`]: forward the frame,
 //! or send other bytes in its place. Quota and statement policy live behind
 //! that trait, in `crate::quota`.
@@ -23,6 +25,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::ping::{self, PingWatch, Watched};
 use crate::protocol::frame::{FrameError, FrameHeader, Interest, Scanner, Step};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::sessions::{KillReason, SessionControl};
@@ -440,18 +443,23 @@ async fn client_to_cluster(
 ) -> PumpEnd {
     let mut scanner = Scanner::default();
     let mut splices = Splices::default();
+    let mut pings = PingWatch::default();
     let mut last_read = 0;
     loop {
-        hook.batch();
-        let requests = match walk_from_client(&mut scanner, &buf, hook, &mut splices) {
+        let mut watched = Watched::new(&mut *hook, &mut pings);
+        watched.batch();
+        let requests = match walk_from_client(&mut scanner, &buf, &mut watched, &mut splices) {
             Ok(requests) => requests,
-            Err(e) => return PumpEnd::ClientProtocol(e),
+            Err(e) => {
+                drain_refused(rx, &mut buf, &scanner, &e).await;
+                return PumpEnd::ClientProtocol(e);
+            }
         };
+        // Counted before the write, so a ReadyForQuery can never be seen
+        // before the request it answers.
+        control.note_batch(requests.count, ping::work_in_batch(&mut pings, &scanner));
         let walked = scanner.walked();
         if walked > 0 {
-            // Counted before the write, so a ReadyForQuery can never be seen
-            // before the request it answers.
-            control.note_requests(requests.count);
             control.tenant.note_from_client(walked, requests.count);
             if let (Some((start, len)), true) = (requests.terminate, keep_cluster) {
                 // The cluster connection may be kept for another client:
@@ -467,7 +475,7 @@ async fn client_to_cluster(
         }
         match read_more(rx, &mut buf, &mut last_read).await {
             Ok(0) => return PumpEnd::ClientClosed,
-            Ok(_) => control.mark_busy(),
+            Ok(_) => {}
             Err(e) => return PumpEnd::ClientIo(e),
         }
     }
@@ -525,6 +533,59 @@ async fn cluster_to_client(
             },
         }
     }
+}
+
+/// The most of a refused message read and thrown away before the refusal
+/// is sent: PostgreSQL's own bound on a message's length.
+const DRAIN_MAX: usize = 1 << 30;
+/// How long the rest of a refused message may take to arrive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pause in the middle of the refused message ends the draining:
+/// a client that stopped writing is waiting for an answer.
+const DRAIN_PAUSE: Duration = Duration::from_millis(250);
+/// After the refused message, how long a pause in the client's writes ends
+/// the draining (the messages it pipelined behind it usually arrive with it).
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
+/// What is read and thrown away after the refused message, at most.
+const DRAIN_AFTER: usize = 1 << 20;
+
+/// Before a message too long to inspect is refused: reads and throws away
+/// the rest of it (bounded in bytes and time), and whatever the client sent
+/// right behind it. A client that writes its whole message before reading
+/// (Postgrex, tokio-postgres) would otherwise have its write cut off by the
+/// close and never read the `54000` waiting for it.
+async fn drain_refused(rx: &mut ReadSide, buf: &mut BytesMut, scanner: &Scanner, e: &FrameError) {
+    let FrameError::TooLong { len, .. } = *e else {
+        return;
+    };
+    // The refused frame starts where the walk stopped.
+    let have = buf.len().saturating_sub(scanner.walked());
+    let mut left = len.min(DRAIN_MAX).saturating_sub(have);
+    let mut after = DRAIN_AFTER;
+    let drain = async {
+        loop {
+            buf.clear();
+            if buf.capacity() < LARGE_READ {
+                buf.reserve(LARGE_READ);
+            }
+            let quiet = if left > 0 { DRAIN_PAUSE } else { DRAIN_QUIET };
+            let Ok(read) = tokio::time::timeout(quiet, rx.read_buf(buf)).await else {
+                return;
+            };
+            let n = match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let into_frame = n.min(left);
+            left -= into_frame;
+            after = after.saturating_sub(n - into_frame);
+            if left == 0 && after == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    *buf = BytesMut::new();
 }
 
 /// Reads whatever is available into `buf`, sizing the buffer to the

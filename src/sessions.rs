@@ -84,7 +84,13 @@ pub struct SessionControl {
     /// FunctionCall) sent by the client, and ReadyForQuery seen in return.
     requests: AtomicU64,
     readies: AtomicU64,
-    /// [`clock_ms`] when the session last became idle; 0 while busy.
+    /// The count of ReadyForQuery that ends the client's last work: until
+    /// `readies` reaches it the session is busy. Pings (`crate::ping`) are
+    /// answered too but never move it, so they neither make the session
+    /// busy nor restart its idle clock.
+    work_mark: AtomicU64,
+    /// [`clock_ms`] when `readies` last reached `work_mark` (or the session
+    /// began): where the idle clock starts.
     idle_since: AtomicU64,
     tx_status: AtomicU8,
     /// True once a proxy-initiated end has been announced to the client.
@@ -101,6 +107,7 @@ impl SessionControl {
             kill_waker: AtomicWaker::new(),
             requests: AtomicU64::new(0),
             readies: AtomicU64::new(0),
+            work_mark: AtomicU64::new(0),
             idle_since: AtomicU64::new(clock_ms()),
             tx_status: AtomicU8::new(b'I'),
             announced: AtomicBool::new(false),
@@ -147,28 +154,40 @@ impl SessionControl {
         KillSignal { control: self }
     }
 
-    /// The client sent something: the session is busy.
+    /// The client's bytes of one batch, before they are forwarded: `n`
+    /// messages that will each be answered by a ReadyForQuery, and whether
+    /// the batch did work (anything but pings, see `crate::ping`). Work
+    /// keeps the session busy until the ReadyForQuery that answers it: the
+    /// last of the requests sent so far, or the next one when none is
+    /// outstanding (an Execute waiting for its Sync).
     #[inline]
-    pub fn mark_busy(&self) {
-        self.idle_since.store(0, Ordering::Relaxed);
-    }
-
-    /// The client sent `n` messages that will each be answered by a
-    /// ReadyForQuery.
-    #[inline]
-    pub fn note_requests(&self, n: u64) {
-        if n > 0 {
-            self.requests.fetch_add(n, Ordering::Relaxed);
+    pub fn note_batch(&self, n: u64, work: bool) {
+        let requests = if n > 0 {
+            self.requests.fetch_add(n, Ordering::Relaxed) + n
+        } else if work {
+            self.requests.load(Ordering::Relaxed)
+        } else {
+            return;
+        };
+        if work {
+            let mark = if n == 0 && self.readies.load(Ordering::Relaxed) >= requests {
+                requests + 1
+            } else {
+                requests
+            };
+            // Only this session's client task writes it, and marks only grow.
+            self.work_mark.store(mark, Ordering::Relaxed);
         }
     }
 
     /// `n` ReadyForQuery messages, the last with `status`, reached the client.
-    /// When they answer the last outstanding request the idle clock starts.
+    /// When they answer the client's last work the idle clock starts.
     #[inline]
     pub fn note_ready(&self, n: u64, status: u8) {
         self.tx_status.store(status, Ordering::Relaxed);
-        let readies = self.readies.fetch_add(n, Ordering::Relaxed) + n;
-        if readies >= self.requests.load(Ordering::Relaxed) {
+        let before = self.readies.fetch_add(n, Ordering::Relaxed);
+        let mark = self.work_mark.load(Ordering::Relaxed);
+        if before < mark && before + n >= mark {
             self.idle_since.store(clock_ms(), Ordering::Relaxed);
         }
     }
@@ -183,12 +202,13 @@ impl SessionControl {
 
     /// How long the session has been idle, if it is.
     pub fn idle_for(&self, now_ms: u64) -> Option<Duration> {
-        let since = self.idle_since.load(Ordering::Relaxed);
-        if since == 0
-            || self.readies.load(Ordering::Relaxed) < self.requests.load(Ordering::Relaxed)
+        let readies = self.readies.load(Ordering::Relaxed);
+        if readies < self.requests.load(Ordering::Relaxed)
+            || readies < self.work_mark.load(Ordering::Relaxed)
         {
             return None;
         }
+        let since = self.idle_since.load(Ordering::Relaxed);
         Some(Duration::from_millis(now_ms.saturating_sub(since)))
     }
 
@@ -297,14 +317,65 @@ mod tests {
     fn idle_only_when_every_request_is_answered() {
         let t = Tenants::default().get_or_insert("t");
         let s = SessionControl::new(1, t);
-        s.mark_busy();
+        s.note_batch(2, true); // pipelined: two Syncs after work
         assert_eq!(s.idle_for(clock_ms()), None);
-        s.note_requests(2); // pipelined: two Syncs
         s.note_ready(1, b'T');
         assert_eq!(s.idle_for(clock_ms()), None);
         s.note_ready(1, b'T');
         assert!(s.idle_for(clock_ms()).is_some());
         assert_eq!(s.tx_status(), TxStatus::InTransaction);
+    }
+
+    /// Pings are answered but do not restart the idle clock, whatever
+    /// order they come in with work.
+    #[test]
+    fn pings_do_not_restart_the_idle_clock() {
+        let t = Tenants::default().get_or_insert("t");
+        let s = SessionControl::new(1, t);
+        let start = s.idle_since.load(Ordering::Relaxed);
+        let idle_since = || s.idle_since.load(Ordering::Relaxed);
+        // A ping alone, from login on.
+        s.note_batch(1, false);
+        assert_eq!(s.idle_for(clock_ms()), None, "answer outstanding");
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_ready(1, b'I');
+        assert_eq!(idle_since(), start);
+        assert!(s.idle_for(clock_ms()).is_some());
+        // Work, then a ping pipelined behind it: idle from the work's end.
+        s.note_batch(1, true);
+        s.note_batch(1, false);
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_ready(1, b'I');
+        let work_end = idle_since();
+        assert!(work_end > start);
+        assert_eq!(s.idle_for(clock_ms()), None, "the ping is outstanding");
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_ready(1, b'I');
+        assert_eq!(idle_since(), work_end);
+        // A ping in flight, then work behind it: busy until the work's answer.
+        s.note_batch(1, false);
+        s.note_batch(1, true);
+        s.note_ready(1, b'I');
+        assert_eq!(s.idle_for(clock_ms()), None);
+        assert_eq!(idle_since(), work_end);
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_ready(1, b'I');
+        assert!(idle_since() > work_end);
+        // An Execute waiting for its Sync is busy until the Sync's answer,
+        // although the Sync alone would be a ping.
+        let before = idle_since();
+        s.note_batch(0, true);
+        assert_eq!(s.idle_for(clock_ms()), None);
+        s.note_batch(1, false);
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_ready(1, b'I');
+        assert!(idle_since() > before);
+        assert!(s.idle_for(clock_ms()).is_some());
+        // COPY data while the COPY's Query is outstanding: idle from its end.
+        s.note_batch(1, true);
+        s.note_batch(0, true);
+        s.note_ready(1, b'I');
+        assert!(s.idle_for(clock_ms()).is_some());
     }
 
     #[tokio::test]

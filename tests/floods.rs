@@ -315,3 +315,89 @@ async fn a_free_tenant_holds_at_most_its_cap_plus_eight_logins_in_progress() {
     assert_eq!(refusal(&mut eleventh).await.as_deref(), Some("53300"));
     assert_eq!(shared.logins.in_progress_for("free_flood"), 10);
 }
+
+/// A statement over the proxy's inspection bound, written whole before the
+/// client reads (as Postgrex and tokio-postgres do): the proxy reads the
+/// rest of it before it answers 54000 and closes, so the client's write
+/// completes and it hears why, over TLS and plaintext alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_statement_written_whole_hears_54000() {
+    let t = common::scram_tenant("oversized");
+    let proxy = start_proxy_with("", "").await;
+    let over = pgtier::quota::gate::MAX_INSPECTED_STATEMENT + (1 << 20);
+    let mut message = vec![b'Q'];
+    message.extend(((over + 4) as u32).to_be_bytes());
+    message.extend(std::iter::repeat_n(b' ', over - 9));
+    message.extend(b"select 1\0");
+    // And a Sync right behind it, as a pipelining client sends.
+    message.extend([b'S', 0, 0, 0, 4]);
+    let expected = format!(
+        "message type 'Q' of {} bytes is longer than the proxy inspects ({} bytes)",
+        over + 5,
+        pgtier::quota::gate::MAX_INSPECTED_STATEMENT
+    );
+    async fn write_then_read(
+        s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+        message: &[u8],
+    ) -> (String, String) {
+        s.write_all(message)
+            .await
+            .expect("the whole statement is written");
+        s.flush().await.expect("and flushed");
+        let (tag, body) = common::read_message(s).await;
+        assert_eq!(tag, b'E', "an ErrorResponse");
+        let field = |c| {
+            pgtier::protocol::error::field_of(&body, c)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(field(b'S'), "FATAL");
+        (field(b'C'), field(b'M'))
+    }
+    let mut tls = common::ssl_request_tls(proxy.addr).await;
+    common::raw_login_ok(&mut tls, &t.user, &t.db, &t.password).await;
+    let (code, text) = write_then_read(&mut tls, &message).await;
+    assert_eq!((code.as_str(), text.as_str()), ("54000", expected.as_str()));
+    wait_until(
+        Duration::from_secs(2),
+        "the TLS session's slot back",
+        || common::slots(&proxy.handle, &t.db) == 0,
+    )
+    .await;
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    common::raw_login_ok(&mut plain, &t.user, &t.db, &t.password).await;
+    let (code, text) = write_then_read(&mut plain, &message).await;
+    assert_eq!((code.as_str(), text.as_str()), ("54000", expected.as_str()));
+
+    // tokio-postgres over TLS: the error it reports is the proxy's.
+    wait_until(Duration::from_secs(2), "both slots free", || {
+        common::slots(&proxy.handle, &t.db) == 0
+    })
+    .await;
+    let (client, conn) = common::connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let sql = format!("{}select 1", " ".repeat(over));
+    let err = client
+        .simple_query(&sql)
+        .await
+        .expect_err("refused over the bound");
+    let err = match err.as_db_error() {
+        Some(_) => err,
+        // The error may reach the connection task rather than the query.
+        None => tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .expect_err("with the proxy's error"),
+    };
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no 54000: {err}"));
+    assert_eq!(db.code().code(), "54000");
+    assert!(
+        db.message().starts_with("message type 'Q' of "),
+        "{}",
+        db.message()
+    );
+}

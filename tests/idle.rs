@@ -338,3 +338,256 @@ async fn a_thousand_idle_sessions_are_reaped_in_time() {
     .await;
     assert_eq!(told, SESSIONS);
 }
+
+/// One keep-alive shape a pool sends, as raw frames.
+fn ping_frames(shape: &str) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    let put = |out: &mut bytes::BytesMut, tag: u8, body: &[u8]| {
+        pgtier::protocol::frame::put_frame(out, tag, body)
+    };
+    match shape {
+        // DBConnection/Postgrex.
+        "sync" => put(&mut out, b'S', b""),
+        // psycopg_pool's check, and its spellings.
+        "empty query" => put(&mut out, b'Q', b"\0"),
+        "semicolon and comment" => put(&mut out, b'Q', b" ; -- ping\n/* x */\0"),
+        // pgjdbc's isValid(): the empty statement, prepared and executed.
+        "extended empty" => {
+            put(&mut out, b'P', b"\0\0\0\0");
+            put(&mut out, b'B', b"\0\0\0\0\0\0\0\0");
+            put(&mut out, b'D', b"P\0");
+            put(&mut out, b'E', b"\0\0\0\0\0");
+            put(&mut out, b'S', b"");
+        }
+        // pgjdbc's isValid() once its statement is server-prepared (after
+        // `prepareThreshold` uses): Bind of the named empty statement.
+        "named empty" => {
+            put(&mut out, b'B', b"\0S_1\0\0\0\0\0\0\0");
+            put(&mut out, b'E', b"\0\0\0\0\0");
+            put(&mut out, b'S', b"");
+        }
+        other => panic!("no ping {other:?}"),
+    }
+    out.to_vec()
+}
+
+fn query_frame(sql: &str) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    pgtier::protocol::frame::put_frame(&mut out, b'Q', &body);
+    out.to_vec()
+}
+
+/// Reads up to the next ReadyForQuery; `Err(sqlstate)` if the proxy ended
+/// the session with an error first.
+async fn answered(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<(), String> {
+    loop {
+        let (tag, body) = common::read_message(s).await;
+        match tag {
+            b'Z' => return Ok(()),
+            b'E' => {
+                let code = pgtier::protocol::error::sqlstate_of(&body).unwrap_or("?");
+                let message = pgtier::protocol::error::field_of(&body, b'M').unwrap_or("");
+                if code == "57P05" {
+                    assert_eq!(message, IDLE_MESSAGE);
+                }
+                return Err(code.to_owned());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Logs a raw session in over TLS (SSLRequest, as libpq and Postgrex).
+async fn tls_session(
+    addr: std::net::SocketAddr,
+    t: &common::Tenant,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut s = common::ssl_request_tls(addr).await;
+    common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
+    s
+}
+
+/// Sends `frames` every 200 ms until the proxy ends the session; returns
+/// the SQLSTATE it ended with and when.
+async fn ping_until_closed(
+    s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    frames: &[u8],
+) -> (String, Instant) {
+    use tokio::io::AsyncWriteExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "still open after 10 s of pings: they kept it from being idle"
+        );
+        if s.write_all(frames).await.is_err() || s.flush().await.is_err() {
+            panic!("the session was closed without a word");
+        }
+        if let Err(code) = answered(s).await {
+            return (code, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Pings are answered as usual but are not activity: a pool that only
+/// pings (DBConnection's bare Sync every second, psycopg_pool's and
+/// pgjdbc's empty statements) is closed with 57P05 once its idle timeout
+/// has passed since its last real statement, and the pool's new
+/// connections get the slots back. A session sending real queries at the
+/// same pace is not idle.
+#[tokio::test]
+async fn a_session_that_only_pings_is_idle() {
+    let pingers = common::scram_tenant("pingers");
+    let worker = common::scram_tenant("worker");
+    let proxy = common::start_proxy(&format!(
+        "[tenants.{}]\nidle_timeout = \"1s\"\n[tenants.{}]\ntier = \"standard\"\nidle_timeout = \"1s\"\n",
+        pingers.db, worker.db
+    ))
+    .await;
+    let addr = proxy.addr;
+    // The free tier's two slots, held by an Ecto-shaped pool (Sync) and a
+    // psycopg_pool-shaped one (empty query); more shapes under the
+    // standard tier, and a session doing work every 200 ms.
+    let mut sessions = Vec::new();
+    for (t, shape) in [
+        (&pingers, "sync"),
+        (&pingers, "empty query"),
+        (&worker, "semicolon and comment"),
+        (&worker, "extended empty"),
+        (&worker, "named empty"),
+    ] {
+        let mut s = tls_session(addr, t).await;
+        if shape == "named empty" {
+            use tokio::io::AsyncWriteExt;
+            let mut prepare = bytes::BytesMut::new();
+            pgtier::protocol::frame::put_frame(&mut prepare, b'P', b"S_1\0\0\0\0");
+            pgtier::protocol::frame::put_frame(&mut prepare, b'S', b"");
+            s.write_all(&prepare).await.unwrap();
+            s.flush().await.unwrap();
+            answered(&mut s).await.unwrap();
+        }
+        let frames = ping_frames(shape);
+        sessions.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let (code, at) = ping_until_closed(&mut s, &frames).await;
+            (shape, code, at.duration_since(start))
+        }));
+    }
+    let busy = {
+        let mut s = tls_session(addr, &worker).await;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(2500) {
+                use tokio::io::AsyncWriteExt;
+                s.write_all(&query_frame("select 1")).await.unwrap();
+                s.flush().await.unwrap();
+                answered(&mut s).await.expect("real work keeps the session");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let last_work = Instant::now();
+            let (code, at) = ping_until_closed(&mut s, &ping_frames("sync")).await;
+            (code, at.duration_since(last_work))
+        })
+    };
+    for session in sessions {
+        let (shape, code, after) = tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("a pinging session is closed in time")
+            .unwrap();
+        assert_eq!(code, "57P05", "{shape}");
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+            "{shape}: closed after {after:?}"
+        );
+    }
+    // The pool reconnects: both free slots are back for new connections.
+    wait_until(Duration::from_secs(2), "the pingers' slots back", || {
+        common::slots(&proxy.handle, &pingers.db) == 0
+    })
+    .await;
+    let mut pool = Vec::new();
+    for _ in 0..2 {
+        let (client, conn) = connect(addr, &pingers.db, &pingers.user, &pingers.password)
+            .await
+            .expect("the pool reconnects");
+        client.simple_query("select 1").await.unwrap();
+        pool.push((client, conn));
+    }
+    let (code, after) = tokio::time::timeout(Duration::from_secs(10), busy)
+        .await
+        .expect("the worker is closed once it only pings")
+        .unwrap();
+    assert_eq!(code, "57P05");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed {after:?} after its last query"
+    );
+}
+
+/// A ping with work pipelined behind it, before its answer, is work: the
+/// idle clock starts when the work is answered, not at the ping's answer
+/// nor at the last real statement before it. Pings before and after do not
+/// count. Split pings (a byte at a time) are still pings.
+#[tokio::test]
+async fn a_ping_with_work_behind_it_counts_as_work() {
+    use tokio::io::AsyncWriteExt;
+    let t = common::scram_tenant("pingwork");
+    let proxy = common::start_proxy(&format!("[tenants.{}]\nidle_timeout = \"1s\"\n", t.db)).await;
+    let mut s = tls_session(proxy.addr, &t).await;
+    let logged_in = Instant::now();
+    // 0.7 s of pings, one of them split a byte at a time.
+    while logged_in.elapsed() < Duration::from_millis(700) {
+        for b in ping_frames("empty query") {
+            s.write_all(&[b]).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        answered(&mut s).await.expect("not idle for 1 s yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A Sync, and before its answer a statement that takes 0.6 s: were it
+    // not work, the session would have been idle for 1.3 s when it ends.
+    s.write_all(&ping_frames("sync")).await.unwrap();
+    s.flush().await.unwrap();
+    s.write_all(&query_frame("select pg_sleep(0.6)"))
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    answered(&mut s).await.expect("the Sync is answered");
+    answered(&mut s).await.expect("the work is not cut short");
+    let work_done = Instant::now();
+    let (code, at) = ping_until_closed(&mut s, &ping_frames("sync")).await;
+    assert_eq!(code, "57P05");
+    let after = at.duration_since(work_done);
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed {after:?} after the work ended"
+    );
+}
+
+/// Inside a transaction, pings do not hold it open either: the
+/// idle-in-transaction limit runs from the last real statement.
+#[tokio::test]
+async fn pings_do_not_hold_a_transaction_open() {
+    use tokio::io::AsyncWriteExt;
+    let t = common::scram_tenant("pingtx");
+    let proxy = common::start_proxy(&format!(
+        "[tenants.{}]\nidle_timeout = \"1h\"\nidle_in_transaction_timeout = \"1s\"\n",
+        t.db
+    ))
+    .await;
+    let mut s = tls_session(proxy.addr, &t).await;
+    s.write_all(&query_frame("begin")).await.unwrap();
+    s.flush().await.unwrap();
+    answered(&mut s).await.unwrap();
+    let began = Instant::now();
+    let (code, at) = ping_until_closed(&mut s, &ping_frames("sync")).await;
+    assert_eq!(code, "57P05");
+    let after = at.duration_since(began);
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed {after:?} after BEGIN"
+    );
+}
