@@ -528,3 +528,54 @@ async fn a_table_held_locked_is_measured_from_statistics() {
     assert_eq!(answer.errors, ["53400"]);
     drop(locker);
 }
+
+#[tokio::test]
+async fn the_measurement_sees_every_kind_of_table() {
+    let (t, proxy) = tenant_with_rows("esc_kinds", 1, 1000, &quota_table("1s")).await;
+    // Made by the tenant: partitions, inheritance, unlogged, zero-column
+    // tables, a materialized view, and schemas whose names only look like
+    // the system's (PostgreSQL reserves the lower-case `pg_` prefix alone).
+    let mut s = raw_login(&proxy, &t).await;
+    let made = send(
+        &mut s,
+        &query(
+            "CREATE TABLE p (n int) PARTITION BY RANGE (n);
+             CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
+             CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (100) TO (200);
+             INSERT INTO p SELECT generate_series(1, 3);
+             INSERT INTO p SELECT generate_series(101, 104);
+             CREATE TABLE parent (n int);
+             CREATE TABLE child () INHERITS (parent);
+             INSERT INTO parent VALUES (1), (2);
+             INSERT INTO child VALUES (1), (2), (3);
+             CREATE UNLOGGED TABLE u AS SELECT generate_series(1, 5) AS n;
+             CREATE TABLE z ();
+             INSERT INTO z SELECT FROM generate_series(1, 6);
+             CREATE MATERIALIZED VIEW mv AS SELECT generate_series(1, 7) AS n;
+             CREATE SCHEMA \"Pg_Catalog\";
+             CREATE TABLE \"Pg_Catalog\".t AS SELECT generate_series(1, 8) AS n;
+             CREATE SCHEMA \"PG_TOAST_TEMP_1\";
+             CREATE TABLE \"PG_TOAST_TEMP_1\".t AS SELECT generate_series(1, 9) AS n;
+             CREATE SCHEMA information_schema_2;
+             CREATE TABLE information_schema_2.t AS SELECT generate_series(1, 10) AS n",
+        ),
+        1,
+    )
+    .await;
+    assert!(made.errors.is_empty(), "{made:?}");
+    let expected = 1 + (3 + 4) + (2 + 3) + 5 + 6 + 7 + 8 + 9 + 10;
+    let shared = proxy.handle.shared().clone();
+    let db = t.db.clone();
+    wait_until(
+        Duration::from_secs(8),
+        &format!("a measurement of {expected} rows"),
+        move || {
+            shared.tenants.get(&db).is_some_and(|t| {
+                t.rows
+                    .figure()
+                    .is_some_and(|f| f.exact && f.rows == expected)
+            })
+        },
+    )
+    .await;
+}
