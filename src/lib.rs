@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod fleet;
+pub mod hook;
 pub mod idle;
 pub mod log_budget;
 pub mod logins;

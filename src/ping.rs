@@ -30,8 +30,8 @@
 //! (a few hundred bytes at most, never a frame the hook would not see); the
 //! pump asks [`work_in_batch`] once per batch whether to reset the clock.
 
+use crate::hook::{Hook, Verdict};
 use crate::protocol::frame::{FrameHeader, Interest, Scanner, HEADER_LEN};
-use crate::pump::{Hook, Verdict};
 
 /// The longest frame that may be a ping. Pools send empty statements of a
 /// few bytes; a longer frame is work without a look.

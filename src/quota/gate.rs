@@ -25,14 +25,14 @@ use bytes::{BufMut, BytesMut};
 
 use crate::config::Limits;
 use crate::fleet::Op;
+use crate::hook::{Hook, Verdict};
 use crate::protocol::error::field_of;
 use crate::protocol::frame::{put_frame, FrameHeader, Interest};
 use crate::protocol::ErrorFields;
-use crate::pump::{Hook, Verdict};
 use crate::quota::classify::Classification;
 use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::functions::function_call_adds_rows;
-use crate::quota::policy::{self, Refusal};
+use crate::quota::policy::{self, Refusal, MARKER_PREFIX};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
 use crate::quota::{grace_s, log_crossing};
 use crate::shared::Shared;
@@ -58,10 +58,6 @@ const PARAMETER_PEEK: usize = 5 + 64;
 /// identifier after the classifier's 63-byte cut: 63 less a 3-byte
 /// placeholder, plus one.
 const TRUNCATION_ARTEFACT: usize = 61;
-/// The prefix of the marker names refused statements are replaced by. A
-/// client's own statement or portal names never start with it (any case):
-/// they get `42939`, as PostgreSQL answers names it reserves.
-pub const MARKER_PREFIX: &str = "pgtier_refused_";
 
 /// A refusal on its way: the cluster will fail the marker, and the gate's
 /// cluster side swaps that failure for `error`.
@@ -622,11 +618,7 @@ impl ClientGate {
     /// `request` may add rows. A name the session cannot be sure it read
     /// as the cluster stores it counts as adding rows.
     fn statement_adds_rows(&self, name: &str, request: u64) -> bool {
-        !self.name_trusted(name)
-            || self
-                .link
-                .names()
-                .adds_rows(Space::Statement, name, request)
+        !self.name_trusted(name) || self.link.names().adds_rows(Space::Statement, name, request)
     }
 
     /// The tenant's figure, if it is over its limit.

@@ -8,6 +8,11 @@ use crate::quota::classify::{Classification, Feature};
 use crate::quota::prepared::Space;
 use crate::quota::{thousands, Figure};
 
+/// The prefix of the marker names refused statements are replaced by (see
+/// the gate). A client's own statement or portal names never start with it
+/// (any case): they get `42939`, as PostgreSQL answers names it reserves.
+pub const MARKER_PREFIX: &str = "pgtier_refused_";
+
 /// Why a statement is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -71,7 +76,7 @@ pub fn reserved_name_error(space: Space, name: &str) -> ErrorFields {
     )
     .with_detail(format!(
         "Names beginning with \"{}\" are reserved for the proxy.",
-        crate::quota::gate::MARKER_PREFIX
+        MARKER_PREFIX
     ))
 }
 
