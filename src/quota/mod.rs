@@ -14,6 +14,7 @@
 
 pub mod auditor;
 pub mod classify;
+pub mod functions;
 pub mod gate;
 pub mod policy;
 
