@@ -721,11 +721,11 @@ fn word_is(src: &[u8], start: usize, end: usize, kw: &[u8]) -> bool {
 /// Built-in functions that add rows the statement's text and tag cannot
 /// show: every way to create or grow a large object in SQL (its pages are
 /// rows of `pg_largeobject`; `lo_truncate` can extend one), and the built-ins
-/// that run SQL given as a string (`query_to_xml*`, `ts_stat`), which may
-/// call those. Matched by name whatever the schema, case or quoting: a
+/// that run SQL given as a string (`query_to_xml*`, `ts_stat`) or fetch from
+/// a cursor by name (`cursor_to_xml*`), which may call those. Matched by name whatever the schema, case or quoting: a
 /// tenant that cannot create functions cannot own another function of these
 /// names, and a false match only costs a re-measurement.
-pub const ROW_ADDING_FUNCTIONS: [&str; 12] = [
+pub const ROW_ADDING_FUNCTIONS: [&str; 14] = [
     "lo_create",
     "lo_creat",
     "lo_import",
@@ -738,10 +738,16 @@ pub const ROW_ADDING_FUNCTIONS: [&str; 12] = [
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
     "ts_stat",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
 ];
 
+/// Whether an identifier's name is one of [`ROW_ADDING_FUNCTIONS`], in any
+/// ASCII case. Called for every identifier of every fast-path statement, so
+/// the length and the first letter rule out nearly all names first.
 fn is_row_adding_name(name: &[u8]) -> bool {
-    matches!(name.first(), Some(b'l' | b'L' | b'q' | b'Q' | b't' | b'T'))
+    (6..=26).contains(&name.len())
+        && matches!(name[0] | 0x20, b'l' | b'q' | b't' | b'c')
         && ROW_ADDING_FUNCTIONS
             .iter()
             .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))

@@ -21,7 +21,8 @@
 //! DO blocks more than [`MAX_DEPTH`] deep, reads differently with
 //! `standard_conforming_strings` off, asks the compiler to print its tree
 //! (`#option dump`), or declares a record variable with a default value (the
-//! compiled tree does not show that expression).
+//! compiled tree does not show that expression). A FETCH or MOVE adds rows
+//! (its cursor may be a portal opened outside the block on any query).
 
 use serde_json::Value;
 
@@ -67,6 +68,9 @@ pub(super) fn check(stmt: &protobuf::DoStmt, depth: u8) -> Result<Classification
         return Err(DO);
     }
     let mut verdict = Classification::default();
+    if found.fetches {
+        verdict.add_rows(false);
+    }
     for (query, mode) in found.exprs {
         let inner = classify_expr(query, mode, depth + 1);
         if inner.unparsed {
@@ -127,6 +131,8 @@ struct Found<'a> {
     exprs: Vec<(&'a str, i64)>,
     /// Names of record (and composite-typed) variables.
     records: Vec<&'a str>,
+    /// A FETCH or MOVE: it runs whatever query its cursor was opened on.
+    fetches: bool,
 }
 
 /// Walks every node of the tree: no statement kind is skipped, so a kind
@@ -153,6 +159,12 @@ fn collect<'a>(value: &'a Value, found: &mut Found<'a>, level: usize) -> Result<
                         let query = field.get("query").and_then(Value::as_str).ok_or(DO)?;
                         let mode = field.get("parseMode").and_then(Value::as_i64).ok_or(DO)?;
                         found.exprs.push((query, mode));
+                    }
+                    // FETCH/MOVE from a cursor variable, which may name a
+                    // portal opened outside the block on any query.
+                    "PLpgSQL_stmt_fetch" => {
+                        found.fetches = true;
+                        collect(field, found, level + 1)?;
                     }
                     "PLpgSQL_rec" => {
                         let name = field.get("refname").and_then(Value::as_str).ok_or(DO)?;

@@ -564,6 +564,11 @@ const CORPUS: &[(&str, &str)] = &[
     ("DO $$BEGIN RAISE NOTICE '%', lo_from_bytea(0, 'x'); END$$", "adds, remeasure"),
     ("DO $$BEGIN RETURN; END$$", ""),
     (
+        "DO $$DECLARE c refcursor := 'p'; x int; BEGIN FETCH c INTO x; END$$",
+        "adds, remeasure",
+    ),
+    ("SELECT cursor_to_xml('p', 10, false, false, '')", "adds, remeasure"),
+    (
         "DO $$DECLARE r record; BEGIN FOR r IN SELECT lo_creat(-1) LOOP END LOOP; END$$",
         "adds, remeasure",
     ),
@@ -1045,6 +1050,12 @@ const FRAGMENTS: &[&str] = &[
     "0x1F",
     "::",
     "RETURNING *",
+    "lo_put(1, 0, 'x')",
+    "U&\"lo\\005fput\"",
+    " UESCAPE '!'",
+    "DO $$BEGIN LISTEN x; END$$",
+    "DO $$BEGIN EXECUTE 'x'; END$$",
+    "login",
 ];
 
 fn random_text(rng: &mut XorShift) -> String {
