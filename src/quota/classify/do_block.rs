@@ -31,6 +31,10 @@ use super::*;
 /// DO blocks inside DO blocks inside … : each level parses its body again.
 const MAX_DEPTH: u8 = 4;
 
+/// Each expression of a body is parsed on its own: a body with more is
+/// refused rather than parsed a million times.
+const MAX_EXPRESSIONS: usize = 10_000;
+
 /// The verdict on the statements of a DO block, or the feature that refuses
 /// it. `depth`: how many DO blocks deep this one is.
 pub(super) fn check(stmt: &protobuf::DoStmt, depth: u8) -> Result<Classification, Feature> {
@@ -60,11 +64,7 @@ pub(super) fn check(stmt: &protobuf::DoStmt, depth: u8) -> Result<Classification
     let function = compile(body).ok_or(DO)?;
     let mut found = Found::default();
     collect(&function, &mut found, 0)?;
-    if found
-        .records
-        .iter()
-        .any(|name| record_has_default(body, name))
-    {
+    if found.exprs.len() > MAX_EXPRESSIONS || record_has_default(body, &found.records) {
         return Err(DO);
     }
     let mut verdict = Classification::default();
@@ -203,54 +203,98 @@ fn asks_for_dump(body: &str) -> bool {
     false
 }
 
-/// Whether a declaration of the record variable `name` may carry a default
-/// (`r record := …`, `= …`, `DEFAULT …`): libpg_query's tree leaves a
-/// record's default out, so such a body cannot be checked. Declarations
-/// start right after DECLARE or after a `;`; one of `name` is that name
-/// followed by a word (its type, CONSTANT, ALIAS, …). An assignment `name :=`
-/// is followed by an operator and is in the tree anyway.
-fn record_has_default(body: &str, name: &str) -> bool {
+/// Whether a declaration of one of the record variables `names` may carry a
+/// default (`r record := …`, `= …`, `DEFAULT …`): libpg_query's tree leaves
+/// a record's default out, so such a body cannot be checked. Declarations
+/// start right after DECLARE or after a `;`; one of a record is its name
+/// followed by a word (its type, CONSTANT, ALIAS, …). An assignment `r :=`
+/// is followed by an operator and is in the tree anyway. One pass over the
+/// tokens, whatever the number of records.
+fn record_has_default(body: &str, names: &[&str]) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    let names: std::collections::HashSet<Vec<u8>> = names
+        .iter()
+        .map(|n| n.as_bytes().to_ascii_lowercase())
+        .collect();
     let mut lexer = Lexer::new(body, true);
     let src = lexer.src;
-    let mut tokens = Vec::new();
-    while let Some(token) = lexer.next_token() {
-        tokens.push(token);
+    // The previous token was `;` or DECLARE.
+    let mut at_start = false;
+    #[derive(PartialEq)]
+    enum State {
+        Outside,
+        AfterName,
+        InDeclaration,
     }
-    let is_name = |tok, start, end| match ident_of(src, tok, start, end) {
-        Some(Ident::Plain(w)) => {
-            if tok == Tok::Word {
-                w.eq_ignore_ascii_case(name.as_bytes())
-            } else {
-                w == name.as_bytes()
+    let mut state = State::Outside;
+    while let Some((tok, start, end)) = lexer.next_token() {
+        match state {
+            State::AfterName => {
+                state = if matches!(tok, Tok::Word | Tok::QuotedIdent) {
+                    State::InDeclaration
+                } else {
+                    State::Outside
+                };
             }
+            State::InDeclaration => {
+                if (tok == Tok::Other && src[start] == b'=')
+                    || (tok == Tok::Word && word_is(src, start, end, b"default"))
+                {
+                    return true;
+                }
+                if tok == Tok::Semi {
+                    state = State::Outside;
+                }
+            }
+            State::Outside if at_start => {
+                let named = match ident_of(src, tok, start, end) {
+                    Some(Ident::Plain(w)) => names.contains(&w.to_ascii_lowercase()),
+                    Some(Ident::Unicode(_)) => true,
+                    None => false,
+                };
+                if named {
+                    state = State::AfterName;
+                }
+            }
+            State::Outside => {}
         }
-        Some(Ident::Unicode(_)) => true,
-        None => false,
-    };
-    for i in 1..tokens.len() {
-        let (prev, p_start, p_end) = tokens[i - 1];
-        let starts =
-            prev == Tok::Semi || (prev == Tok::Word && word_is(src, p_start, p_end, b"declare"));
-        let (tok, start, end) = tokens[i];
-        if !starts || !is_name(tok, start, end) {
-            continue;
-        }
-        if !matches!(
-            tokens.get(i + 1),
-            Some((Tok::Word | Tok::QuotedIdent, _, _))
-        ) {
-            continue;
-        }
-        let defaults = tokens[i + 1..]
-            .iter()
-            .take_while(|(t, _, _)| *t != Tok::Semi)
-            .any(|&(t, s, e)| {
-                (t == Tok::Other && src[s] == b'=')
-                    || (t == Tok::Word && word_is(src, s, e, b"default"))
-            });
-        if defaults {
-            return true;
-        }
+        at_start = tok == Tok::Semi || (tok == Tok::Word && word_is(src, start, end, b"declare"));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compiled tree really omits a record's default (so the textual
+    /// check is what refuses it), and the check spares assignments.
+    #[test]
+    fn record_defaults_are_caught_by_the_text() {
+        let body = "DECLARE r record := (SELECT lo_creat(-1)); BEGIN END";
+        let tree = compile(body).expect("libpg_query compiles it");
+        let mut found = Found::default();
+        collect(&tree, &mut found, 0).unwrap();
+        assert_eq!(found.records, ["r"]);
+        assert!(
+            found.exprs.iter().all(|(q, _)| !q.contains("lo_creat")),
+            "{:?}",
+            found.exprs
+        );
+        assert!(record_has_default(body, &["r"]));
+        assert!(record_has_default(
+            "DECLARE \"R\" CONSTANT record DEFAULT 1; BEGIN END",
+            &["R"]
+        ));
+        assert!(!record_has_default(
+            "DECLARE r record; BEGIN r := (SELECT 1); END",
+            &["r"]
+        ));
+        assert!(!record_has_default(
+            "DECLARE r record; x int = 1; BEGIN END",
+            &["r"]
+        ));
+    }
 }

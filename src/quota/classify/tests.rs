@@ -1213,3 +1213,21 @@ fn do_bodies_are_requoted_safely() {
     let escape = "DO $b$BEGIN NULL; END$pgtier0$; CREATE EXTENSION x; --$b$";
     assert_ne!(classify(escape), expect(""));
 }
+
+/// What a body costs is bounded: too many expressions are refused, many
+/// record variables are checked in one pass.
+#[test]
+fn do_bodies_are_bounded_in_work() {
+    let many = format!("DO $$BEGIN {} END$$", "PERFORM 1; ".repeat(10_001));
+    assert_eq!(classify(&many), expect("DO, adds, remeasure"));
+    let fine = format!("DO $$BEGIN {} END$$", "PERFORM 1; ".repeat(500));
+    assert_eq!(classify(&fine), expect(""));
+    let records: Vec<String> = (0..2000).map(|i| format!("r{i} record;")).collect();
+    let declared = format!("DO $$DECLARE {} BEGIN NULL; END$$", records.join(" "));
+    assert_eq!(classify(&declared), expect(""));
+    let with_default = format!(
+        "DO $$DECLARE {} r2000 record := (SELECT 1); BEGIN NULL; END$$",
+        records.join(" ")
+    );
+    assert_eq!(classify(&with_default), expect("DO, adds, remeasure"));
+}
