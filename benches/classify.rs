@@ -66,6 +66,14 @@ fn statements() -> Vec<(&'static str, String)> {
             "UPDATE \"users\" SET \"name\" = $1, \"updated_at\" = $2 WHERE \"users\".\"id\" = $3".into(),
         ),
         ("begin", "BEGIN".into()),
+        // Column names that start like a large-object function's stay on
+        // the fast path.
+        (
+            "lo_lookalike_select",
+            "SELECT u0.\"id\", u0.\"login\", u0.\"locale\", u0.\"lock_version\", \
+             u0.\"location\" FROM \"users\" AS u0 WHERE (u0.\"login\" = $1) LIMIT $2"
+                .into(),
+        ),
         // Parser territory: a data-modifying CTE, a migration, a function.
         (
             "cte_insert",
@@ -86,6 +94,9 @@ fn statements() -> Vec<(&'static str, String)> {
              NEW.updated_at = now(); RETURN NEW; END $$"
                 .into(),
         ),
+        // Postgrex.Notifications' re-subscription: a DO block the parser
+        // and the PL/pgSQL compiler judge.
+        ("do_listen", "DO $$BEGIN LISTEN \"chan\"; END$$".into()),
     ];
     out.push(("insert_100_rows", multi_row_insert(100)));
     out.push(("insert_1mb", multi_row_insert_bytes(1 << 20)));

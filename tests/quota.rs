@@ -513,7 +513,10 @@ async fn the_free_tier_denies_extensions_functions_triggers_and_roles() {
             "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql AS 'SELECT 1'",
             "CREATE PROCEDURE",
         ),
-        ("DO $$ BEGIN PERFORM 1; END $$", "DO"),
+        (
+            "DO $$ BEGIN EXECUTE 'SELECT 1'; END $$",
+            "DO with dynamic SQL (EXECUTE)",
+        ),
         (
             "CREATE TRIGGER tr BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
             "CREATE TRIGGER",
@@ -840,7 +843,7 @@ async fn a_reload_applies_the_policy_and_the_limit_to_running_sessions() {
         .unwrap()
         .expect("reload");
     // The same session, without reconnecting.
-    refused(&client, "DO $$ BEGIN END $$", "42501").await;
+    refused(&client, "DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", "42501").await;
     // The new limit has the tenant measured (it never was: it had none).
     wait_over(&proxy, &t.db, 20, true).await;
     let message = refused(&client, "INSERT INTO t VALUES (0)", "53400").await;
@@ -848,4 +851,139 @@ async fn a_reload_applies_the_policy_and_the_limit_to_running_sessions() {
         message.ends_with("the standard tier allows 20"),
         "{message}"
     );
+}
+
+/// Large objects live in `pg_largeobject`: over the limit, every way to
+/// create or grow one is refused like an INSERT, in any spelling, inside a
+/// DO block too, and the session carries on (issue 20).
+#[tokio::test]
+async fn over_the_limit_large_objects_cannot_be_created_or_grown() {
+    let t = scram_tenant("quota_lo");
+    let proxy = quota_proxy(&limited(&t.db, 100)).await;
+    let (client, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let lo = 4_000_000_000u32 - (std::process::id() % 1_000_000);
+    // Under the limit they work.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (n int);
+             SELECT lo_create({lo});
+             SELECT lo_put({lo}, 0, 'under');
+             INSERT INTO t SELECT generate_series(1, 150)"
+        ))
+        .await
+        .unwrap();
+    wait_over(&proxy, &t.db, 100, true).await;
+    let objects = "SELECT count(*) FROM pg_largeobject_metadata";
+    let before: i64 = client.query_one(objects, &[]).await.unwrap().get(0);
+    for sql in [
+        "SELECT lo_from_bytea(0, 'x')".to_string(),
+        "SELECT * FROM lo_from_bytea(0, 'x')".into(),
+        "SELECT lo_create(0)".into(),
+        "select LO_CREAT(-1)".into(),
+        format!("SELECT lo_put({lo}, 0, 'x')"),
+        format!("SELECT pg_catalog.lo_put({lo}, 0, 'x')"),
+        format!("SELECT \"lo_put\"({lo}, 0, 'x')"),
+        format!("SELECT U&\"lo\\005fput\"({lo}, 0, 'x')"),
+        format!("SELECT 1 WHERE lo_put({lo}, 5, 'x') IS NULL"),
+        format!("SELECT lowrite(lo_open({lo}, 131072), 'x')"),
+        format!("SELECT lo_truncate(lo_open({lo}, 131072), 1000000)"),
+        "WITH x AS (SELECT lo_creat(-1)) SELECT * FROM x".into(),
+        "DO $$BEGIN PERFORM lo_from_bytea(0, 'x'); END$$".into(),
+        "DO $$BEGIN INSERT INTO t VALUES (0); END$$".into(),
+    ] {
+        refused(&client, &sql, "53400").await;
+    }
+    // Through Parse/Bind/Execute as well.
+    let e = client
+        .query("SELECT lo_from_bytea(0, $1)", &[&b"x".to_vec()])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "53400", "{e:?}");
+    // Nothing was created or grown; reading, seeking and deleting still work.
+    let after: i64 = client.query_one(objects, &[]).await.unwrap().get(0);
+    assert_eq!(after, before);
+    let data: Vec<u8> = client
+        .query_one(&format!("SELECT lo_get({lo})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(data, b"under");
+    client
+        .batch_execute("DO $$BEGIN LISTEN still_fine; END$$")
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("SELECT lo_unlink({lo})"))
+        .await
+        .unwrap();
+}
+
+/// Postgrex.Notifications re-subscribes with `DO $$BEGIN LISTEN "chan";
+/// END$$`: on the free tier it runs, and the notification arrives; a DO
+/// block that hides what it runs is still refused, and the session goes on
+/// (issue 22).
+#[tokio::test]
+async fn a_free_tenant_listens_through_do_and_hears_notify() {
+    let t = scram_tenant("do_listen");
+    let proxy = quota_proxy("").await;
+    let (listener, mut notifications) =
+        common::connect_with_notifications(proxy.addr, &t.db, &t.user, &t.password)
+            .await
+            .unwrap();
+    listener
+        .batch_execute("DO $$BEGIN LISTEN \"chan\"; END$$")
+        .await
+        .unwrap();
+    let (sender, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    sender
+        .batch_execute("NOTIFY \"chan\", 'hello'")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+        .await
+        .expect("a notification within 5 s")
+        .expect("the notification stream is open");
+    assert_eq!((n.channel(), n.payload()), ("chan", "hello"));
+
+    for (sql, feature) in [
+        (
+            "DO $$BEGIN EXECUTE 'CREATE EXTENSION pgcrypto'; END$$",
+            "DO with dynamic SQL (EXECUTE)",
+        ),
+        (
+            "DO LANGUAGE plpython3u $$plpy.execute('select 1')$$",
+            "DO in a language other than plpgsql",
+        ),
+        (
+            "DO $$BEGIN CREATE EXTENSION pgcrypto; END$$",
+            "CREATE EXTENSION",
+        ),
+    ] {
+        let message = refused(&sender, sql, "42501").await;
+        assert_eq!(
+            message,
+            format!("{feature} is not available on the free tier")
+        );
+    }
+    let e = sender
+        .batch_execute("DO $$BEGIN EXECUTE 'SELECT 1'; END$$")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().expect("a database error");
+    assert!(
+        db.hint().is_some_and(|h| h.contains("static")),
+        "{:?}",
+        db.hint()
+    );
+    // The session is intact, and unsubscribing through DO works too.
+    listener
+        .batch_execute("DO $$BEGIN UNLISTEN \"chan\"; END$$")
+        .await
+        .unwrap();
+    let one: i32 = sender.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
 }

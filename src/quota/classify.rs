@@ -29,8 +29,12 @@
 //!
 //! Rows added by code the statement merely triggers: a trigger or rule on the
 //! table an UPDATE touches, a function a SELECT calls. That is why creating
-//! triggers, rules and functions is deny-able; built-in functions that write
-//! (`lo_import`, `lo_from_bytea` into `pg_largeobject`) are not flagged.
+//! triggers, rules and functions is deny-able. The built-ins that add rows
+//! no tag counts (large-object writers into `pg_largeobject`, and the ones
+//! that run SQL from a string) are known by name ([`ROW_ADDING_FUNCTIONS`]):
+//! a statement naming one adds rows, and storing a call to one in a view,
+//! default, check, policy, operator or cursor is a `function` feature.
+//! A DO block is what the statements in its PL/pgSQL body are (`do_block`).
 //!
 //! ## Session settings that change how text is read
 //!
@@ -66,7 +70,9 @@ use pg_query::{NodeEnum, ParserOptions};
 pub enum DenyKind {
     /// CREATE / ALTER / DROP EXTENSION.
     Extension,
-    /// CREATE [OR REPLACE] FUNCTION / PROCEDURE / AGGREGATE, CREATE LANGUAGE, DO.
+    /// CREATE [OR REPLACE] FUNCTION / PROCEDURE / AGGREGATE, CREATE LANGUAGE,
+    /// a DO block that cannot be checked statement by statement, a stored call
+    /// of a row-adding function.
     Function,
     /// CREATE \[CONSTRAINT\] TRIGGER, CREATE EVENT TRIGGER, CREATE RULE.
     Trigger,
@@ -112,11 +118,26 @@ impl DenyKind {
 pub struct Feature {
     pub kind: DenyKind,
     pub name: &'static str,
+    /// What the client can do instead, when "upgrade the tier" is not the
+    /// whole story (a DO block the tier would run if written otherwise).
+    pub hint: Option<&'static str>,
 }
 
 impl Feature {
     const fn new(kind: DenyKind, name: &'static str) -> Feature {
-        Feature { kind, name }
+        Feature {
+            kind,
+            name,
+            hint: None,
+        }
+    }
+
+    const fn with_hint(kind: DenyKind, name: &'static str, hint: &'static str) -> Feature {
+        Feature {
+            kind,
+            name,
+            hint: Some(hint),
+        }
     }
 }
 
@@ -130,7 +151,42 @@ const CREATE_LANGUAGE: Feature = Feature::new(DenyKind::Function, "CREATE LANGUA
 /// `CREATE LANGUAGE name` without a HANDLER is CREATE EXTENSION in
 /// PostgreSQL's grammar: it installs the language's extension, so it is both.
 const CREATE_LANGUAGE_EXTENSION: Feature = Feature::new(DenyKind::Extension, "CREATE LANGUAGE");
-const DO: Feature = Feature::new(DenyKind::Function, "DO");
+/// A DO block whose body cannot be checked statement by statement (it does
+/// not parse as PL/pgSQL here, nests too deep, or hides what it runs).
+const DO: Feature = Feature::with_hint(DenyKind::Function, "DO", DO_HINT);
+/// A DO block that runs dynamic SQL (EXECUTE, FOR … IN EXECUTE, OPEN … FOR
+/// EXECUTE, RETURN QUERY EXECUTE): what it runs is only known when it runs.
+const DO_DYNAMIC: Feature =
+    Feature::with_hint(DenyKind::Function, "DO with dynamic SQL (EXECUTE)", DO_HINT);
+/// `DO LANGUAGE x` for any x but plpgsql: no parser here for its body.
+const DO_LANGUAGE: Feature = Feature::with_hint(
+    DenyKind::Function,
+    "DO in a language other than plpgsql",
+    DO_HINT,
+);
+/// PREPARE, EXECUTE of a prepared statement, DEALLOCATE or DISCARD ALL
+/// inside a DO block: the proxy follows prepared statements in the order
+/// the client sends them, and a DO block that fails halfway leaves it
+/// unable to tell which of them ran.
+const DO_PREPARED: Feature = Feature::with_hint(
+    DenyKind::Function,
+    "PREPARE/EXECUTE/DEALLOCATE inside DO",
+    DO_HINT,
+);
+const DO_HINT: &str = "A DO block runs on this tier when every statement in it is static \
+     plpgsql the tier allows (LISTEN, NOTIFY, SELECT, INSERT, …); \
+     upgrade the database's tier to run any DO block.";
+/// A view, default, check, policy, operator, cursor or other stored object
+/// that calls a function adding rows the statement text cannot show (large
+/// objects, SQL run from a string): whatever later uses it adds rows without
+/// saying so, so storing the call is refused like creating a function.
+const STORED_ROW_FUNCTION: Feature = Feature::with_hint(
+    DenyKind::Function,
+    "a stored call to a large-object or SQL-running function",
+    "Call lo_create, lo_put, lo_from_bytea, query_to_xml and the like directly \
+     in a statement, not from a view, default, check, policy, operator or cursor, \
+     or upgrade the database's tier.",
+);
 const CREATE_TRIGGER: Feature = Feature::new(DenyKind::Trigger, "CREATE TRIGGER");
 const CREATE_EVENT_TRIGGER: Feature = Feature::new(DenyKind::Trigger, "CREATE EVENT TRIGGER");
 const CREATE_RULE: Feature = Feature::new(DenyKind::Trigger, "CREATE RULE");
@@ -184,8 +240,9 @@ pub struct Classification {
     /// EXPLAIN ANALYZE INSERT), COPY … FROM (stdin, file or program),
     /// CREATE TABLE … AS, SELECT … INTO, MERGE with a WHEN NOT MATCHED … INSERT
     /// action, CREATE MATERIALIZED VIEW, REFRESH MATERIALIZED VIEW (all but the
-    /// `WITH NO DATA` forms, which leave the relation empty), CALL, DO (opaque
-    /// bodies: conservative). EXECUTE of a SQL-prepared statement is NOT
+    /// `WITH NO DATA` forms, which leave the relation empty), CALL, a call of
+    /// a [`ROW_ADDING_FUNCTIONS`] function, a DO block with any of these
+    /// inside or whose body cannot be checked. EXECUTE of a SQL-prepared statement is NOT
     /// decided here (see `executes`).
     pub adds_rows: bool,
     /// Every deny-able feature used, in statement order (usually empty).
@@ -194,7 +251,7 @@ pub struct Classification {
     /// re-measure promptly after the transaction: CREATE TABLE AS, SELECT INTO,
     /// CREATE/REFRESH MATERIALIZED VIEW, TRUNCATE, DROP TABLE / SCHEMA /
     /// MATERIALIZED VIEW / OWNED, ALTER TABLE … ATTACH/DETACH PARTITION, CALL,
-    /// DO, MERGE, and rows added where the tag does not count them: an INSERT
+    /// a row-adding function, a DO block that adds rows, MERGE, and rows added where the tag does not count them: an INSERT
     /// or MERGE inside WITH (the tag is the outer statement's), under
     /// EXPLAIN ANALYZE (the tag is EXPLAIN) or inside COPY (…) TO.
     pub remeasure: bool,
@@ -314,12 +371,17 @@ pub fn classify_lexical(sql: &str) -> Option<Classification> {
 /// does when the lexical pass cannot decide). Public so tests and benchmarks
 /// can hold the two paths against each other.
 pub fn classify_parsed(sql: &str) -> Classification {
+    classify_parsed_at(sql, 0)
+}
+
+/// [`classify_parsed`] for a statement found `depth` DO blocks deep.
+fn classify_parsed_at(sql: &str, depth: u8) -> Classification {
     let scs_sensitive = lexes_differently_without_scs(sql);
-    let on = parse_tree(sql, true).map(|tree| walk(sql, &tree));
+    let on = parse_tree(sql, true).map(|tree| walk(sql, &tree, true, depth));
     if !scs_sensitive {
         return on.unwrap_or_else(|| unparsed(sql, false));
     }
-    let off = parse_tree(sql, false).map(|tree| walk(sql, &tree));
+    let off = parse_tree(sql, false).map(|tree| walk(sql, &tree, false, depth));
     match (on, off) {
         (Some(a), Some(b)) => a.union(b),
         (Some(a), None) | (None, Some(a)) => a,
@@ -653,6 +715,142 @@ fn word_is(src: &[u8], start: usize, end: usize, kw: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// Functions that add rows no command tag counts
+// ---------------------------------------------------------------------------
+
+/// Built-in functions that add rows the statement's text and tag cannot
+/// show: every way to create or grow a large object in SQL (its pages are
+/// rows of `pg_largeobject`; `lo_truncate` can extend one), and the built-ins
+/// that run SQL given as a string (`query_to_xml*`, `ts_stat`) or fetch from
+/// a cursor by name (`cursor_to_xml*`), which may call those. Matched by name whatever the schema, case or quoting: a
+/// tenant that cannot create functions cannot own another function of these
+/// names, and a false match only costs a re-measurement.
+pub const ROW_ADDING_FUNCTIONS: [&str; 14] = [
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "ts_stat",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+];
+
+/// Whether an identifier's name is one of [`ROW_ADDING_FUNCTIONS`], in any
+/// ASCII case. Called for every identifier of every fast-path statement, so
+/// the length and the first letter rule out nearly all names first.
+fn is_row_adding_name(name: &[u8]) -> bool {
+    (6..=26).contains(&name.len())
+        && matches!(name[0] | 0x20, b'l' | b'q' | b't' | b'c')
+        && ROW_ADDING_FUNCTIONS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
+/// An identifier token as PostgreSQL reads its name.
+enum Ident<'a> {
+    /// A word, or a `"…"` identifier's content (a doubled quote cannot be
+    /// part of any name that matters here, so it is left as is).
+    Plain(&'a [u8]),
+    /// A `U&"…"` identifier's content, escapes still to decode.
+    Unicode(&'a [u8]),
+}
+
+fn ident_of(src: &[u8], tok: Tok, start: usize, end: usize) -> Option<Ident<'_>> {
+    match tok {
+        Tok::Word => Some(Ident::Plain(&src[start..end])),
+        Tok::QuotedIdent if src[start] == b'"' => {
+            Some(Ident::Plain(src.get(start + 1..end.saturating_sub(1))?))
+        }
+        Tok::QuotedIdent => Some(Ident::Unicode(src.get(start + 3..end.saturating_sub(1))?)),
+        _ => None,
+    }
+}
+
+/// A `U&"…"` identifier's name with `esc` as its escape character (`\`
+/// unless UESCAPE says otherwise); None when it does not decode.
+fn decode_unicode_ident(body: &[u8], esc: u8) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b == b'"' && body.get(i + 1) == Some(&b'"') {
+            out.push(b'"');
+            i += 2;
+        } else if b != esc {
+            out.push(b);
+            i += 1;
+        } else if body.get(i + 1) == Some(&esc) {
+            out.push(esc);
+            i += 2;
+        } else {
+            let (skip, digits) = if body.get(i + 1) == Some(&b'+') {
+                (2, 6)
+            } else {
+                (1, 4)
+            };
+            let hex = body.get(i + skip..i + skip + digits)?;
+            let code = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(char::from_u32(code)?.encode_utf8(&mut buf).as_bytes());
+            i += skip + digits;
+        }
+    }
+    Some(out)
+}
+
+/// Whether a `U&"…"` identifier may name a row-adding function (also when
+/// it does not decode: PostgreSQL would reject it, so nothing is lost).
+fn unicode_ident_matches(body: &[u8], esc: u8) -> bool {
+    decode_unicode_ident(body, esc).is_none_or(|name| is_row_adding_name(&name))
+}
+
+/// Whether `text` names a function of [`ROW_ADDING_FUNCTIONS`] in any
+/// identifier: plain, quoted, or `U&"…"` with or without UESCAPE. Strings
+/// and comments are not identifiers (a DO block's body is judged on its own).
+fn mentions_row_adding_function(text: &str, scs: bool) -> bool {
+    let mut lexer = Lexer::new(text, scs);
+    let src = lexer.src;
+    // A U& identifier waits for the next token, which may be UESCAPE.
+    let mut unicode: Option<&[u8]> = None;
+    let mut uescape = false;
+    while let Some((tok, start, end)) = lexer.next_token() {
+        if let Some(body) = unicode.take() {
+            if uescape {
+                uescape = false;
+                // UESCAPE 'c': anything else does not parse anyway.
+                let esc = (tok == Tok::Str && end - start == 3 && src[start] == b'\'')
+                    .then(|| src[start + 1]);
+                match esc {
+                    Some(esc) if !unicode_ident_matches(body, esc) => continue,
+                    _ => return true,
+                }
+            }
+            if tok == Tok::Word && word_is(src, start, end, b"uescape") {
+                unicode = Some(body);
+                uescape = true;
+                continue;
+            }
+            if unicode_ident_matches(body, b'\\') {
+                return true;
+            }
+        }
+        match ident_of(src, tok, start, end) {
+            Some(Ident::Plain(name)) if is_row_adding_name(name) => return true,
+            Some(Ident::Unicode(body)) => unicode = Some(body),
+            _ => {}
+        }
+    }
+    unicode.is_some_and(|body| unicode_ident_matches(body, b'\\'))
+}
+
+// ---------------------------------------------------------------------------
 // The lexical fast path
 // ---------------------------------------------------------------------------
 
@@ -751,6 +949,13 @@ fn lexical_verdict(sql: &str, scs: bool) -> Option<(Classification, bool)> {
                 continue;
             }
         };
+        // A name that may be a row-adding function: the parser decides
+        // (a U& identifier is only known once decoded).
+        match ident_of(src, tok, start, end) {
+            Some(Ident::Plain(name)) if is_row_adding_name(name) => return None,
+            Some(Ident::Unicode(_)) => return None,
+            _ => {}
+        }
         let word = |kw: &[u8]| tok == Tok::Word && word_is(src, start, end, kw);
         match lead {
             Lead::Select => {
@@ -1007,20 +1212,31 @@ fn parse_tree(sql: &str, scs: bool) -> Option<protobuf::ParseResult> {
     } else {
         ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
     };
+    parse_with(sql, options)
+}
+
+/// [`parse_tree`] with any parse mode (PL/pgSQL expressions use their own).
+fn parse_with(sql: &str, options: ParserOptions) -> Option<protobuf::ParseResult> {
     panic::catch_unwind(AssertUnwindSafe(|| pg_query::parse(sql, options)))
         .ok()?
         .ok()
         .map(|result| result.protobuf)
 }
 
-fn walk(sql: &str, tree: &protobuf::ParseResult) -> Classification {
+/// The verdict on a parsed text. `scs`: the reading it was parsed with;
+/// `depth`: how many DO blocks deep it was found.
+fn walk(sql: &str, tree: &protobuf::ParseResult, scs: bool, depth: u8) -> Classification {
     let mut walker = Walker {
         out: Classification::default(),
+        depth,
     };
     for raw in &tree.stmts {
         let text = statement_text(sql, raw);
         if let Some(node) = raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
             walker.statement(node, text, false);
+            if mentions_row_adding_function(text, scs) {
+                walker.row_adding_call(node);
+            }
         }
     }
     walker.out
@@ -1062,6 +1278,8 @@ fn role_word_of(text: &str) -> RoleWord {
 
 struct Walker {
     out: Classification,
+    /// How many DO blocks deep the statements are.
+    depth: u8,
 }
 
 fn inner(node: &Option<Box<protobuf::Node>>) -> Option<&NodeEnum> {
@@ -1137,6 +1355,7 @@ impl Walker {
             N::PrepareStmt(s) => {
                 let mut body = Walker {
                     out: Classification::default(),
+                    depth: self.depth,
                 };
                 if let Some(q) = inner(&s.query) {
                     body.statement(q, text, false);
@@ -1151,9 +1370,26 @@ impl Walker {
             N::DiscardStmt(s) if s.target == protobuf::DiscardMode::DiscardAll as i32 => {
                 self.out.deallocates.push(None)
             }
-            N::DoStmt(_) => {
-                self.out.features.push(DO);
-                self.out.add_rows(false);
+            N::DoStmt(s) => match do_block::check(s, self.depth) {
+                Ok(inner) => {
+                    // The statements inside, as if sent one by one, except
+                    // that the tag "DO" counts none of their rows.
+                    self.out.features.extend(inner.features);
+                    if inner.adds_rows {
+                        self.out.add_rows(false);
+                    }
+                    self.out.remeasure |= inner.remeasure;
+                }
+                Err(feature) => {
+                    self.out.features.push(feature);
+                    self.out.add_rows(false);
+                }
+            },
+            // `x := expr` in PL/pgSQL (a DO block's assignment).
+            N::PlassignStmt(s) => {
+                if let Some(select) = &s.val {
+                    self.select(select, text);
+                }
             }
             N::CallStmt(_) => self.out.add_rows(false),
             N::TruncateStmt(_) | N::DropOwnedStmt(_) => self.out.remeasure = true,
@@ -1245,6 +1481,46 @@ impl Walker {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The statement names a function that adds rows no command tag counts
+    /// (see [`ROW_ADDING_FUNCTIONS`]). Statements that run now add rows;
+    /// statements that store the call for later (a view, a default, a
+    /// check, a policy, an operator, a cursor) hide it from every statement
+    /// that later runs it, so storing it is a feature of its own.
+    fn row_adding_call(&mut self, node: &NodeEnum) {
+        use NodeEnum as N;
+        // The gate follows prepared statements by name: this one adds rows
+        // when it is executed, not when it is prepared.
+        if let N::PrepareStmt(_) = node {
+            if let Some(prepared) = self.out.prepares.last_mut() {
+                prepared.1 = true;
+            }
+            return;
+        }
+        self.out.add_rows(false);
+        match node {
+            N::SelectStmt(_)
+            | N::InsertStmt(_)
+            | N::UpdateStmt(_)
+            | N::DeleteStmt(_)
+            | N::MergeStmt(_)
+            | N::CallStmt(_)
+            | N::ExplainStmt(_)
+            | N::CopyStmt(_)
+            | N::CreateTableAsStmt(_)
+            | N::RefreshMatViewStmt(_)
+            | N::ExecuteStmt(_)
+            | N::DoStmt(_)
+            | N::PlassignStmt(_)
+            | N::VariableSetStmt(_)
+            | N::VariableShowStmt(_)
+            | N::NotifyStmt(_)
+            | N::ListenStmt(_)
+            | N::UnlistenStmt(_)
+            | N::TransactionStmt(_) => {}
+            _ => self.out.features.push(STORED_ROW_FUNCTION),
         }
     }
 
@@ -1504,6 +1780,8 @@ impl Shard {
         }
     }
 }
+
+mod do_block;
 
 #[cfg(test)]
 mod tests;

@@ -1,16 +1,14 @@
-//! Fast-path function calls (the FunctionCall message): which built-in
-//! functions are known to add no rows.
-//!
-//! libpq's large-object API (`lo_creat`, `lo_write`, `lo_import`, …) and
-//! any `PQfn` call reach the cluster as a FunctionCall naming a function
-//! by OID, not as SQL. While a tenant is over its row limit, a call is let
-//! through only when its function is known to add nothing; everything
-//! else, including any OID not listed here, is refused (fail closed).
+//! The FunctionCall ('F') message: libpq's large-object client API
+//! (`lo_creat`, `lo_write`, `lo_import` on the client side…) calls built-in
+//! functions by OID, with no SQL text to classify. Which of those calls can
+//! add rows is decided here, by OID, failing closed: only the built-ins known
+//! to add nothing are let through while a tenant is over its row limit.
 
-/// Built-in functions (their OIDs are fixed in PostgreSQL's catalog, the
-/// same in 15, 17 and 18) that read or remove large objects but never
-/// create or grow one.
-const ADDS_NOTHING: &[(u32, &str)] = &[
+/// Built-in functions (pg_proc OIDs) that read, move in, close or delete a
+/// large object, and add no rows. The same OIDs in PostgreSQL 15, 17 and 18
+/// (checked against each version's `postgres.bki`, generated from
+/// `src/include/catalog/pg_proc.dat`).
+const ADDS_NOTHING: [(u32, &str); 10] = [
     (952, "lo_open"),
     (953, "lo_close"),
     (954, "loread"),
@@ -19,13 +17,17 @@ const ADDS_NOTHING: &[(u32, &str)] = &[
     (964, "lo_unlink"),
     (3170, "lo_lseek64"),
     (3171, "lo_tell64"),
-    (3458, "lo_get"),
-    (3459, "lo_get"),
+    (3458, "lo_get(oid)"),
+    (3459, "lo_get(oid, bigint, integer)"),
 ];
 
-/// Whether a FunctionCall of `oid` may add rows (or grow a large object).
+/// Whether a FunctionCall of the function with this OID may add rows: false
+/// only for the built-ins known to add none, true for every other OID
+/// (`lo_creat`, `lo_create`, `lowrite`, `lo_import`, `lo_put`,
+/// `lo_from_bytea`, `lo_truncate`, and any function the proxy knows nothing
+/// of).
 pub fn function_call_adds_rows(oid: u32) -> bool {
-    !ADDS_NOTHING.iter().any(|(known, _)| *known == oid)
+    !ADDS_NOTHING.iter().any(|&(known, _)| known == oid)
 }
 
 #[cfg(test)]
@@ -33,12 +35,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_listed_readers_add_nothing() {
-        assert!(!function_call_adds_rows(954), "loread");
-        assert!(!function_call_adds_rows(964), "lo_unlink");
-        assert!(function_call_adds_rows(955), "lowrite");
-        assert!(function_call_adds_rows(957), "lo_creat");
-        assert!(function_call_adds_rows(715), "lo_create");
-        assert!(function_call_adds_rows(0), "an unknown OID");
+    fn only_known_readers_add_nothing() {
+        for (oid, name) in [
+            (952, "lo_open"),
+            (953, "lo_close"),
+            (954, "loread"),
+            (956, "lo_lseek"),
+            (958, "lo_tell"),
+            (964, "lo_unlink"),
+            (3170, "lo_lseek64"),
+            (3171, "lo_tell64"),
+            (3458, "lo_get"),
+            (3459, "lo_get"),
+        ] {
+            assert!(!function_call_adds_rows(oid), "{name} ({oid})");
+        }
+        // The writers, as PostgreSQL 15, 17 and 18 number them.
+        for (oid, name) in [
+            (715, "lo_create"),
+            (957, "lo_creat"),
+            (955, "lowrite"),
+            (764, "lo_import"),
+            (767, "lo_import(text, oid)"),
+            (1004, "lo_truncate"),
+            (3172, "lo_truncate64"),
+            (3457, "lo_from_bytea"),
+            (3460, "lo_put"),
+        ] {
+            assert!(function_call_adds_rows(oid), "{name} ({oid})");
+        }
+        // Anything unknown fails closed.
+        for oid in [0, 1, 765, 16384, u32::MAX] {
+            assert!(function_call_adds_rows(oid), "{oid}");
+        }
     }
 }

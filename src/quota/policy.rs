@@ -57,10 +57,10 @@ pub fn policy_error(feature: Feature, tier: &str) -> ErrorFields {
         sqlstate::INSUFFICIENT_PRIVILEGE,
         format!("{} is not available on the {tier} tier", feature.name),
     )
-    .with_hint(format!(
-        "Upgrade the database's tier to use {}.",
-        feature.name
-    ))
+    .with_hint(match feature.hint {
+        Some(hint) => hint.to_owned(),
+        None => format!("Upgrade the database's tier to use {}.", feature.name),
+    })
 }
 
 /// `ERROR 42939`: a client's statement or portal name claims the prefix of
@@ -191,8 +191,24 @@ mod tests {
         let feature = Feature {
             kind: DenyKind::Extension,
             name: "CREATE EXTENSION",
+            hint: None,
         };
+        let with_hint = Feature {
+            kind: DenyKind::Function,
+            name: "DO with dynamic SQL (EXECUTE)",
+            hint: Some("Write it as static plpgsql."),
+        };
+        let e = policy_error(with_hint, "free");
+        assert_eq!(
+            e.message,
+            "DO with dynamic SQL (EXECUTE) is not available on the free tier"
+        );
+        assert_eq!(e.hint.as_deref(), Some("Write it as static plpgsql."));
         let e = policy_error(feature, "free");
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("Upgrade the database's tier to use CREATE EXTENSION.")
+        );
         assert_eq!(e.code, "42501");
         assert_eq!(
             e.message,
