@@ -9,12 +9,18 @@
 //! the heartbeat re-asserts this instance's slots, cancel keys expire with
 //! their instance, and row figures are measured again.
 //!
+//! A tenant whose slot entry is in doubt (a call that changes it failed or
+//! timed out, and may yet be run by the store later; or its release was
+//! dropped here) is noted too: the heartbeat then asserts this instance's
+//! count of it, zero included, until the store has taken it (see
+//! [`OpsQueue::doubt`]).
+//!
 //! The background task takes what is queued as one [`Batch`], in which work
 //! that cancels out (a session's cancel key added and removed) is gone and
 //! row changes are summed per tenant, so a burst costs the store one call
 //! per tenant, not one per transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -39,6 +45,9 @@ pub enum Op {
 pub struct OpsQueue {
     tx: mpsc::Sender<Op>,
     dropped: Arc<AtomicU64>,
+    /// Tenants whose entry in the store may be wrong (at most one per
+    /// tenant known to this instance).
+    doubts: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl OpsQueue {
@@ -48,6 +57,7 @@ impl OpsQueue {
         let queue = OpsQueue {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            doubts: Arc::default(),
         };
         (queue, rx)
     }
@@ -56,9 +66,30 @@ impl OpsQueue {
     /// waits. (Once the background task has ended, at shutdown, there is
     /// nothing left to do it for.)
     pub fn push(&self, op: Op) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(op) {
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.tx.try_send(op) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Op::Release(tenant) = op {
+                self.doubt(tenant);
+            }
         }
+    }
+
+    /// Notes that the store's entry of this instance for `tenant` may be
+    /// wrong: a call that changes it failed or timed out (a store that
+    /// stalled runs it when it resumes, long after the caller gave up), or
+    /// a release was dropped. The heartbeat asserts the true count.
+    pub fn doubt(&self, tenant: impl Into<String>) {
+        if let Ok(mut doubts) = self.doubts.lock() {
+            doubts.insert(tenant.into());
+        }
+    }
+
+    /// The tenants in doubt since the last call.
+    pub fn take_doubts(&self) -> HashSet<String> {
+        self.doubts
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
     }
 
     /// Counts `n` items dropped after they were taken from the queue.
