@@ -219,11 +219,14 @@ impl Fleet {
             Ok(false) => Err(SlotRefusal::AtCapacity(AtCapacity { limit })),
             Err(_) => {
                 // Not taken as far as this instance knows, but the store
-                // may run the script yet.
+                // may run the script yet: the count is corrected behind it
+                // as soon as the store answers (read once this login no
+                // longer counts), and by the heartbeats.
+                drop(slot);
                 self.ops.doubt(tenant.name());
+                self.ops.push(Op::Assert(tenant.name().to_owned()));
                 match self.config.on_store_error {
                     OnStoreError::Open => {
-                        drop(slot);
                         let slot = tenant
                             .try_take_slot(limit)
                             .map_err(SlotRefusal::AtCapacity)?;

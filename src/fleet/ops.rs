@@ -38,6 +38,10 @@ pub enum Op {
     CancelAdd(CancelKey, CancelKey),
     CancelDel(CancelKey),
     RowDelta(String, i64),
+    /// Write this instance's count of the tenant as it is when done (a
+    /// call that changed it timed out: correct it as soon as the store
+    /// answers, behind the late call on the same connection).
+    Assert(String),
 }
 
 /// The sessions' end of the queue; cheap to clone.
@@ -114,6 +118,9 @@ pub struct Batch {
     pub releases: HashMap<String, u32>,
     /// Committed row changes, summed per tenant (none that sum to 0).
     pub row_deltas: HashMap<String, i64>,
+    /// Tenants whose count is written absolutely (their releases in the
+    /// batch are then moot: the count is read after them).
+    pub asserts: HashSet<String>,
 }
 
 impl Batch {
@@ -134,9 +141,15 @@ impl Batch {
                 Op::RowDelta(tenant, delta) => {
                     *batch.row_deltas.entry(tenant).or_default() += delta;
                 }
+                Op::Assert(tenant) => {
+                    batch.asserts.insert(tenant);
+                }
             }
         }
         batch.row_deltas.retain(|_, delta| *delta != 0);
+        batch
+            .releases
+            .retain(|tenant, _| !batch.asserts.contains(tenant));
         batch
     }
 
@@ -146,6 +159,7 @@ impl Batch {
             + self.cancel_dels.len()
             + self.releases.values().map(|&n| n as usize).sum::<usize>()
             + self.row_deltas.len()
+            + self.asserts.len()
     }
 }
 
@@ -173,6 +187,9 @@ mod tests {
             Op::RowDelta("b".into(), 4),
             Op::RowDelta("b".into(), -4),
             Op::Release("a".into()),
+            Op::Release("c".into()),
+            Op::Assert("c".into()),
+            Op::Release("c".into()),
         ]);
         assert_eq!(
             batch.cancel_adds,
@@ -186,7 +203,12 @@ mod tests {
             HashMap::from([("a".to_owned(), 3)]),
             "b's changes sum to nothing"
         );
-        assert_eq!(batch.calls(), 5);
+        assert_eq!(
+            batch.asserts,
+            HashSet::from(["c".to_owned()]),
+            "c's releases are moot: its count is written as it is"
+        );
+        assert_eq!(batch.calls(), 6);
         assert_eq!(Batch::new([]), Batch::default());
     }
 
@@ -200,10 +222,23 @@ mod tests {
         let mut taken = Vec::new();
         assert_eq!(rx.recv_many(&mut taken, 10).await, 3);
         assert_eq!(Batch::new(taken).row_deltas["a"], 1 + 2);
+        for n in 0..3 {
+            queue.push(Op::RowDelta("a".into(), n));
+        }
+        queue.push(Op::Release("b".into()));
+        assert_eq!(queue.dropped(), 3);
+        assert_eq!(
+            queue.take_doubts(),
+            HashSet::from(["b".to_owned()]),
+            "a dropped release leaves its tenant in doubt"
+        );
+        assert!(queue.take_doubts().is_empty());
+        let mut taken = Vec::new();
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 3);
         queue.push(Op::Release("a".into()));
-        assert_eq!(queue.dropped(), 2, "room again once taken");
+        assert_eq!(queue.dropped(), 3, "room again once taken");
         drop(rx);
         queue.push(Op::Release("a".into()));
-        assert_eq!(queue.dropped(), 2, "after shutdown: not counted");
+        assert_eq!(queue.dropped(), 3, "after shutdown: not counted");
     }
 }

@@ -236,6 +236,23 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `instance`'s count of `tenant`'s sessions (0 removes its
+    /// entry).
+    pub async fn assert_count(
+        &self,
+        instance: &str,
+        tenant: &str,
+        n: u32,
+    ) -> Result<(), RedisError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = if n > 0 {
+            bounded(conn.hset(slots_key(tenant), instance, n)).await?
+        } else {
+            bounded(conn.hdel(slots_key(tenant), instance)).await?
+        };
+        Ok(())
+    }
+
     /// Sessions of `tenant` across the live instances.
     pub async fn fleet_connections(&self, tenant: &str) -> Result<u32, RedisError> {
         let counts = self.fleet_connections_of(&[tenant.to_owned()]).await?;

@@ -12,7 +12,6 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::fleet::ops::{Batch, Op};
 use crate::fleet::redis::Store;
-use crate::fleet::Fleet;
 use crate::quota::log_crossing;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -152,7 +151,7 @@ async fn drain(shared: Arc<Shared>, store: Store, instance: String, mut ops: Rec
                     break;
                 }
                 let batch = Batch::new(queued.drain(..));
-                apply(&shared.fleet, &store, &instance, batch).await;
+                apply(&shared, &store, &instance, batch).await;
             }
         }
     }
@@ -162,7 +161,8 @@ async fn drain(shared: Arc<Shared>, store: Store, instance: String, mut ops: Rec
 /// each further call would wait out its timeout while the queue fills. That
 /// call's work and the rest are dropped and counted (the heartbeat, the
 /// cancel keys' expiry and the next measurement make up for it).
-async fn apply(fleet: &Fleet, store: &Store, instance: &str, batch: Batch) {
+async fn apply(shared: &Shared, store: &Store, instance: &str, batch: Batch) {
+    let fleet = &shared.fleet;
     let mut left = batch.calls();
     let mut done = |result: Result<(), ::redis::RedisError>| {
         fleet.noted(&result);
@@ -194,6 +194,12 @@ async fn apply(fleet: &Fleet, store: &Store, instance: &str, batch: Batch) {
                 break 'calls false;
             }
         }
+        for tenant in &batch.asserts {
+            let n = shared.tenants.get(tenant).map_or(0, |t| t.connections());
+            if !done(store.assert_count(instance, tenant, n).await) {
+                break 'calls false;
+            }
+        }
         true
     };
     if !ok {
@@ -202,7 +208,7 @@ async fn apply(fleet: &Fleet, store: &Store, instance: &str, batch: Batch) {
         }
         // The failed call may have been run, the rest were not: either
         // way the heartbeat asserts these tenants' true counts.
-        for tenant in batch.releases.into_keys() {
+        for tenant in batch.releases.into_keys().chain(batch.asserts) {
             fleet.doubt(tenant);
         }
     }
