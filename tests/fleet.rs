@@ -547,6 +547,12 @@ async fn a_stalled_store_leaves_no_phantom_slots() {
     let closed = member(&redis, "", "on_store_error = \"closed\"\n");
     let open = member(&redis, "", "");
     joined(&[&closed, &open]).await;
+    // Some use first (so each instance has its slot script in the store's
+    // cache: a stalled call is then the script itself), all given back.
+    let (used, refused) = logins(&t, &[closed.addr, open.addr]).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    close_all(used).await;
+    store_count_reaches(&redis, &t.db, 0).await;
     // The store stalls: each instance's slot script waits in the kernel,
     // its caller gives up after 0.5 s, and the store runs it on resuming.
     redis.stall().unwrap();
@@ -678,20 +684,16 @@ async fn a_slow_store_neither_over_admits_nor_leaves_phantom_slots() {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Until both happened: calls that timed out (whose scripts the store
+    // ran late), and logins admitted all the same (a slow store works).
+    let deadline = Instant::now() + Duration::from_secs(20);
     let (mut admitted, mut timed_out) = (0, 0);
     while admitted < 2 || timed_out < 2 {
         assert!(
             Instant::now() < deadline,
-            "admitted {admitted}, timed out {timed_out}: not the slow store meant"
+            "in 20 s of a slow store, {admitted} logins admitted and {timed_out} timed out"
         );
-        let round = Instant::now();
         let (sessions, refused) = logins(&t, &[a.addr, b.addr, a.addr]).await;
-        eprintln!("DEBUG {:?} {} {refused:?}", round.elapsed(), sessions.len());
-        if Instant::now() + Duration::from_secs(25) > deadline {
-            eprintln!("{}", a.log_text());
-            panic!();
-        }
         assert!(
             sessions.len() <= 2,
             "the slow store let {} sessions of a free tenant in",
