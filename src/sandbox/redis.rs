@@ -70,6 +70,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id (for tests that signal it themselves).
+    pub fn pid(&self) -> u32 {
+        self.server.id()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
