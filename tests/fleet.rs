@@ -580,10 +580,10 @@ async fn a_stalled_store_leaves_no_phantom_slots() {
     .await;
 }
 
-/// This one instance's id in the store.
-async fn instance_id(conn: &mut redis::aio::MultiplexedConnection) -> String {
-    let ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("pgtier:instances")
+/// The one instance holding sessions of `tenant` in the store.
+async fn holder_of(conn: &mut redis::aio::MultiplexedConnection, tenant: &str) -> String {
+    let ids: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("pgtier:slots:{tenant}"))
         .query_async(conn)
         .await
         .unwrap();
@@ -619,30 +619,35 @@ async fn just_after_heartbeat(conn: &mut redis::aio::MultiplexedConnection, id: 
 async fn a_store_restart_just_after_a_heartbeat_gives_no_instance_its_cap_again() {
     let mut redis = RedisServer::start().unwrap();
     let t = scram_tenant("fleet_restart");
-    let a = member(
-        &redis,
-        &format!("[tenants.{}]\nmax_connections = 4\n", t.db),
-        "",
-    );
-    joined(&[&a]).await;
+    let tables = format!("[tenants.{}]\nmax_connections = 4\n", t.db);
+    let a = member(&redis, &tables, "");
+    let b = member(&redis, &tables, "");
+    joined(&[&a, &b]).await;
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(connect(a.addr, &t.db, &t.user, &t.password).await.unwrap());
     }
-    let (more, refused) = logins(&t, &[a.addr]).await;
-    assert!(more.is_empty() && refused == ["53300"], "{refused:?}");
-    // The worst moment: the store restarts empty just after a heartbeat,
-    // so the next one, which re-asserts the 4, is a whole interval away.
+    let (more, refused) = logins(&t, &[a.addr, b.addr]).await;
+    assert!(more.is_empty() && refused == ["53300"; 2], "{refused:?}");
+    // The worst moment: the store restarts empty just after A's heartbeat,
+    // so the next one, which re-asserts A's 4, is a whole interval away.
     let mut conn = store_conn(&redis).await;
-    let id = instance_id(&mut conn).await;
+    let id = holder_of(&mut conn, &t.db).await;
     just_after_heartbeat(&mut conn, &id).await;
+    let (to_a, to_b) = ([a.addr; 4], [b.addr; 5]);
+    let probe = scram_tenant("fleet_restart_probe");
     redis.restart().unwrap();
     let restarted = Instant::now();
-    let (more, refused) = logins(&t, &[a.addr; 4]).await;
+    // Another tenant's login through each first: the first call on a
+    // connection the restart broke fails (and falls back), and the
+    // instance reconnects; the logins below then reach the new store.
+    let (probes, _) = logins(&probe, &[a.addr, b.addr]).await;
+    close_all(probes).await;
+    let ((more, refused), (through_b, _)) = tokio::join!(logins(&t, &to_a), logins(&t, &to_b));
     let window = restarted.elapsed();
     assert!(
         more.is_empty(),
-        "{} more sessions admitted {window:?} after the store restarted",
+        "{} more sessions admitted by A {window:?} after the store restarted",
         more.len()
     );
     assert_eq!(refused, ["53300"; 4]);
@@ -650,6 +655,15 @@ async fn a_store_restart_just_after_a_heartbeat_gives_no_instance_its_cap_again(
         window < HEARTBEAT,
         "the logins took {window:?}: they did not race the next heartbeat"
     );
+    // B saw none of A's sessions until A's heartbeat: the README's bound
+    // is the cap per instance, never more.
+    assert!(through_b.len() <= 4, "B admitted {}", through_b.len());
+    eprintln!(
+        "within {window:?} of the restart: A admitted 0 of 4, B {} of 5",
+        through_b.len()
+    );
+    store_count_reaches(&redis, &t.db, 4 + through_b.len() as u64).await;
+    drop(through_b);
     store_count_reaches(&redis, &t.db, 4).await;
     drop(held);
 }
