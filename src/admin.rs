@@ -192,8 +192,8 @@ pub struct TenantView {
     /// finished yet), null when the last measurement worked.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rows_unmeasurable: Option<String>,
-    /// Sessions across the whole fleet (`[fleet] store = "redis"`; in
-    /// `/tenants/{name}` only: it asks the store).
+    /// Sessions across the whole fleet (`[fleet] store = "redis"`, when
+    /// the store answered: the list asks it once for all its tenants).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fleet_connections: Option<u32>,
 }
@@ -276,7 +276,7 @@ async fn list_tenants(
             )
         }
     };
-    let views: Vec<TenantView> = known_tenants(&shared)
+    let mut views: Vec<TenantView> = known_tenants(&shared)
         .into_iter()
         .filter(|(_, t)| match (cutoff, t) {
             (None, _) => true,
@@ -285,6 +285,18 @@ async fn list_tenants(
         })
         .map(|(name, t)| view(&shared, &name, t.as_deref()))
         .collect();
+    // The fleet's counts of the whole list in one round trip (per couple
+    // of thousand tenants), not one per tenant.
+    if let Some(store) = shared.fleet.store() {
+        let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+        let counted = store.fleet_connections_of(&names).await;
+        shared.fleet.noted(&counted);
+        if let Ok(counts) = counted {
+            for (view, n) in views.iter_mut().zip(counts) {
+                view.fleet_connections = Some(n);
+            }
+        }
+    }
     Json(views).into_response()
 }
 

@@ -85,6 +85,15 @@ impl CancelKeys {
         self.map.get(client_key).map(|k| k.value().clone())
     }
 
+    /// Every live session's client key and cluster key (for a fleet's
+    /// store that lost them).
+    pub fn snapshot(&self) -> Vec<(CancelKey, CancelKey)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -384,10 +384,12 @@ async fn the_operator_api_shows_the_instance_and_the_fleet() {
     let redis = RedisServer::start().unwrap();
     let t = scram_tenant("fleet_api");
     let admin_port = free_port();
+    // A tenant of the configuration with no session anywhere.
+    let idle = common::unique("fleet_api_idle");
     let a = instance(
         &redis,
         &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
-        "",
+        &format!("[tenants.{idle}]\ntier = \"standard\"\n"),
     );
     let b = instance(&redis, "", "");
     joined(&[&a, &b]).await;
@@ -408,6 +410,22 @@ async fn the_operator_api_shows_the_instance_and_the_fleet() {
     let tenant = get(format!("/tenants/{}", t.db)).await;
     assert_eq!(tenant["connections"], 1, "this instance's own: {tenant}");
     assert_eq!(tenant["fleet_connections"], 2, "the fleet's: {tenant}");
+    // The list carries the fleet's counts too (asked of the store at once).
+    let list = get("/tenants".to_owned()).await;
+    let entry = |name: &str| {
+        list.as_array()
+            .and_then(|all| all.iter().find(|v| v["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+    };
+    let listed = entry(&t.db);
+    assert_eq!(listed["connections"], 1, "{listed}");
+    assert_eq!(
+        listed["fleet_connections"], 2,
+        "the fleet's, listed: {listed}"
+    );
+    let quiet = entry(&idle);
+    assert_eq!(quiet["fleet_connections"], 0, "{quiet}");
 }
 
 fn free_port() -> u16 {
@@ -429,4 +447,381 @@ async fn http_get(admin_port: u16, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+// ---- Store faults: a stalled, a restarted and a slow store ----------------
+
+/// The lease of the fault tests; instances heartbeat every third of it.
+const FAULT_LEASE: &str = "3s";
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Scheduling slack on a loaded test machine, on top of a heartbeat.
+const SLACK: Duration = Duration::from_millis(1500);
+
+/// An instance with the fault tests' lease and `extra` in `[fleet]`.
+fn member(redis: &RedisServer, tables: &str, extra: &str) -> ChildProxy {
+    ChildProxy::start(&common::config_text(
+        "",
+        "prefer",
+        &format!(
+            "[fleet]\nstore = \"redis\"\nurl = \"{}\"\nlease_ttl = \"{FAULT_LEASE}\"\n{extra}{tables}",
+            redis.url()
+        ),
+    ))
+}
+
+/// A connection of the test's own to the store (patient: it may wait out
+/// a busy script).
+async fn store_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
+}
+
+type Session = (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+);
+
+/// Logs `t` in through every address at once: the sessions admitted and
+/// the SQLSTATEs of the refusals.
+async fn logins(t: &common::Tenant, addrs: &[SocketAddr]) -> (Vec<Session>, Vec<String>) {
+    let mut tries = tokio::task::JoinSet::new();
+    for &addr in addrs {
+        let (db, user, password) = (t.db.clone(), t.user.clone(), t.password.clone());
+        tries.spawn(async move { connect(addr, &db, &user, &password).await });
+    }
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+    while let Some(done) = tries.join_next().await {
+        match done.unwrap() {
+            Ok(session) => admitted.push(session),
+            Err(e) => refused.push(code(&e)),
+        }
+    }
+    (admitted, refused)
+}
+
+async fn close_all(sessions: Vec<Session>) {
+    for (client, conn) in sessions {
+        drop(client);
+        let _ = conn.await;
+    }
+}
+
+/// Waits (from `since`, at most `within`) until a free tenant's whole cap
+/// can be held again, one session through each of `a` and `b`, and a third
+/// is refused: no phantom slot is left, and none is lost.
+async fn cap_whole_again(
+    t: &common::Tenant,
+    a: SocketAddr,
+    b: SocketAddr,
+    since: Instant,
+    within: Duration,
+) {
+    loop {
+        let (admitted, refused) = logins(t, &[a, b]).await;
+        if admitted.len() == 2 {
+            let e = connect(a, &t.db, &t.user, &t.password).await.unwrap_err();
+            assert_eq!(code(&e), "53300", "the cap once whole again");
+            close_all(admitted).await;
+            eprintln!(
+                "the cap whole again {:?} after the store answered",
+                since.elapsed()
+            );
+            return;
+        }
+        assert!(
+            since.elapsed() < within,
+            "{:?} after the store answered again, logins are still refused ({refused:?}) for sessions that do not exist",
+            since.elapsed()
+        );
+        close_all(admitted).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_leaves_no_phantom_slots() {
+    let redis = RedisServer::start().unwrap();
+    let t = scram_tenant("fleet_stall");
+    let closed = member(&redis, "", "on_store_error = \"closed\"\n");
+    let open = member(&redis, "", "");
+    joined(&[&closed, &open]).await;
+    // Some use first (so each instance has its slot script in the store's
+    // cache: a stalled call is then the script itself), all given back.
+    let (used, refused) = logins(&t, &[closed.addr, open.addr]).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    close_all(used).await;
+    store_count_reaches(&redis, &t.db, 0).await;
+    // The store stalls: each instance's slot script waits in the kernel,
+    // its caller gives up after 0.5 s, and the store runs it on resuming.
+    redis.stall().unwrap();
+    let stalled = Instant::now();
+    let (to_closed, to_open) = tokio::join!(
+        connect(closed.addr, &t.db, &t.user, &t.password),
+        connect(open.addr, &t.db, &t.user, &t.password)
+    );
+    assert_eq!(code(&to_closed.unwrap_err()), "08006", "closed: refused");
+    close_all(vec![to_open.expect("open: admitted on its own count")]).await;
+    // The stall lasts a second (the scenario, not a wait for a condition).
+    tokio::time::sleep_until((stalled + Duration::from_secs(1)).into()).await;
+    redis.resume().unwrap();
+    cap_whole_again(
+        &t,
+        closed.addr,
+        open.addr,
+        Instant::now(),
+        HEARTBEAT + SLACK,
+    )
+    .await;
+}
+
+/// The one instance holding sessions of `tenant` in the store.
+async fn holder_of(conn: &mut redis::aio::MultiplexedConnection, tenant: &str) -> String {
+    let ids: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("pgtier:slots:{tenant}"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids.into_iter().next().unwrap()
+}
+
+/// Returns just after `id`'s next heartbeat (its key's expiry pushed back).
+async fn just_after_heartbeat(conn: &mut redis::aio::MultiplexedConnection, id: &str) {
+    let key = format!("pgtier:instance:{id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .unwrap();
+    loop {
+        assert!(Instant::now() < deadline, "no heartbeat of {id} seen");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .unwrap();
+        if ttl > last + 100 {
+            return;
+        }
+        last = ttl;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restart_just_after_a_heartbeat_gives_no_instance_its_cap_again() {
+    let mut redis = RedisServer::start().unwrap();
+    let t = scram_tenant("fleet_restart");
+    let tables = format!("[tenants.{}]\nmax_connections = 4\n", t.db);
+    let a = member(&redis, &tables, "");
+    let b = member(&redis, &tables, "");
+    joined(&[&a, &b]).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(a.addr, &t.db, &t.user, &t.password).await.unwrap());
+    }
+    let (more, refused) = logins(&t, &[a.addr, b.addr]).await;
+    assert!(more.is_empty() && refused == ["53300"; 2], "{refused:?}");
+    // The worst moment: the store restarts empty just after A's heartbeat,
+    // so the next one, which re-asserts A's 4, is a whole interval away.
+    let mut conn = store_conn(&redis).await;
+    let id = holder_of(&mut conn, &t.db).await;
+    just_after_heartbeat(&mut conn, &id).await;
+    let (to_a, to_b) = ([a.addr; 4], [b.addr; 5]);
+    let probe = scram_tenant("fleet_restart_probe");
+    redis.restart().unwrap();
+    let restarted = Instant::now();
+    // Another tenant's login through each first: the first call on a
+    // connection the restart broke fails (and falls back), and the
+    // instance reconnects; the logins below then reach the new store.
+    let (probes, _) = logins(&probe, &[a.addr, b.addr]).await;
+    close_all(probes).await;
+    let ((more, refused), (through_b, _)) = tokio::join!(logins(&t, &to_a), logins(&t, &to_b));
+    let window = restarted.elapsed();
+    assert!(
+        more.is_empty(),
+        "{} more sessions admitted by A {window:?} after the store restarted",
+        more.len()
+    );
+    assert_eq!(refused, ["53300"; 4]);
+    assert!(
+        window < HEARTBEAT,
+        "the logins took {window:?}: they did not race the next heartbeat"
+    );
+    // B saw none of A's sessions until A's heartbeat: the README's bound
+    // is the cap per instance, never more.
+    assert!(through_b.len() <= 4, "B admitted {}", through_b.len());
+    eprintln!(
+        "within {window:?} of the restart: A admitted 0 of 4, B {} of 5",
+        through_b.len()
+    );
+    store_count_reaches(&redis, &t.db, 4 + through_b.len() as u64).await;
+    drop(through_b);
+    store_count_reaches(&redis, &t.db, 4).await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_neither_over_admits_nor_leaves_phantom_slots() {
+    let redis = RedisServer::start().unwrap();
+    let t = scram_tenant("fleet_slow");
+    let a = member(&redis, "", "on_store_error = \"closed\"\n");
+    let b = member(&redis, "", "on_store_error = \"closed\"\n");
+    // C only ever sees its logins time out: nothing of its own it asserted
+    // before could mask what a late slot script leaves.
+    let c = member(&redis, "", "on_store_error = \"closed\"\n");
+    joined(&[&a, &b, &c]).await;
+    // The store answers in bursts: frozen 0.45 s then 0.7 s, each time
+    // running for 50 ms in between, so that a call waits up to just under
+    // the 0.5 s bound, or past it (and is then run late).
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (long_freeze, mut freezes) = tokio::sync::watch::channel(0u32);
+    let busy = tokio::spawn({
+        let slow = std::sync::Arc::clone(&slow);
+        let pid = redis.pid().to_string();
+        async move {
+            let signal = |name: &str| {
+                let status = std::process::Command::new("kill")
+                    .args([name, &pid])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            };
+            for frozen in [450u64, 700].into_iter().cycle() {
+                if !slow.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                signal("-STOP");
+                if frozen > 500 {
+                    long_freeze.send_modify(|n| *n += 1);
+                }
+                tokio::time::sleep(Duration::from_millis(frozen)).await;
+                signal("-CONT");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    // Rounds of three logins at once, never more than the cap admitted,
+    // until some calls timed out (their scripts run late by the store),
+    // the last round's too (what it leaves is checked once the store is
+    // quick again).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut rounds, mut admitted, mut timed_out) = (0, 0, 0);
+    let mut last_timed_out = false;
+    while rounds < 6 || timed_out < 2 || !last_timed_out {
+        assert!(
+            Instant::now() < deadline,
+            "in 20 s of a slow store, {timed_out} logins timed out"
+        );
+        rounds += 1;
+        let (sessions, refused) = logins(&t, &[a.addr, b.addr, a.addr]).await;
+        assert!(
+            sessions.len() <= 2,
+            "the slow store let {} sessions of a free tenant in",
+            sessions.len()
+        );
+        for r in &refused {
+            assert!(r == "53300" || r == "08006", "{r}");
+        }
+        admitted += sessions.len();
+        timed_out += refused.iter().filter(|r| *r == "08006").count();
+        last_timed_out = refused.iter().any(|r| r == "08006");
+        close_all(sessions).await;
+    }
+    // A login through C as a long freeze begins: its slot script waits
+    // past the bound, C refuses, and the store runs the script late.
+    freezes.borrow_and_update();
+    freezes.changed().await.unwrap();
+    let (through_c, refused) = logins(&t, &[c.addr]).await;
+    assert!(through_c.is_empty() && refused == ["08006"], "{refused:?}");
+    slow.store(false, std::sync::atomic::Ordering::Relaxed);
+    busy.await.unwrap();
+    eprintln!("slow store: {rounds} rounds, {admitted} admitted, {timed_out} timed out");
+    cap_whole_again(&t, a.addr, b.addr, Instant::now(), HEARTBEAT + SLACK).await;
+}
+
+/// Whether `t`'s `pg_sleep` query still runs on the cluster.
+async fn sleeping(t: &common::Tenant) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+        t.db
+    );
+    let out = tokio::task::spawn_blocking(move || common::cluster().psql("postgres", &sql))
+        .await
+        .unwrap()
+        .unwrap();
+    out.trim() != "0"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_another_instance_after_a_store_restart() {
+    let mut redis = RedisServer::start().unwrap();
+    let t = common::trust_tenant("fleet_cancel_restart");
+    let tables = format!("[tenants.{}]\ntier = \"standard\"\n", t.db);
+    let a = member(&redis, &tables, "");
+    let c = member(&redis, &tables, "");
+    joined(&[&a, &c]).await;
+    let (mut s, key) = raw_session(a.addr, &t).await;
+    // Its cancel key is in the store, then the store restarts empty.
+    let mut conn = store_conn(&redis).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pgtier:cancel:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancel key never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.restart().unwrap();
+    let restarted = Instant::now();
+    s.write_all(&harden::frame(b'Q', b"SELECT pg_sleep(30)\0"))
+        .await
+        .unwrap();
+    common::wait_for_cluster(
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+            t.db
+        ),
+        "1",
+        "the query running",
+    )
+    .await;
+    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    cancel.extend(&key);
+    // Sent to C, which never saw the session, until it cancels.
+    while sleeping(&t).await {
+        assert!(
+            restarted.elapsed() < HEARTBEAT + SLACK,
+            "{:?} after the store restarted, a cancel through another instance still finds nothing",
+            restarted.elapsed()
+        );
+        let mut to_c = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+        to_c.write_all(&cancel).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), to_c.read_to_end(&mut rest)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let (tag, body) = harden::read_message(&mut s).await.expect("an answer");
+        if tag == b'E' {
+            assert_eq!(harden::sqlstate(&body).as_deref(), Some("57014"));
+            break;
+        }
+        assert_ne!(tag, b'Z', "the query ended without being cancelled");
+    }
 }

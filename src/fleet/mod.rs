@@ -19,12 +19,21 @@
 //! (`pgtier:instance:<id>`, expiring after `lease_ttl`) is gone, sums the
 //! rest and adds one if under the limit. An instance killed with `kill -9`
 //! therefore frees its slots within `lease_ttl`.
+//!
+//! Store faults: a call that failed or timed out may still be run by the
+//! store (a stalled Redis runs what it had received when it resumes), so
+//! its tenant is in doubt until a heartbeat has asserted this instance's
+//! true count, zero included ([`OpsQueue::doubt`]). A store that restarted
+//! empty has lost every entry; the slot script is told how many sessions
+//! the caller holds, so the caller never gets its cap again on top of
+//! them, and the heartbeat notices the new store (its epoch key) and
+//! writes this instance's cancel keys again.
 
 pub mod ops;
 pub mod redis;
 pub mod sync;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -85,19 +94,29 @@ pub struct Fleet {
     ops_rx: std::sync::Mutex<Option<mpsc::Receiver<Op>>>,
     up: AtomicBool,
     errors: AtomicU64,
+    /// Per tenant, the sessions this instance holds (given, not being
+    /// taken): what the slot script counts for this instance at least.
+    held: dashmap::DashMap<String, Arc<AtomicU32>>,
 }
 
-/// A fleet-wide slot, given back on drop (by the background task: a drop
-/// never waits on the store).
+/// A session's share of the fleet's slots: counted in `held` while it
+/// lives; given back in the store on drop if it was taken there (by the
+/// background task: a drop never waits on the store).
 #[derive(Debug)]
 pub struct Lease {
     tenant: String,
     ops: OpsQueue,
+    held: Arc<AtomicU32>,
+    /// Taken in the store (not a fallback while the store was down).
+    in_store: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.ops.push(Op::Release(std::mem::take(&mut self.tenant)));
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        if self.in_store {
+            self.ops.push(Op::Release(std::mem::take(&mut self.tenant)));
+        }
     }
 }
 
@@ -132,6 +151,7 @@ impl Fleet {
             ops_rx: std::sync::Mutex::new(Some(ops_rx)),
             up: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            held: dashmap::DashMap::new(),
         }
     }
 
@@ -175,22 +195,55 @@ impl Fleet {
         };
         // Counted here (for this instance's share), limited fleet-wide.
         let slot = tenant.try_take_slot(0).map_err(SlotRefusal::AtCapacity)?;
-        let taken = store.take(&self.instance, tenant.name(), limit).await;
+        let held = self.held_of(tenant.name());
+        let taken = store
+            .take(
+                &self.instance,
+                tenant.name(),
+                limit,
+                held.load(Ordering::Acquire),
+            )
+            .await;
         self.note(&taken);
-        match taken {
-            Ok(true) => Ok(slot.with_lease(Lease {
+        let lease = |in_store: bool| {
+            held.fetch_add(1, Ordering::AcqRel);
+            Lease {
                 tenant: tenant.name().to_owned(),
                 ops: self.ops.clone(),
-            })),
+                held: Arc::clone(&held),
+                in_store,
+            }
+        };
+        match taken {
+            Ok(true) => Ok(slot.with_lease(lease(true))),
             Ok(false) => Err(SlotRefusal::AtCapacity(AtCapacity { limit })),
-            Err(_) => match self.config.on_store_error {
-                OnStoreError::Open => {
-                    drop(slot);
-                    tenant.try_take_slot(limit).map_err(SlotRefusal::AtCapacity)
+            Err(_) => {
+                // Not taken as far as this instance knows, but the store
+                // may run the script yet: the count is corrected behind it
+                // as soon as the store answers (read once this login no
+                // longer counts), and by the heartbeats.
+                drop(slot);
+                self.ops.doubt(tenant.name());
+                self.ops.push(Op::Assert(tenant.name().to_owned()));
+                match self.config.on_store_error {
+                    OnStoreError::Open => {
+                        let slot = tenant
+                            .try_take_slot(limit)
+                            .map_err(SlotRefusal::AtCapacity)?;
+                        Ok(slot.with_lease(lease(false)))
+                    }
+                    OnStoreError::Closed => Err(SlotRefusal::StoreUnavailable),
                 }
-                OnStoreError::Closed => Err(SlotRefusal::StoreUnavailable),
-            },
+            }
         }
+    }
+
+    /// The count of `tenant`'s sessions held here, shared with its leases.
+    fn held_of(&self, tenant: &str) -> Arc<AtomicU32> {
+        if let Some(held) = self.held.get(tenant) {
+            return Arc::clone(held.value());
+        }
+        Arc::clone(self.held.entry(tenant.to_owned()).or_default().value())
     }
 
     /// Queues work for the background task (a no-op for a local fleet).
@@ -203,6 +256,18 @@ impl Fleet {
     /// The queue cancel keys mirror their registrations through.
     pub fn ops(&self) -> Option<OpsQueue> {
         self.store.as_ref().map(|_| self.ops.clone())
+    }
+
+    /// Notes that the store's entry of this instance for `tenant` may be
+    /// wrong (see [`OpsQueue::doubt`]).
+    pub fn doubt(&self, tenant: impl Into<String>) {
+        self.ops.doubt(tenant);
+    }
+
+    /// Tenants whose store entry came in doubt since the last call (see
+    /// [`OpsQueue::doubt`]).
+    pub fn take_doubts(&self) -> std::collections::HashSet<String> {
+        self.ops.take_doubts()
     }
 
     /// Work for the store dropped since start (see [`ops`]).

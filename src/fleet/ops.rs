@@ -9,12 +9,18 @@
 //! the heartbeat re-asserts this instance's slots, cancel keys expire with
 //! their instance, and row figures are measured again.
 //!
+//! A tenant whose slot entry is in doubt (a call that changes it failed or
+//! timed out, and may yet be run by the store later; or its release was
+//! dropped here) is noted too: the heartbeat then asserts this instance's
+//! count of it, zero included, until the store has taken it (see
+//! [`OpsQueue::doubt`]).
+//!
 //! The background task takes what is queued as one [`Batch`], in which work
 //! that cancels out (a session's cancel key added and removed) is gone and
 //! row changes are summed per tenant, so a burst costs the store one call
 //! per tenant, not one per transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -32,6 +38,10 @@ pub enum Op {
     CancelAdd(CancelKey, CancelKey),
     CancelDel(CancelKey),
     RowDelta(String, i64),
+    /// Write this instance's count of the tenant as it is when done (a
+    /// call that changed it timed out: correct it as soon as the store
+    /// answers, behind the late call on the same connection).
+    Assert(String),
 }
 
 /// The sessions' end of the queue; cheap to clone.
@@ -39,6 +49,9 @@ pub enum Op {
 pub struct OpsQueue {
     tx: mpsc::Sender<Op>,
     dropped: Arc<AtomicU64>,
+    /// Tenants whose entry in the store may be wrong (at most one per
+    /// tenant known to this instance).
+    doubts: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl OpsQueue {
@@ -48,6 +61,7 @@ impl OpsQueue {
         let queue = OpsQueue {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            doubts: Arc::default(),
         };
         (queue, rx)
     }
@@ -56,9 +70,30 @@ impl OpsQueue {
     /// waits. (Once the background task has ended, at shutdown, there is
     /// nothing left to do it for.)
     pub fn push(&self, op: Op) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(op) {
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.tx.try_send(op) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Op::Release(tenant) = op {
+                self.doubt(tenant);
+            }
         }
+    }
+
+    /// Notes that the store's entry of this instance for `tenant` may be
+    /// wrong: a call that changes it failed or timed out (a store that
+    /// stalled runs it when it resumes, long after the caller gave up), or
+    /// a release was dropped. The heartbeat asserts the true count.
+    pub fn doubt(&self, tenant: impl Into<String>) {
+        if let Ok(mut doubts) = self.doubts.lock() {
+            doubts.insert(tenant.into());
+        }
+    }
+
+    /// The tenants in doubt since the last call.
+    pub fn take_doubts(&self) -> HashSet<String> {
+        self.doubts
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
     }
 
     /// Counts `n` items dropped after they were taken from the queue.
@@ -83,6 +118,9 @@ pub struct Batch {
     pub releases: HashMap<String, u32>,
     /// Committed row changes, summed per tenant (none that sum to 0).
     pub row_deltas: HashMap<String, i64>,
+    /// Tenants whose count is written absolutely (their releases in the
+    /// batch are then moot: the count is read after them).
+    pub asserts: HashSet<String>,
 }
 
 impl Batch {
@@ -103,9 +141,15 @@ impl Batch {
                 Op::RowDelta(tenant, delta) => {
                     *batch.row_deltas.entry(tenant).or_default() += delta;
                 }
+                Op::Assert(tenant) => {
+                    batch.asserts.insert(tenant);
+                }
             }
         }
         batch.row_deltas.retain(|_, delta| *delta != 0);
+        batch
+            .releases
+            .retain(|tenant, _| !batch.asserts.contains(tenant));
         batch
     }
 
@@ -115,6 +159,7 @@ impl Batch {
             + self.cancel_dels.len()
             + self.releases.values().map(|&n| n as usize).sum::<usize>()
             + self.row_deltas.len()
+            + self.asserts.len()
     }
 }
 
@@ -142,6 +187,9 @@ mod tests {
             Op::RowDelta("b".into(), 4),
             Op::RowDelta("b".into(), -4),
             Op::Release("a".into()),
+            Op::Release("c".into()),
+            Op::Assert("c".into()),
+            Op::Release("c".into()),
         ]);
         assert_eq!(
             batch.cancel_adds,
@@ -155,7 +203,12 @@ mod tests {
             HashMap::from([("a".to_owned(), 3)]),
             "b's changes sum to nothing"
         );
-        assert_eq!(batch.calls(), 5);
+        assert_eq!(
+            batch.asserts,
+            HashSet::from(["c".to_owned()]),
+            "c's releases are moot: its count is written as it is"
+        );
+        assert_eq!(batch.calls(), 6);
         assert_eq!(Batch::new([]), Batch::default());
     }
 
@@ -169,10 +222,23 @@ mod tests {
         let mut taken = Vec::new();
         assert_eq!(rx.recv_many(&mut taken, 10).await, 3);
         assert_eq!(Batch::new(taken).row_deltas["a"], 1 + 2);
+        for n in 0..3 {
+            queue.push(Op::RowDelta("a".into(), n));
+        }
+        queue.push(Op::Release("b".into()));
+        assert_eq!(queue.dropped(), 3);
+        assert_eq!(
+            queue.take_doubts(),
+            HashSet::from(["b".to_owned()]),
+            "a dropped release leaves its tenant in doubt"
+        );
+        assert!(queue.take_doubts().is_empty());
+        let mut taken = Vec::new();
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 3);
         queue.push(Op::Release("a".into()));
-        assert_eq!(queue.dropped(), 2, "room again once taken");
+        assert_eq!(queue.dropped(), 3, "room again once taken");
         drop(rx);
         queue.push(Op::Release("a".into()));
-        assert_eq!(queue.dropped(), 2, "after shutdown: not counted");
+        assert_eq!(queue.dropped(), 3, "after shutdown: not counted");
     }
 }

@@ -15,25 +15,34 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Takes a slot: `KEYS[1]` = the tenant's slots hash, `ARGV` = this
 /// instance, the limit (0 = none), the prefix of instance heartbeat keys,
-/// the lease in milliseconds. Instances whose heartbeat expired lose their
-/// entries first. The caller is plainly alive: its own heartbeat key is
-/// created if missing (before its first heartbeat, or after one was
-/// late), so that nobody else prunes the slot it is taking.
+/// the lease in milliseconds, and the sessions of the tenant this instance
+/// holds already. Instances whose heartbeat expired lose their entries
+/// first. The caller is plainly alive: its own heartbeat key is created if
+/// missing (before its first heartbeat, or after one was late), so that
+/// nobody else prunes the slot it is taking.
+///
+/// The caller's own share counts as the larger of its entry and what it
+/// says it holds: a store that restarted empty (or lost the entry) since
+/// the caller's last heartbeat would otherwise give it its whole cap
+/// again on top of the sessions it still has.
 const TAKE: &str = r#"
 redis.call('SET', ARGV[3] .. ARGV[1], 'alive', 'PX', ARGV[4], 'NX')
+local own = tonumber(ARGV[5])
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local inst = fields[i]
-  if inst ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. inst) == 0 then
+  if inst == ARGV[1] then
+    own = math.max(own, tonumber(fields[i + 1]))
+  elseif redis.call('EXISTS', ARGV[3] .. inst) == 0 then
     redis.call('HDEL', KEYS[1], inst)
   else
     total = total + tonumber(fields[i + 1])
   end
 end
 local limit = tonumber(ARGV[2])
-if limit > 0 and total >= limit then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if limit > 0 and total + own >= limit then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], own + 1)
 return 1
 "#;
 
@@ -44,16 +53,27 @@ if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return n
 "#;
 
-/// Sums a tenant's live sessions across the fleet.
+/// Sums each tenant's live sessions across the fleet: `KEYS` = the
+/// tenants' slots hashes, `ARGV[1]` = the prefix of instance heartbeat
+/// keys; one total per key, in order (one round trip for a whole list).
 const COUNT: &str = r#"
-local total = 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if redis.call('EXISTS', ARGV[1] .. fields[i]) == 1 then
-    total = total + tonumber(fields[i + 1])
+local alive = {}
+local out = {}
+for k = 1, #KEYS do
+  local total = 0
+  local fields = redis.call('HGETALL', KEYS[k])
+  for i = 1, #fields, 2 do
+    local inst = fields[i]
+    if alive[inst] == nil then
+      alive[inst] = redis.call('EXISTS', ARGV[1] .. inst) == 1
+    end
+    if alive[inst] then
+      total = total + tonumber(fields[i + 1])
+    end
   end
+  out[k] = total
 end
-return total
+return out
 "#;
 
 /// Raises a last-activity time, never lowers it.
@@ -88,6 +108,15 @@ fn slots_key(tenant: &str) -> String {
 const INSTANCE_PREFIX: &str = "pgtier:instance:";
 const INSTANCES: &str = "pgtier:instances";
 const ACTIVITY_KEY: &str = "pgtier:activity";
+/// A random value set once per store lifetime: when it changes, the store
+/// lost its data (a restart, a flush, a failover to an empty replica) and
+/// what only this instance knows (its cancel keys) is written again.
+const EPOCH_KEY: &str = "pgtier:epoch";
+/// The most tenants counted by one call of [`COUNT`] (a script holds the
+/// store for as long as it runs).
+const COUNT_BATCH: usize = 2_000;
+/// The most cancel keys written by one command when re-asserting them.
+const CANCEL_BATCH: usize = 1_000;
 fn cancel_key(instance: &str) -> String {
     format!("pgtier:cancel:{instance}")
 }
@@ -170,9 +199,16 @@ impl Store {
         })
     }
 
-    /// Takes a slot of `tenant` for `instance` if the fleet holds fewer
-    /// than `limit` (0 = no limit).
-    pub async fn take(&self, instance: &str, tenant: &str, limit: u32) -> Result<bool, RedisError> {
+    /// Takes a slot of `tenant` for `instance`, which holds `held` of its
+    /// sessions already, if the fleet holds fewer than `limit` (0 = no
+    /// limit).
+    pub async fn take(
+        &self,
+        instance: &str,
+        tenant: &str,
+        limit: u32,
+        held: u32,
+    ) -> Result<bool, RedisError> {
         let mut conn = self.conn.clone();
         let taken: i64 = bounded(
             Script::new(TAKE)
@@ -181,6 +217,7 @@ impl Store {
                 .arg(limit)
                 .arg(INSTANCE_PREFIX)
                 .arg(self.lease_ttl.as_millis() as u64)
+                .arg(held)
                 .invoke_async(&mut conn),
         )
         .await?;
@@ -199,30 +236,70 @@ impl Store {
         Ok(())
     }
 
-    /// Sessions of `tenant` across the live instances.
-    pub async fn fleet_connections(&self, tenant: &str) -> Result<u32, RedisError> {
+    /// Writes `instance`'s count of `tenant`'s sessions (0 removes its
+    /// entry).
+    pub async fn assert_count(
+        &self,
+        instance: &str,
+        tenant: &str,
+        n: u32,
+    ) -> Result<(), RedisError> {
         let mut conn = self.conn.clone();
-        let n: i64 = bounded(
-            Script::new(COUNT)
-                .key(slots_key(tenant))
-                .arg(INSTANCE_PREFIX)
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(n.max(0) as u32)
+        let _: i64 = if n > 0 {
+            bounded(conn.hset(slots_key(tenant), instance, n)).await?
+        } else {
+            bounded(conn.hdel(slots_key(tenant), instance)).await?
+        };
+        Ok(())
     }
 
-    /// This instance is alive (for `lease_ttl`), holds `counts` sessions
+    /// Sessions of `tenant` across the live instances.
+    pub async fn fleet_connections(&self, tenant: &str) -> Result<u32, RedisError> {
+        let counts = self.fleet_connections_of(&[tenant.to_owned()]).await?;
+        Ok(counts.first().copied().unwrap_or(0))
+    }
+
+    /// Sessions of each of `tenants` across the live instances, in order:
+    /// one round trip per [`COUNT_BATCH`] tenants, not one per tenant.
+    pub async fn fleet_connections_of(&self, tenants: &[String]) -> Result<Vec<u32>, RedisError> {
+        let mut out = Vec::with_capacity(tenants.len());
+        let script = Script::new(COUNT);
+        for chunk in tenants.chunks(COUNT_BATCH) {
+            let mut call = script.prepare_invoke();
+            for tenant in chunk {
+                call.key(slots_key(tenant));
+            }
+            call.arg(INSTANCE_PREFIX);
+            let mut conn = self.conn.clone();
+            let counts: Vec<i64> = bounded(call.invoke_async(&mut conn)).await?;
+            if counts.len() != chunk.len() {
+                return Err(RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the fleet store answered a count per tenant, not",
+                    format!("{} for {}", counts.len(), chunk.len()),
+                )));
+            }
+            out.extend(
+                counts
+                    .into_iter()
+                    .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+            );
+        }
+        Ok(out)
+    }
+
+    /// This instance is alive (for `lease_ttl`) and holds `counts` sessions
     /// per tenant (its own share, asserted absolutely so that a restarted
-    /// store is whole again) and none of `gone`'s; its cancel keys live as
-    /// long as it does. `about` is what `/fleet` shows of it.
+    /// store is whole again; a count of 0 removes its entry); its cancel
+    /// keys live as long as it does. `about` is what `/fleet` shows of it.
+    /// Returns the store's epoch, which changes when the store lost its
+    /// data.
     pub async fn heartbeat(
         &self,
         instance: &str,
         about: &str,
         counts: &[(String, u32)],
-        gone: &[String],
-    ) -> Result<(), RedisError> {
+    ) -> Result<String, RedisError> {
         let ttl = self.lease_ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -233,15 +310,48 @@ impl Store {
             .ignore();
         pipe.sadd(INSTANCES, instance).ignore();
         for (tenant, n) in counts {
-            pipe.hset(slots_key(tenant), instance, *n).ignore();
-        }
-        for tenant in gone {
-            pipe.hdel(slots_key(tenant), instance).ignore();
+            if *n > 0 {
+                pipe.hset(slots_key(tenant), instance, *n).ignore();
+            } else {
+                pipe.hdel(slots_key(tenant), instance).ignore();
+            }
         }
         // Cancel keys outlive the instance by a few heartbeats at most.
         pipe.cmd("PEXPIRE")
             .arg(cancel_key(instance))
             .arg(ttl * 3)
+            .ignore();
+        pipe.cmd("SET")
+            .arg(EPOCH_KEY)
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg("NX")
+            .ignore();
+        pipe.cmd("GET").arg(EPOCH_KEY);
+        let mut conn = self.conn.clone();
+        let (epoch,): (Option<String>,) = bounded(pipe.query_async(&mut conn)).await?;
+        Ok(epoch.unwrap_or_default())
+    }
+
+    /// Writes every cancel key of this instance's live sessions again
+    /// (after the store lost them), in batches of [`CANCEL_BATCH`].
+    pub async fn assert_cancels(
+        &self,
+        instance: &str,
+        keys: &[(CancelKey, CancelKey)],
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.sadd(INSTANCES, instance).ignore();
+        for chunk in keys.chunks(CANCEL_BATCH) {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(cancel_key(instance));
+            for (client, cluster) in chunk {
+                hset.arg(encode_key(client)).arg(encode_key(cluster));
+            }
+            pipe.add_command(hset).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(cancel_key(instance))
+            .arg(self.lease_ttl.as_millis() as u64 * 3)
             .ignore();
         let mut conn = self.conn.clone();
         bounded(pipe.query_async::<()>(&mut conn)).await

@@ -12,7 +12,6 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::fleet::ops::{Batch, Op};
 use crate::fleet::redis::Store;
-use crate::fleet::Fleet;
 use crate::quota::log_crossing;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -22,6 +21,11 @@ use crate::shutdown::Stage;
 const ROWS_REFRESH: Duration = Duration::from_secs(1);
 /// How often last activity is exchanged with the store.
 const ACTIVITY_SYNC: Duration = Duration::from_secs(10);
+/// How many heartbeats in a row must succeed before a tenant in doubt is
+/// trusted again: the first corrects the entry; a second covers a late
+/// call the store received on an earlier connection (dropped by the
+/// client after a timeout) and ran just after the first.
+const DOUBT_HEARTBEATS: u8 = 2;
 /// The most queued work taken as one batch.
 const MAX_BATCH: usize = 1024;
 
@@ -43,6 +47,12 @@ pub async fn run(shared: Arc<Shared>) {
     // Tenants this instance asserted sessions for at the last heartbeat:
     // those it has none of any more get their entry removed.
     let mut asserted: HashSet<String> = HashSet::new();
+    // Tenants in doubt, and how many more heartbeats must succeed before
+    // this instance trusts the store's entry of them again.
+    let mut doubts: HashMap<String, u8> = HashMap::new();
+    // The store's epoch this instance last wrote all its cancel keys
+    // under.
+    let mut cancels_epoch: Option<String> = None;
     let mut pushed: HashMap<String, u64> = HashMap::new();
     // The sessions' work runs beside the heartbeat, so that a store slow
     // to answer it cannot hold the heartbeat up until the leases expire.
@@ -57,6 +67,9 @@ pub async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = shutdown.reached(Stage::Closing) => break,
             _ = heartbeat.tick() => {
+                for tenant in fleet.take_doubts() {
+                    doubts.insert(tenant, DOUBT_HEARTBEATS);
+                }
                 let mut counts = Vec::new();
                 let mut sessions = 0u64;
                 for tenant in shared.tenants.all() {
@@ -67,17 +80,46 @@ pub async fn run(shared: Arc<Shared>) {
                     }
                 }
                 let now: HashSet<String> = counts.iter().map(|(t, _)| t.clone()).collect();
-                let gone: Vec<String> = asserted.difference(&now).cloned().collect();
+                // Zero for those asserted last time and gone since, and for
+                // those in doubt (with whatever this instance holds of them).
+                let others: HashSet<&String> = asserted.iter().chain(doubts.keys()).collect();
+                for name in others {
+                    if !now.contains(name) {
+                        let n = shared.tenants.get(name).map_or(0, |t| t.connections());
+                        counts.push((name.clone(), n));
+                    }
+                }
                 let about = serde_json::json!({
                     "listen": listen.to_string(),
                     "sessions": sessions,
                     "version": env!("CARGO_PKG_VERSION"),
                 })
                 .to_string();
-                let beat = store.heartbeat(&instance, &about, &counts, &gone).await;
+                let beat = store.heartbeat(&instance, &about, &counts).await;
                 fleet.noted(&beat);
-                if beat.is_ok() {
+                if let Ok(epoch) = beat {
                     asserted = now;
+                    doubts.retain(|_, left| {
+                        *left -= 1;
+                        *left > 0
+                    });
+                    if cancels_epoch.as_deref() != Some(epoch.as_str()) {
+                        // A new store (or this instance's first beat): it
+                        // holds none of this instance's cancel keys.
+                        let keys = shared.cancel_keys.snapshot();
+                        let written = store.assert_cancels(&instance, &keys).await;
+                        fleet.noted(&written);
+                        if written.is_ok() {
+                            if cancels_epoch.is_some() {
+                                tracing::warn!(keys = keys.len(), "the fleet store lost its data; cancel keys written again");
+                            }
+                            cancels_epoch = Some(epoch);
+                        }
+                    }
+                } else {
+                    // The beat may have landed or not; what it asserted is
+                    // asserted again next time.
+                    asserted.extend(now);
                 }
             }
             _ = rows.tick() => adopt_rows(&shared, &store).await,
@@ -86,14 +128,13 @@ pub async fn run(shared: Arc<Shared>) {
     }
     // Leaving cleanly: this instance's leases go at once instead of at
     // their expiry.
-    let farewell = store
-        .heartbeat(
-            &instance,
-            "{}",
-            &[],
-            &asserted.into_iter().collect::<Vec<_>>(),
-        )
-        .await;
+    let gone: Vec<(String, u32)> = asserted
+        .into_iter()
+        .chain(doubts.into_keys())
+        .chain(fleet.take_doubts())
+        .map(|t| (t, 0))
+        .collect();
+    let farewell = store.heartbeat(&instance, "{}", &gone).await;
     fleet.noted(&farewell);
 }
 
@@ -110,7 +151,7 @@ async fn drain(shared: Arc<Shared>, store: Store, instance: String, mut ops: Rec
                     break;
                 }
                 let batch = Batch::new(queued.drain(..));
-                apply(&shared.fleet, &store, &instance, batch).await;
+                apply(&shared, &store, &instance, batch).await;
             }
         }
     }
@@ -120,7 +161,8 @@ async fn drain(shared: Arc<Shared>, store: Store, instance: String, mut ops: Rec
 /// each further call would wait out its timeout while the queue fills. That
 /// call's work and the rest are dropped and counted (the heartbeat, the
 /// cancel keys' expiry and the next measurement make up for it).
-async fn apply(fleet: &Fleet, store: &Store, instance: &str, batch: Batch) {
+async fn apply(shared: &Shared, store: &Store, instance: &str, batch: Batch) {
+    let fleet = &shared.fleet;
     let mut left = batch.calls();
     let mut done = |result: Result<(), ::redis::RedisError>| {
         fleet.noted(&result);
@@ -152,10 +194,23 @@ async fn apply(fleet: &Fleet, store: &Store, instance: &str, batch: Batch) {
                 break 'calls false;
             }
         }
+        for tenant in &batch.asserts {
+            let n = shared.tenants.get(tenant).map_or(0, |t| t.connections());
+            if !done(store.assert_count(instance, tenant, n).await) {
+                break 'calls false;
+            }
+        }
         true
     };
-    if !ok && left > 0 {
-        fleet.ops_dropped_later(left);
+    if !ok {
+        if left > 0 {
+            fleet.ops_dropped_later(left);
+        }
+        // The failed call may have been run, the rest were not: either
+        // way the heartbeat asserts these tenants' true counts.
+        for tenant in batch.releases.into_keys().chain(batch.asserts) {
+            fleet.doubt(tenant);
+        }
     }
 }
 

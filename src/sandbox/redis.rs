@@ -70,6 +70,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id (for tests that signal it themselves).
+    pub fn pid(&self) -> u32 {
+        self.server.id()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -91,6 +96,34 @@ impl RedisServer {
     pub fn kill(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and what
+    /// clients send waits in the kernel, to be run when it
+    /// [resumes](Self::resume): a stalled store.
+    pub fn stall(&self) -> Result<(), SandboxError> {
+        self.signal("STOP")
+    }
+
+    /// Lets a [stalled](Self::stall) server run again (SIGCONT).
+    pub fn resume(&self) -> Result<(), SandboxError> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> Result<(), SandboxError> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.server.id().to_string())
+            .status()
+            .map_err(SandboxError::io("signalling redis-server"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(SandboxError::Io {
+                what: format!("sending SIG{name} to redis-server"),
+                source: std::io::Error::other(format!("kill exited with {status}")),
+            })
+        }
     }
 
     /// Starts the server again after [`kill`](Self::kill).
