@@ -99,10 +99,14 @@ async function main() {
   // CancelRequest).
   {
     const started = Date.now()
-    const sleeping = c.query('SELECT pg_sleep(30)')
+    const query = new pg.Query('SELECT pg_sleep(30)')
+    const sleeping = new Promise((resolve, reject) => {
+      query.on('end', resolve)
+      query.on('error', reject)
+    })
+    c.query(query)
     await sleep(500)
-    assert.ok(c.activeQuery, 'the sleep is running')
-    new pg.Client(MAIN).cancel(c, c.activeQuery)
+    new pg.Client(MAIN).cancel(c, query)
     await refused(sleeping, '57014')
     assert.ok(Date.now() - started < 10000)
     assert.strictEqual((await c.query('SELECT 1 AS one')).rows[0].one, 1)
