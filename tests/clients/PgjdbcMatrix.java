@@ -56,10 +56,14 @@ public class PgjdbcMatrix {
         try (Statement s = c.createStatement()) {
             s.execute(sql);
         } catch (SQLException e) {
-            check(sqlstate.equals(e.getSQLState()), sql + ": " + e.getSQLState() + " " + e);
+            check(sqlstate.equals(e.getSQLState()), shorten(sql) + ": " + e.getSQLState() + " " + e);
             return e;
         }
-        throw new AssertionError(sql + " was not refused");
+        throw new AssertionError(shorten(sql) + " was not refused");
+    }
+
+    static String shorten(String sql) {
+        return sql.length() <= 60 ? sql : sql.substring(0, 60) + "… (" + sql.length() + " bytes)";
     }
 
     static String hint(SQLException e) {
