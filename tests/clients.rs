@@ -425,6 +425,11 @@ async fn connect_to(
     common::connect(proxy.addr, &t.db, &t.user, &t.password).await
 }
 
+/// A tokio-postgres error as a report line: SQLSTATE and message.
+fn pg(e: &tokio_postgres::Error) -> String {
+    format!("{} {}", sqlstate(e), common::message(e))
+}
+
 fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_owned())
@@ -452,9 +457,7 @@ async fn tokio_postgres_checks(pair: &Pair, proxy: &TestProxy) -> Result<String,
     let (a, _a) = connect_to(proxy, m)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    a.simple_query("SELECT 1")
-        .await
-        .map_err(|e| e.to_string())?;
+    a.simple_query("SELECT 1").await.map_err(|e| pg(&e))?;
     report += "ok connect rustls verifying the test CA\n";
 
     let (b, _b) = connect_to(proxy, m)
@@ -511,23 +514,27 @@ async fn tokio_postgres_checks(pair: &Pair, proxy: &TestProxy) -> Result<String,
     cancelled?;
     let e = slept.err().ok_or("pg_sleep(30) finished")?;
     ensure!(sqlstate(&e) == "57014", "cancelled: {e}");
-    a.simple_query("SELECT 1")
-        .await
-        .map_err(|e| e.to_string())?;
+    a.simple_query("SELECT 1").await.map_err(|e| pg(&e))?;
     report += "ok cancel CancelToken::cancel_query over TLS\n";
 
     if on.contains(&"do-listen") {
+        // A third session fits once `a` is gone.
+        drop(a);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.handle.tenant_connections(&m.db) != Some(1) {
+            ensure!(Instant::now() < deadline, "a's slot never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let (l, mut notes) =
             common::connect_with_notifications(proxy.addr, &m.db, &m.user, &m.password)
                 .await
-                .map_err(|e| format!("listener: {e}"))?;
-        drop(a);
+                .map_err(|e| format!("listener: {}", pg(&e)))?;
         l.batch_execute("DO $$BEGIN LISTEN pgt_chan; END$$")
             .await
-            .map_err(|e| format!("DO LISTEN: {e}"))?;
+            .map_err(|e| format!("DO LISTEN: {}", pg(&e)))?;
         b.batch_execute("NOTIFY pgt_chan, 'tokio-postgres'")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg(&e))?;
         let n = tokio::time::timeout(Duration::from_secs(5), notes.recv())
             .await
             .map_err(|_| "no notification within 5 s".to_owned())?
@@ -549,9 +556,7 @@ async fn tokio_postgres_checks(pair: &Pair, proxy: &TestProxy) -> Result<String,
     let (c, conn) = connect_to(proxy, i)
         .await
         .map_err(|e| format!("idle tenant: {e}"))?;
-    c.simple_query("SELECT 1")
-        .await
-        .map_err(|e| e.to_string())?;
+    c.simple_query("SELECT 1").await.map_err(|e| pg(&e))?;
     let started = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(IDLE_TIMEOUT_SECS + 5), conn)
         .await
@@ -569,9 +574,7 @@ async fn tokio_postgres_checks(pair: &Pair, proxy: &TestProxy) -> Result<String,
     let (c, _conn) = connect_to(proxy, i)
         .await
         .map_err(|e| format!("reconnect: {e}"))?;
-    c.simple_query("SELECT 1")
-        .await
-        .map_err(|e| e.to_string())?;
+    c.simple_query("SELECT 1").await.map_err(|e| pg(&e))?;
     report += &format!(
         "ok idle 57P05 after {:.1} s; reconnected\n",
         waited.as_secs_f64()
@@ -598,9 +601,7 @@ async fn tokio_postgres_checks(pair: &Pair, proxy: &TestProxy) -> Result<String,
         let (c, _conn) = connect_to(proxy, i)
             .await
             .map_err(|e| format!("reconnect: {e}"))?;
-        c.simple_query("SELECT 1")
-            .await
-            .map_err(|e| e.to_string())?;
+        c.simple_query("SELECT 1").await.map_err(|e| pg(&e))?;
         report += &format!(
             "ok idle-ping closed after {:.1} s of empty queries\n",
             waited.as_secs_f64()
@@ -656,8 +657,8 @@ async fn psql_checks(pair: &Pair, proxy: &TestProxy) -> Result<String, String> {
     ensure!(ok && out.trim() == "connected", "connect: {out}{err}");
     report += "ok connect sslmode=verify-full\n";
 
-    let (a, _a) = connect_to(proxy, m).await.map_err(|e| e.to_string())?;
-    let (b, _b) = connect_to(proxy, m).await.map_err(|e| e.to_string())?;
+    let (a, _a) = connect_to(proxy, m).await.map_err(|e| pg(&e))?;
+    let (b, _b) = connect_to(proxy, m).await.map_err(|e| pg(&e))?;
     let (ok, out, err) = psql_stdin(&url(m), "SELECT 1;").await?;
     // libpq reports a refused login by its text (no SQLSTATE before the
     // connection is up).
@@ -814,6 +815,11 @@ async fn next_message(
         .map_err(|e| format!("reading: {e}"))
 }
 
+/// An ErrorResponse body as text (fields separated by `|`).
+fn error_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).replace('\0', " | ")
+}
+
 /// The SQLSTATE of an ErrorResponse body.
 fn error_code(body: &[u8]) -> String {
     body.split(|&b| b == 0)
@@ -869,11 +875,7 @@ async fn postgrex_checks(pair: &Pair, proxy: &TestProxy) -> Result<String, Strin
         let mut tags = Vec::new();
         loop {
             let (tag, body) = next_message(&mut s).await?;
-            ensure!(
-                tag != b'E',
-                "DO LISTEN refused: {}",
-                String::from_utf8_lossy(&body)
-            );
+            ensure!(tag != b'E', "DO LISTEN refused: {}", error_text(&body));
             tags.push(tag);
             if tag == b'Z' {
                 break;
@@ -882,11 +884,11 @@ async fn postgrex_checks(pair: &Pair, proxy: &TestProxy) -> Result<String, Strin
         ensure!(tags == [b'C', b'Z'], "DO LISTEN answered {tags:?}");
         let (notifier, _conn) = common::connect(proxy.addr, &m.db, &m.user, &m.password)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg(&e))?;
         notifier
             .batch_execute("NOTIFY pgt_a, 'one'; NOTIFY pgt_b, 'two'")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg(&e))?;
         let mut got = Vec::new();
         while got.len() < 2 {
             let (tag, body) = next_message(&mut s).await?;
@@ -915,7 +917,7 @@ async fn postgrex_checks(pair: &Pair, proxy: &TestProxy) -> Result<String, Strin
             Ok((b'E', body)) => ensure!(
                 error_code(&body) == "54000",
                 "oversized: {}",
-                String::from_utf8_lossy(&body)
+                error_text(&body)
             ),
             other => return Err(format!("oversized: wrote {written:?}, read {other:?}")),
         }
