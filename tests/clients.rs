@@ -862,6 +862,23 @@ async fn postgrex_checks(pair: &Pair, proxy: &TestProxy) -> Result<String, Strin
     report += "ok connect TLS verifying the test CA; a Sync answered\n";
 
     if on.contains(&"do-listen") {
+        // Postgrex.Notifications subscribes with a plain LISTEN per
+        // channel; after the connection drops it reconnects and
+        // re-subscribes to every channel in one DO.
+        for channel in ["pgt_a", "pgt_b"] {
+            s.write_all(&query(&format!("LISTEN \"{channel}\"")))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (tag, body) = next_message(&mut s).await?;
+            ensure!(tag == b'C', "LISTEN: {}", error_text(&body));
+            ensure!(
+                next_message(&mut s).await?.0 == b'Z',
+                "LISTEN's ReadyForQuery"
+            );
+        }
+        drop(s);
+        wait_no_slots(proxy, &m.db, Duration::from_secs(5)).await?;
+        s = raw_session(proxy, m).await?;
         s.write_all(&query(
             "DO $$BEGIN LISTEN \"pgt_a\";\nLISTEN \"pgt_b\"; END$$",
         ))
@@ -898,7 +915,7 @@ async fn postgrex_checks(pair: &Pair, proxy: &TestProxy) -> Result<String, Strin
             }
         }
         ensure!(got == ["pgt_a:one", "pgt_b:two"], "notifications {got:?}");
-        report += "ok do-listen both channels notified\n";
+        report += "ok do-listen re-subscribed by DO after a reconnect; both channels notified\n";
     }
 
     if on.contains(&"oversized") {
