@@ -622,7 +622,11 @@ impl ClientGate {
     /// `request` may add rows. A name the session cannot be sure it read
     /// as the cluster stores it counts as adding rows.
     fn statement_adds_rows(&self, name: &str, request: u64) -> bool {
-        !self.name_trusted(name) || self.link.names().adds_rows(Space::Statement, name, request)
+        !self.name_trusted(name)
+            || self
+                .link
+                .names()
+                .adds_rows(Space::Statement, name, request)
     }
 
     /// The tenant's figure, if it is over its limit.
