@@ -39,12 +39,12 @@ const EARLIEST_IDLE_CLOSE: Duration = Duration::from_millis(IDLE_TIMEOUT_SECS * 
 ///
 /// Keep-alive pings (a bare Sync, an empty statement, pgjdbc's
 /// `isValid`, psycopg_pool's check) do not reset the idle clock.
-const IDLE_PINGS_ARE_NOT_WORK: bool = false;
+const IDLE_PINGS_ARE_NOT_WORK: bool = true;
 /// `DO $$BEGIN LISTEN x; END$$` runs on the free tier.
-const DO_LISTEN_RUNS: bool = false;
+const DO_LISTEN_RUNS: bool = true;
 /// A statement over the 8 MiB inspection bound is answered with a 54000
 /// that a client still writing it hears.
-const OVERSIZED_IS_HEARD: bool = false;
+const OVERSIZED_IS_HEARD: bool = true;
 
 /// The hint of the proxy's 53300 at a tenant's connection cap.
 const HINT_53300: &str = "Close an idle connection (check your pool size)";
@@ -173,7 +173,10 @@ fn expected(client: &str) -> BTreeSet<String> {
         .chain(
             switched_on()
                 .into_iter()
-                .filter(|c| !(client == "psql" && *c == "idle-ping")),
+                // psql has no ping; asyncpg's pool sends none, and its
+                // `execute("")` fails in asyncpg itself (EmptyQueryResponse,
+                // against PostgreSQL too), so it has no ping to test.
+                .filter(|c| !(matches!(client, "psql" | "asyncpg") && *c == "idle-ping")),
         )
         .map(str::to_owned)
         .collect()
