@@ -22,6 +22,7 @@ pub mod idle;
 pub mod log_budget;
 pub mod logins;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod pump;
