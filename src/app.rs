@@ -115,6 +115,9 @@ pub fn run(path: &Path) -> ExitCode {
         let handle = proxy.handle();
         handle.set_config_path(&path);
         tokio::spawn(handle_signals(handle, true));
+        // Every listener (clients', admin's) is bound and listening: a
+        // connection from here on is queued, never refused.
+        crate::notify::ready();
         match proxy.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -145,13 +148,21 @@ pub async fn handle_signals(handle: ProxyHandle, reloadable: bool) {
             _ = term.recv() => {}
             _ = hup.recv() => {
                 if reloadable {
+                    crate::notify::reloading();
                     let shared = std::sync::Arc::clone(handle.shared());
                     // Reading files is blocking work.
-                    match tokio::task::spawn_blocking(move || shared.reload()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "reload failed; the previous configuration stays in force"),
-                        Err(e) => tracing::error!(error = %e, "reload task failed"),
-                    }
+                    let failed = match tokio::task::spawn_blocking(move || shared.reload()).await {
+                        Ok(Ok(_)) => false,
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload task failed");
+                            true
+                        }
+                    };
+                    crate::notify::reloaded(failed);
                 } else {
                     tracing::info!("SIGHUP ignored: no configuration file");
                 }
@@ -160,6 +171,7 @@ pub async fn handle_signals(handle: ProxyHandle, reloadable: bool) {
         }
         stops += 1;
         if stops == 1 {
+            crate::notify::stopping();
             tracing::info!("shutdown requested; send the signal again to close sessions now");
             handle.shutdown();
         } else {
