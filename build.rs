@@ -1,8 +1,12 @@
-//! Puts the git commit the binary is built from into `PGTIER_GIT_COMMIT`,
+//! Puts the git commit the binary is built from into `BUILD_GIT_COMMIT`,
 //! for `pgtier --version`: an operator with a misbehaving proxy can say
 //! exactly what runs. Built from a tarball without `.git` (or without git
-//! installed) it is `PGTIER_GIT_COMMIT` from the build's environment if set
+//! installed) it is `BUILD_GIT_COMMIT` from the build's environment if set
 //! (a packager's own record), else "unknown"; the build never fails for it.
+//!
+//! Not `PGTIER_…`: that prefix is the proxy's configuration namespace, and
+//! cargo also sets this variable for the tests it runs, whose `pgtier`
+//! processes would refuse it as an unknown key.
 
 use std::process::Command;
 
@@ -17,8 +21,8 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=PGTIER_GIT_COMMIT");
-    let commit = std::env::var("PGTIER_GIT_COMMIT")
+    println!("cargo:rerun-if-env-changed=BUILD_GIT_COMMIT");
+    let commit = std::env::var("BUILD_GIT_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
@@ -37,7 +41,7 @@ fn main() {
         }
     }
     println!(
-        "cargo:rustc-env=PGTIER_GIT_COMMIT={}",
+        "cargo:rustc-env=BUILD_GIT_COMMIT={}",
         commit.as_deref().unwrap_or("unknown")
     );
 }

@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 // this" has an exact answer.
 #[command(
     name = "pgtier",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PGTIER_GIT_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")"),
     about,
     long_about = None
 )]
