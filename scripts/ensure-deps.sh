@@ -101,6 +101,12 @@ missing() {
     # The fleet's tests keep shared limits in a throwaway Redis.
     command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] \
         || packages+=(redis-server)
+    # tests/package.rs builds the Debian package (dpkg-deb, strip,
+    # objdump) and renders its man pages (man).
+    command -v dpkg-deb >/dev/null 2>&1 || packages+=(dpkg)
+    command -v strip >/dev/null 2>&1 || packages+=(binutils)
+    command -v objdump >/dev/null 2>&1 || packages+=(binutils)
+    command -v man >/dev/null 2>&1 || packages+=(man-db)
     if [[ "$want_bench" == 1 ]] && ! command -v pgbouncer >/dev/null 2>&1 \
         && [[ ! -x /usr/sbin/pgbouncer ]]; then
         packages+=(pgbouncer)

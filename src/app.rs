@@ -114,7 +114,18 @@ pub fn run(path: &Path) -> ExitCode {
         };
         let handle = proxy.handle();
         handle.set_config_path(&path);
-        tokio::spawn(handle_signals(handle, true));
+        // Installed before READY=1: a SIGHUP a service manager sends the
+        // moment it hears READY must find the handler, not the default
+        // action (which ends the process).
+        match Signals::install() {
+            Some(signals) => {
+                tokio::spawn(signals.serve(handle, true));
+            }
+            None => tracing::error!("cannot install signal handlers"),
+        }
+        // Every listener (clients', admin's) is bound and listening: a
+        // connection from here on is queued, never refused.
+        crate::notify::ready();
         match proxy.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -129,41 +140,74 @@ pub fn run(path: &Path) -> ExitCode {
 /// SIGHUP: reload the configuration file (when `reloadable`: the proxy was
 /// started from one).
 pub async fn handle_signals(handle: ProxyHandle, reloadable: bool) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    let mut stops = 0;
-    loop {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {
-                if reloadable {
-                    let shared = std::sync::Arc::clone(handle.shared());
-                    // Reading files is blocking work.
-                    match tokio::task::spawn_blocking(move || shared.reload()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "reload failed; the previous configuration stays in force"),
-                        Err(e) => tracing::error!(error = %e, "reload task failed"),
+    match Signals::install() {
+        Some(signals) => signals.serve(handle, reloadable).await,
+        None => tracing::error!("cannot install signal handlers"),
+    }
+}
+
+/// The signals the proxy acts on, their handlers installed.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers now (inside a runtime), so that a signal sent
+    /// from here on is caught even before [`Signals::serve`] runs.
+    pub fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            int: signal(SignalKind::interrupt()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+
+    /// See [`handle_signals`].
+    pub async fn serve(self, handle: ProxyHandle, reloadable: bool) {
+        let Signals {
+            mut int,
+            mut term,
+            mut hup,
+        } = self;
+        let mut stops = 0;
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {
+                    if reloadable {
+                        crate::notify::reloading();
+                        let shared = std::sync::Arc::clone(handle.shared());
+                        // Reading files is blocking work.
+                        let failed = match tokio::task::spawn_blocking(move || shared.reload()).await {
+                            Ok(Ok(_)) => false,
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
+                                true
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "reload task failed");
+                                true
+                            }
+                        };
+                        crate::notify::reloaded(failed);
+                    } else {
+                        tracing::info!("SIGHUP ignored: no configuration file");
                     }
-                } else {
-                    tracing::info!("SIGHUP ignored: no configuration file");
+                    continue;
                 }
-                continue;
             }
-        }
-        stops += 1;
-        if stops == 1 {
-            tracing::info!("shutdown requested; send the signal again to close sessions now");
-            handle.shutdown();
-        } else {
-            handle.close_now();
+            stops += 1;
+            if stops == 1 {
+                crate::notify::stopping();
+                tracing::info!("shutdown requested; send the signal again to close sessions now");
+                handle.shutdown();
+            } else {
+                handle.close_now();
+            }
         }
     }
 }

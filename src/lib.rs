@@ -23,6 +23,7 @@ pub mod idle;
 pub mod log_budget;
 pub mod logins;
 pub mod metrics;
+pub mod notify;
 pub mod ping;
 pub mod pool;
 pub mod protocol;

@@ -4,12 +4,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// pgtier: a TLS-terminating PostgreSQL proxy that enforces each tenant's
 /// tier (connection cap, idle timeout, …) in front of a shared cluster.
 #[derive(Debug, Parser)]
-#[command(name = "pgtier", version, about, long_about = None)]
+// `--version` names the commit too (build.rs), so that "which pgtier is
+// this" has an exact answer.
+#[command(
+    name = "pgtier",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")"),
+    about,
+    long_about = None
+)]
 struct Cli {
     /// Configuration file (TOML). Keys can be overridden by PGTIER_* variables,
     /// e.g. PGTIER_CLUSTER__PORT=5433.
@@ -42,6 +49,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: std::net::SocketAddr,
     },
+    /// Print the pgtier(1) manual page (roff) generated from this command
+    /// line's own definition: `pgtier man | man -l -`. The Debian package
+    /// ships it (scripts/package.sh).
+    Man {
+        /// Write pgtier.1 and a page per command (pgtier-run.1, …) into
+        /// this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,5 +72,22 @@ fn main() -> ExitCode {
         Command::Check => pgtier::app::check(&cli.config),
         Command::GenCert { dir } => pgtier::app::gen_cert(&dir),
         Command::Demo { listen } => pgtier::app::demo(listen),
+        Command::Man { dir } => man(dir.as_deref()),
+    }
+}
+
+/// `pgtier man`: pgtier(1) on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> ExitCode {
+    let written = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir)),
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout().lock()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
