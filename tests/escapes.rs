@@ -579,3 +579,42 @@ async fn the_measurement_sees_every_kind_of_table() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_portal_bound_under_the_limit_cannot_be_fetched_over_it() {
+    let (t, proxy) = tenant_with_rows("esc_fetch", 20, 100, &quota_table("1s")).await;
+    let mut s = raw_login(&proxy, &t).await;
+    wait_over(&proxy, &t.db, 100, false, 5).await;
+    // Inside a transaction a bound portal outlives its Sync; an INSERT …
+    // RETURNING portal runs its INSERT at the first FETCH.
+    let mut out = query("BEGIN");
+    out.extend(parse(
+        "ins",
+        "INSERT INTO t SELECT generate_series(1, 500) RETURNING n",
+    ));
+    out.extend(bind_portal("p", "ins"));
+    out.extend(sync());
+    let answer = send(&mut s, &out, 2).await;
+    assert!(answer.errors.is_empty(), "{answer:?}");
+    // Another session takes the tenant over its limit.
+    let mut other = raw_login(&proxy, &t).await;
+    let filled = send(
+        &mut other,
+        &query("INSERT INTO t SELECT generate_series(1, 200)"),
+        1,
+    )
+    .await;
+    assert!(filled.errors.is_empty(), "{filled:?}");
+    wait_over(&proxy, &t.db, 100, true, 5).await;
+    for fetch in ["FETCH ALL FROM p", "MOVE FORWARD ALL IN \"p\"", "fetch 1 p"] {
+        // A refusal aborts the transaction, as any error does: each try
+        // from a savepoint (the portal, older, survives its rollback).
+        send(&mut s, &query("SAVEPOINT x"), 1).await;
+        let answer = send(&mut s, &query(fetch), 1).await;
+        assert_eq!(answer.errors, ["53400"], "{fetch}");
+        let back = send(&mut s, &query("ROLLBACK TO SAVEPOINT x"), 1).await;
+        assert!(back.errors.is_empty(), "{back:?}");
+    }
+    send(&mut s, &query("COMMIT"), 1).await;
+    assert_eq!(rows_of_t(&t), "220", "the portal's INSERT never ran");
+}

@@ -264,6 +264,12 @@ pub struct Classification {
     /// `DEALLOCATE [PREPARE] name` → Some(name); `DEALLOCATE ALL` and
     /// `DISCARD ALL` → None.
     pub deallocates: Vec<Option<String>>,
+    /// SQL-level `DECLARE name CURSOR FOR query`: (name, whether its query
+    /// adds rows). A cursor is a portal: `FETCH` runs it.
+    pub cursors: Vec<(String, bool)>,
+    /// SQL-level `FETCH`/`MOVE … name`: the portal (a cursor, or a portal
+    /// the extended protocol bound) it runs.
+    pub fetches: Vec<String>,
     /// The parser could not parse it; the verdict comes from leading keywords
     /// only (features from the leading keywords of each `;`-separated piece;
     /// adds_rows and remeasure = true, conservatively: the quota then refuses
@@ -315,6 +321,17 @@ impl Classification {
                 self.deallocates.push(d);
             }
         }
+        for (name, adds) in other.cursors {
+            match self.cursors.iter_mut().find(|(n, _)| *n == name) {
+                Some(c) => c.1 |= adds,
+                None => self.cursors.push((name, adds)),
+            }
+        }
+        for f in other.fetches {
+            if !self.fetches.contains(&f) {
+                self.fetches.push(f);
+            }
+        }
         self
     }
 
@@ -328,6 +345,12 @@ impl Classification {
                 .map(|(n, _)| n.len() + 32)
                 .sum::<usize>()
             + self.executes.iter().map(|n| n.len() + 24).sum::<usize>()
+            + self.fetches.iter().map(|n| n.len() + 24).sum::<usize>()
+            + self
+                .cursors
+                .iter()
+                .map(|(n, _)| n.len() + 32)
+                .sum::<usize>()
             + self
                 .deallocates
                 .iter()
@@ -897,7 +920,8 @@ fn lead_of(word: &[u8]) -> Option<Lead> {
         b"truncate" => Lead::Truncate,
         b"call" => Lead::Call,
         b"begin" | b"start" | b"commit" | b"end" | b"rollback" | b"abort" | b"savepoint"
-        | b"release" | b"set" | b"reset" | b"show" | b"fetch" | b"move" | b"close" | b"listen"
+        // FETCH and MOVE run a portal, which may add rows: the parser names it.
+        | b"release" | b"set" | b"reset" | b"show" | b"close" | b"listen"
         | b"unlisten" | b"notify" | b"lock" | b"vacuum" | b"analyze" | b"analyse"
         | b"checkpoint" => Lead::Utility,
         _ => return None,
@@ -1363,6 +1387,20 @@ impl Walker {
                 self.out.prepares.push((s.name.clone(), body.out.adds_rows));
             }
             N::ExecuteStmt(s) => self.out.executes.push(s.name.clone()),
+            N::FetchStmt(s) => self.out.fetches.push(s.portalname.clone()),
+            N::DeclareCursorStmt(s) => {
+                let mut body = Walker {
+                    out: Classification::default(),
+                    depth: self.depth,
+                };
+                if let Some(q) = inner(&s.query) {
+                    body.statement(q, text, true);
+                }
+                self.out.features.extend(body.out.features);
+                self.out
+                    .cursors
+                    .push((s.portalname.clone(), body.out.adds_rows));
+            }
             N::DeallocateStmt(s) => {
                 let name = (!s.isall).then(|| s.name.clone());
                 self.out.deallocates.push(name);
@@ -1498,6 +1536,12 @@ impl Walker {
                 prepared.1 = true;
             }
             return;
+        }
+        // Likewise a cursor: at its FETCH.
+        if let N::DeclareCursorStmt(_) = node {
+            if let Some(cursor) = self.out.cursors.last_mut() {
+                cursor.1 = true;
+            }
         }
         self.out.add_rows(false);
         match node {

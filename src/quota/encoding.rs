@@ -241,7 +241,7 @@ pub fn cautious_union(verdicts: Vec<Arc<Classification>>) -> Arc<Classification>
         .fold(Classification::clone(&first), |union, v| {
             union.union(Classification::clone(&v))
         });
-    for (_, adds_rows) in &mut union.prepares {
+    for (_, adds_rows) in union.prepares.iter_mut().chain(union.cursors.iter_mut()) {
         *adds_rows = true;
     }
     union.deallocates.clear();

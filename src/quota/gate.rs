@@ -381,6 +381,7 @@ impl ClientGate {
                 names.sent(request, by, Space::Statement, change);
             }
         }
+        self.note_cursors(&statement);
         if statement.remeasure {
             self.link.remeasure.store(true, Ordering::Relaxed);
         }
@@ -406,7 +407,9 @@ impl ClientGate {
         if let Some(feature) = policy::denied_feature(&statement, self.rules.limits.deny) {
             return self.refuse(Refusal::Policy(feature), "", Shape::Extended);
         }
-        let adds_rows = statement.adds_rows || self.executes_rows(&statement);
+        let adds_rows =
+            statement.adds_rows || self.executes_rows(&statement) || self.fetches_rows(&statement);
+        self.note_cursors(&statement);
         let name = self.name(name);
         let mut names = self.link.names();
         // A SQL PREPARE in the text runs at each Execute, which the proxy
@@ -592,7 +595,10 @@ impl ClientGate {
         if let Some(feature) = policy::denied_feature(statement, self.rules.limits.deny) {
             return Some(Refusal::Policy(feature));
         }
-        if self.rules.limits.row_limit > 0 && (statement.adds_rows || self.executes_rows(statement))
+        if self.rules.limits.row_limit > 0
+            && (statement.adds_rows
+                || self.executes_rows(statement)
+                || self.fetches_rows(statement))
         {
             return self.over_limit();
         }
@@ -611,6 +617,36 @@ impl ClientGate {
                     .prepares
                     .iter()
                     .any(|(prepared, adds_rows)| prepared == name && *adds_rows)
+        })
+    }
+
+    /// Cursors a statement declares: one whose query adds rows counts as a
+    /// portal that adds rows at once (its `CLOSE` is not followed: it stays
+    /// counted, which costs only a refusal of its FETCH over the limit).
+    fn note_cursors(&self, statement: &Classification) {
+        if statement.cursors.iter().any(|(_, adds_rows)| *adds_rows) {
+            let mut names = self.link.names();
+            for (cursor, adds_rows) in &statement.cursors {
+                names.assume_defined(Space::Portal, cursor, *adds_rows);
+            }
+        }
+    }
+
+    /// Whether a statement's SQL `FETCH`/`MOVE` runs a portal that adds
+    /// rows: a cursor declared (here or in the same text) or a portal the
+    /// extended protocol bound.
+    fn fetches_rows(&self, statement: &Classification) -> bool {
+        if statement.fetches.is_empty() {
+            return false;
+        }
+        let names = self.link.names();
+        statement.fetches.iter().any(|name| {
+            !self.name_trusted(name)
+                || names.adds_rows(Space::Portal, name, self.requests)
+                || statement
+                    .cursors
+                    .iter()
+                    .any(|(declared, adds_rows)| declared == name && *adds_rows)
         })
     }
 

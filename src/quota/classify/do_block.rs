@@ -81,6 +81,8 @@ pub(super) fn check(stmt: &protobuf::DoStmt, depth: u8) -> Result<Classification
     if !verdict.prepares.is_empty()
         || !verdict.executes.is_empty()
         || !verdict.deallocates.is_empty()
+        || !verdict.cursors.is_empty()
+        || !verdict.fetches.is_empty()
     {
         return Err(DO_PREPARED);
     }

@@ -31,7 +31,8 @@ fn all_features() -> Vec<Feature> {
 }
 
 /// An expectation in a few words, comma-separated: `adds`, `remeasure`,
-/// `unparsed`, `prep NAME [adds]`, `exec NAME`, `dealloc NAME`, `dealloc *`,
+/// `unparsed`, `prep NAME [adds]`, `exec NAME`, `fetch NAME`, `cursor NAME`,
+/// `dealloc NAME`, `dealloc *`,
 /// or a feature's name ("CREATE EXTENSION"; "CREATE LANGUAGE" is the pair of
 /// features a parameterless CREATE LANGUAGE uses, "CREATE LANGUAGE HANDLER"
 /// the one of the form with a handler). Empty: plain.
@@ -47,6 +48,9 @@ fn expect(spec: &str) -> Classification {
             ["prep", name] => c.prepares.push((name.to_string(), false)),
             ["prep", name, "adds"] => c.prepares.push((name.to_string(), true)),
             ["exec", name] => c.executes.push(name.to_string()),
+            ["fetch", name] => c.fetches.push(name.to_string()),
+            ["cursor", name] => c.cursors.push((name.to_string(), false)),
+            ["cursor", name, "adds"] => c.cursors.push((name.to_string(), true)),
             ["dealloc", "*"] => c.deallocates.push(None),
             ["dealloc", name] => c.deallocates.push(Some(name.to_string())),
             // "CREATE LANGUAGE" is two features (see CREATE_LANGUAGE_EXTENSION).
@@ -408,9 +412,13 @@ const CORPUS: &[(&str, &str)] = &[
     ("ROLLBACK", ""),
     ("ABORT", ""),
     ("END", ""),
-    ("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM t", ""),
-    ("FETCH 100 FROM c", ""),
-    ("MOVE FORWARD 5 IN c", ""),
+    // A cursor is a portal; FETCH and MOVE run one, which may be a portal
+    // the extended protocol bound to an INSERT … RETURNING.
+    ("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM t", "cursor c"),
+    ("FETCH 100 FROM c", "fetch c"),
+    ("MOVE FORWARD 5 IN c", "fetch c"),
+    ("fetch all \"P\"", "fetch P"),
+    ("FETCH NEXT FROM Mixed", "fetch mixed"),
     ("CLOSE ALL", ""),
     ("LISTEN ch", ""),
     ("UNLISTEN *", ""),
@@ -631,7 +639,7 @@ const CORPUS: &[(&str, &str)] = &[
     ),
     (
         "DECLARE c CURSOR WITH HOLD FOR SELECT lo_creat(-1) FROM generate_series(1, 10)",
-        "a stored call to a large-object or SQL-running function, adds, remeasure",
+        "a stored call to a large-object or SQL-running function, adds, remeasure, cursor c adds",
     ),
     (
         "ALTER TABLE t ALTER COLUMN a SET DEFAULT lo_creat(-1)",
