@@ -253,20 +253,13 @@ impl RowCount {
     /// A measurement found `rows` (`exact` = counted to the end). Returns
     /// the crossing, if any.
     pub fn finish_measurement(&self, rows: i64, exact: bool, limit: u64) -> Option<Crossing> {
-        let mut state = self.lock();
-        let during = std::mem::take(&mut state.delta_during);
-        state.measuring = false;
         // Transactions that committed while counting may or may not be in
         // the count: adding them errs toward over-counting, and they left
         // the tenant dirty, so the next measurement settles it.
-        state.rows = Some(rows.saturating_add(during));
-        state.exact = exact;
-        state.unmeasured_since = 0;
-        state.failure = None;
-        drop(state);
-        self.measured_at.store(unix_now(), Ordering::Relaxed);
-        self.busy.store(false, Ordering::Release);
-        crossed(&mut self.lock(), limit)
+        self.finish(rows, limit, |state, measured| {
+            state.rows = Some(measured);
+            state.exact = exact;
+        })
     }
 
     /// [`Self::finish_measurement`] for a measurement that found temporary
@@ -276,13 +269,25 @@ impl RowCount {
     /// again each interval until the temporary tables are gone. Rows the
     /// tags counted into a temporary table thus stay counted.
     pub fn finish_estimate(&self, rows: i64, limit: u64) -> Option<Crossing> {
+        self.finish(rows, limit, |state, measured| {
+            state.rows = Some(state.rows.map_or(measured, |before| before.max(measured)));
+            state.exact = false;
+            state.dirty = true;
+        })
+    }
+
+    /// Ends a measurement of `rows` (plus what committed meanwhile), as
+    /// `apply` takes it into the figure.
+    fn finish(
+        &self,
+        rows: i64,
+        limit: u64,
+        apply: impl FnOnce(&mut RowState, i64),
+    ) -> Option<Crossing> {
         let mut state = self.lock();
         let during = std::mem::take(&mut state.delta_during);
         state.measuring = false;
-        let measured = rows.saturating_add(during);
-        state.rows = Some(state.rows.map_or(measured, |before| before.max(measured)));
-        state.exact = false;
-        state.dirty = true;
+        apply(&mut state, rows.saturating_add(during));
         state.unmeasured_since = 0;
         state.failure = None;
         drop(state);
