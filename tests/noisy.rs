@@ -187,3 +187,63 @@ async fn a_tier_without_a_limit_is_not_cancelled() {
     });
     assert_eq!(done.as_deref(), Some("done"));
 }
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(((body.len() + 4) as u32).to_be_bytes());
+    out.extend(body);
+    out
+}
+
+/// The extended protocol's Execute flushed without a Sync still runs on
+/// the cluster, and is timed: no ReadyForQuery is owed yet, but work is.
+#[tokio::test]
+async fn an_execute_flushed_without_a_sync_is_timed_too() {
+    let t = common::trust_tenant("flushonly");
+    let proxy = common::start_proxy_with(
+        "",
+        &format!("[tenants.{}]\nstatement_timeout = \"1s\"\n", t.db),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
+    let mut batch = frame(b'P', b"\0select pg_sleep(10)\0\0\0");
+    batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'H', b""));
+    let started = Instant::now();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &batch)
+        .await
+        .unwrap();
+    let error = loop {
+        let (tag, body) = common::read_message(&mut s).await;
+        if tag == b'E' {
+            break body;
+        }
+        assert!(matches!(tag, b'1' | b'2'), "unexpected {}", tag as char);
+    };
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&error);
+    assert!(text.contains("C57014\0"), "{text}");
+    assert!(text.contains(TIER_MESSAGE), "{text}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // The Sync that ends the request, then the session goes on.
+    tokio::io::AsyncWriteExt::write_all(&mut s, &frame(b'S', b""))
+        .await
+        .unwrap();
+    assert_eq!(common::read_message(&mut s).await, (b'Z', b"I".to_vec()));
+    tokio::io::AsyncWriteExt::write_all(&mut s, &frame(b'Q', b"select 7\0"))
+        .await
+        .unwrap();
+    let mut row = None;
+    loop {
+        let (tag, body) = common::read_message(&mut s).await;
+        match tag {
+            b'D' => row = Some(body),
+            b'Z' => break,
+            b'E' => panic!("{}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    assert!(row.is_some_and(|r| r.ends_with(b"7")));
+}
