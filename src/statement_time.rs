@@ -156,7 +156,7 @@ async fn send_cancel(
 /// The 57014 the client gets instead of the cluster's "canceling statement
 /// due to user request", for a request the proxy cancelled.
 pub fn timeout_error(tier: &str, limit_ms: u64) -> ErrorFields {
-    let limit = if limit_ms % 1000 == 0 {
+    let limit = if limit_ms.is_multiple_of(1000) {
         format!("{} s", limit_ms / 1000)
     } else {
         format!("{limit_ms} ms")
@@ -296,5 +296,25 @@ impl<H: Hook> Hook for ClusterSide<H> {
             Some(error) => Verdict::Replace(error.to_bytes()),
             None => verdict,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_names_the_tier_and_its_limit() {
+        let error = timeout_error("free", 30_000);
+        let text = error.to_string();
+        assert!(
+            text.contains(
+                "canceling statement due to statement timeout: the free tier allows 30 s"
+            ),
+            "{text}"
+        );
+        assert!(timeout_error("hobby", 1500)
+            .to_string()
+            .contains("the hobby tier allows 1500 ms"));
     }
 }

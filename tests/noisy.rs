@@ -24,6 +24,10 @@ async fn one_second_tenant(prefix: &str) -> (common::TestProxy, String, String, 
 
 /// Runs `sql` and expects the proxy's 57014 after about the limit (1 s).
 async fn cancelled_by_the_tier(client: &tokio_postgres::Client, sql: &str) {
+    cancelled_with(client, sql, TIER_MESSAGE).await
+}
+
+async fn cancelled_with(client: &tokio_postgres::Client, sql: &str, message: &str) {
     let started = Instant::now();
     let err = client
         .simple_query(sql)
@@ -31,7 +35,7 @@ async fn cancelled_by_the_tier(client: &tokio_postgres::Client, sql: &str) {
         .expect_err("the runaway statement is cancelled");
     let took = started.elapsed();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
-    assert_eq!(common::message(&err), TIER_MESSAGE);
+    assert_eq!(common::message(&err), message);
     let hint = err.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
     assert!(hint.contains("upgrade"), "hint: {hint}");
     assert!(
@@ -246,4 +250,46 @@ async fn an_execute_flushed_without_a_sync_is_timed_too() {
         }
     }
     assert!(row.is_some_and(|r| r.ends_with(b"7")));
+}
+
+/// A reload that sets, then lifts, a tenant's limit applies to its running
+/// session at the next sweep.
+#[tokio::test]
+async fn a_reload_changes_the_limit_of_running_sessions() {
+    let t = common::scram_tenant("reloadst");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let write = |keys: &str| {
+        let tables = format!("[tenants.{}]\ntier = \"standard\"\n{keys}", t.db);
+        std::fs::write(&path, common::config_text("", "prefer", &tables)).unwrap();
+    };
+    write("");
+    let proxy = common::start_proxy_from(&std::fs::read_to_string(&path).unwrap()).await;
+    proxy.handle.set_config_path(&path);
+    let (client, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    let reload = || {
+        let shared = proxy.handle.shared().clone();
+        async move {
+            tokio::task::spawn_blocking(move || shared.reload())
+                .await
+                .unwrap()
+                .expect("reload");
+        }
+    };
+    write("statement_timeout = \"1s\"\n");
+    reload().await;
+    cancelled_with(
+        &client,
+        "select pg_sleep(10)",
+        "canceling statement due to statement timeout: the standard tier allows 1 s",
+    )
+    .await;
+    write("statement_timeout = \"0s\"\n");
+    reload().await;
+    client
+        .simple_query("select pg_sleep(1.5)")
+        .await
+        .expect("no limit any more");
 }
