@@ -541,6 +541,9 @@ impl Session {
         // The client has gone; its cluster connection, reset, waits for
         // the next login of the same database, role and parameters.
         if let (Some(mut stream), Some(keep)) = (cluster, keep) {
+            // A cancel of the proxy's still in flight could otherwise land
+            // on the next client's statement (see `crate::statement_time`).
+            registration.control.statement.cancel_settled().await;
             if pool::reset(&mut stream).await {
                 let config = shared.config();
                 shared.warm.put(
