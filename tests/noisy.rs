@@ -293,3 +293,36 @@ async fn a_reload_changes_the_limit_of_running_sessions() {
         .await
         .expect("no limit any more");
 }
+
+/// PostgreSQL signals a backend twice for one cancel (the process, then
+/// its group); were the client's next statement let through before the
+/// cluster closed the cancel connection, the second signal could cancel
+/// it. Round after round, the statement sent right after the proxy's
+/// 57014 runs to its end.
+#[tokio::test]
+async fn the_proxys_cancel_never_hits_the_next_statement() {
+    let t = common::scram_tenant("nexthit");
+    let proxy = common::start_proxy(&format!(
+        "[tenants.{}]\nstatement_timeout = \"300ms\"\n",
+        t.db
+    ))
+    .await;
+    let (client, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
+        .await
+        .unwrap();
+    for round in 0..30 {
+        let err = client
+            .simple_query("select pg_sleep(10)")
+            .await
+            .expect_err("cancelled");
+        assert_eq!(
+            common::message(&err),
+            "canceling statement due to statement timeout: the free tier allows 300 ms",
+            "round {round}"
+        );
+        client
+            .simple_query("select pg_sleep(0.05)")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the next statement was hit: {e}"));
+    }
+}
