@@ -5,7 +5,7 @@
 //! The pump owns its session; everything here is atomics written with
 //! relaxed stores on the hot path and read by the rare outside observer.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -121,9 +121,9 @@ pub struct StatementClock {
     pub(crate) limit_ms: AtomicU64,
     /// The cluster's own cancel key for this session's backend.
     pub(crate) cluster_key: OnceLock<CancelKey>,
-    /// A cancel of the proxy's is on its way and not yet acted on.
-    pub(crate) in_flight: AtomicBool,
-    /// Woken when `in_flight` falls.
+    /// Cancels of the proxy's on their way and not yet acted on.
+    pub(crate) in_flight: AtomicU32,
+    /// Woken when one of them has been acted on.
     pub(crate) settled: Notify,
 }
 
@@ -136,7 +136,7 @@ impl StatementClock {
     /// landed. One relaxed load per batch when no cancel is in flight.
     #[inline]
     pub fn cancel_in_flight(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
     /// Resolves once no cancel of the proxy's is in flight. Cancel-safe.
@@ -145,7 +145,7 @@ impl StatementClock {
             let notified = self.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.in_flight.load(Ordering::Acquire) {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;

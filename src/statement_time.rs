@@ -103,10 +103,10 @@ pub fn check(shared: &Shared, session: &Arc<SessionControl>, limit: Duration, no
     let config = shared.config();
     let tls = shared.cluster_tls();
     let session = Arc::clone(session);
-    clock.in_flight.store(true, Ordering::Release);
+    clock.in_flight.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         let sent = send_cancel(&config.cluster, &tls, &key, &session, index).await;
-        session.statement.in_flight.store(false, Ordering::Release);
+        session.statement.in_flight.fetch_sub(1, Ordering::AcqRel);
         session.statement.settled.notify_waiters();
         tracing::info!(
             session = session.id,
