@@ -243,6 +243,11 @@ pub struct TierConfig {
     /// `idle_timeout` applies when absent.
     #[serde(default, with = "humantime_serde::option")]
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// How long one request may run on the cluster before the proxy
+    /// cancels it (57014). The tenant's own `SET statement_timeout` works
+    /// below it and cannot lift it; see `crate::statement_time`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub statement_timeout: Option<Duration>,
     /// Rows a tenant's tables may hold together; above it, statements that
     /// add rows are refused (53400). Needs `[quota]`.
     pub row_limit: Option<u64>,
@@ -260,6 +265,7 @@ impl TierConfig {
             idle_in_transaction_timeout: self
                 .idle_in_transaction_timeout
                 .or(base.idle_in_transaction_timeout),
+            statement_timeout: self.statement_timeout.or(base.statement_timeout),
             row_limit: self.row_limit.or(base.row_limit),
             deny: self.deny.clone().or_else(|| base.deny.clone()),
         }
@@ -276,6 +282,8 @@ pub struct TenantConfig {
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     pub idle_in_transaction_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub statement_timeout: Option<Duration>,
     pub row_limit: Option<u64>,
     pub deny: Option<Vec<String>>,
 }
@@ -287,6 +295,7 @@ impl TenantConfig {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
             idle_in_transaction_timeout: self.idle_in_transaction_timeout,
+            statement_timeout: self.statement_timeout,
             row_limit: self.row_limit,
             deny: self.deny.clone(),
         }
@@ -470,6 +479,11 @@ pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
                 max_connections: Some(2),
                 idle_timeout: Some(Duration::from_secs(300)),
                 idle_in_transaction_timeout: None,
+                // A migration of 10,000 rows (CREATE INDEX, a rewriting
+                // ALTER TABLE, an UPDATE of every row) takes well under a
+                // second; 30 s caps a runaway at 30 s of one core. See the
+                // README's "Statement timeout".
+                statement_timeout: Some(Duration::from_secs(30)),
                 row_limit: Some(10_000),
                 deny: Some(
                     DenyKind::ALL
@@ -485,6 +499,7 @@ pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
                 max_connections: Some(0),
                 idle_timeout: Some(Duration::ZERO),
                 idle_in_transaction_timeout: None,
+                statement_timeout: Some(Duration::ZERO),
                 row_limit: Some(0),
                 deny: Some(Vec::new()),
             },
@@ -538,6 +553,8 @@ pub struct Limits {
     /// Zero = never.
     pub idle_timeout: Duration,
     pub idle_in_transaction_timeout: Duration,
+    /// Zero = none.
+    pub statement_timeout: Duration,
     /// 0 = unlimited.
     pub row_limit: u64,
     pub deny: DenySet,
@@ -737,6 +754,7 @@ impl Config {
             max_connections: merged.max_connections.unwrap_or(0),
             idle_timeout,
             idle_in_transaction_timeout: merged.idle_in_transaction_timeout.unwrap_or(idle_timeout),
+            statement_timeout: merged.statement_timeout.unwrap_or_default(),
             row_limit: merged.row_limit.unwrap_or(0),
             // Validation checked the names.
             deny: merged
@@ -911,6 +929,32 @@ mod tests {
         assert!(err.contains("at most 63 bytes"), "{err}");
         let exact = "d".repeat(63);
         Config::from_toml_str(&format!("{BASE}\n[tenants.{exact}]\ntier = \"free\"\n")).unwrap();
+    }
+
+    #[test]
+    fn statement_timeout_is_a_tier_key_with_a_free_default() {
+        let config = Config::from_toml_str(&format!(
+            "{BASE}\n[tiers.free]\nmax_connections = 3\n[tenants.quick]\nstatement_timeout = \"1500ms\"\n\
+             [tenants.paid]\ntier = \"standard\"\n[tenants.off]\nstatement_timeout = \"0s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.limits_for("someone").statement_timeout,
+            Duration::from_secs(30),
+            "the built-in free tier's, kept under a [tiers.free] table"
+        );
+        assert_eq!(
+            config.limits_for("quick").statement_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(config.limits_for("paid").statement_timeout, Duration::ZERO);
+        assert_eq!(config.limits_for("off").statement_timeout, Duration::ZERO);
+        let err = Config::from_toml_str(&format!(
+            "{BASE}\n[tiers.free]\nstatement_timeout = \"soon\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("statement_timeout"), "{err}");
     }
 
     #[test]

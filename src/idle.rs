@@ -1,4 +1,5 @@
-//! The idle-session timeout.
+//! The idle-session timeout, and the sweep that also watches busy
+//! sessions' statement clocks (`crate::statement_time`).
 //!
 //! Sessions only store a timestamp when they become idle (see
 //! [`SessionControl::note_ready`]); one sweeper task walks all sessions a few
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::sessions::{clock_ms, KillReason, TxStatus};
 use crate::shared::Shared;
 use crate::shutdown::Stage;
+use crate::statement_time;
 use crate::tenants::Tenant;
 
 /// How often sessions are checked; the timeout is honoured to within this.
@@ -43,18 +45,25 @@ pub fn sweep_once(shared: &Shared) -> usize {
     // Limits per tenant, looked up once per pass. Sessions of one tenant
     // share its `Arc<Tenant>`, so its address is the key: no allocation per
     // session per tick.
-    let mut limits: HashMap<*const Tenant, (Duration, Duration)> = HashMap::new();
+    let mut limits: HashMap<*const Tenant, (Duration, Duration, Duration)> = HashMap::new();
     let mut expired = 0;
     shared.sessions.for_each(|session| {
+        let (idle, in_tx, statement) =
+            *limits
+                .entry(Arc::as_ptr(&session.tenant))
+                .or_insert_with(|| {
+                    let l = config.limits_for(session.tenant.name());
+                    (
+                        l.idle_timeout,
+                        l.idle_in_transaction_timeout,
+                        l.statement_timeout,
+                    )
+                });
         let Some(idle_for) = session.idle_for(now) else {
+            // Busy: the tier's statement_timeout is watched on the same walk.
+            statement_time::check(shared, session, statement, now);
             return;
         };
-        let (idle, in_tx) = *limits
-            .entry(Arc::as_ptr(&session.tenant))
-            .or_insert_with(|| {
-                let l = config.limits_for(session.tenant.name());
-                (l.idle_timeout, l.idle_in_transaction_timeout)
-            });
         let limit = match session.tx_status() {
             TxStatus::Idle => idle,
             TxStatus::InTransaction | TxStatus::Failed => in_tx,

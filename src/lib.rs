@@ -38,6 +38,7 @@ pub mod shared;
 pub mod shutdown;
 pub mod startup;
 pub mod state;
+pub mod statement_time;
 pub mod stream;
 pub mod tenants;
 pub mod tls;

@@ -424,6 +424,11 @@ async fn client_to_cluster(
         control.note_batch(requests.count, ping::work_in_batch(&mut pings, &scanner));
         let walked = scanner.walked();
         if walked > 0 {
+            if control.statement.cancel_in_flight() {
+                // The proxy's own cancel lands before the client's next
+                // bytes can be hit by it (see `crate::statement_time`).
+                control.statement.cancel_settled().await;
+            }
             control.tenant.note_from_client(walked, requests.count);
             if let (Some((start, len)), true) = (requests.terminate, keep_cluster) {
                 // The cluster connection may be kept for another client:

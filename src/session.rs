@@ -25,7 +25,7 @@ use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::startup::{self, HandshakeError, Opening};
 use crate::stream::Stream;
-use crate::{cancel, cluster, pump};
+use crate::{cancel, cluster, pump, statement_time};
 
 /// How long the proxy's own last words to a client may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -462,9 +462,21 @@ impl Session {
             tenant.rows.want_measurement();
             shared.audits.request(&tenant);
         }
-        let (mut to_cluster, mut to_client) = gate::gates(&shared, &tenant, &logged_in.greeting);
+        let (to_cluster, to_client) = gate::gates(&shared, &tenant, &logged_in.greeting);
         let registration = shared.sessions.register(Arc::clone(&tenant));
         let control = &registration.control;
+        // The tier's statement_timeout: the key to cancel with, and the
+        // clock's watch on each direction.
+        if let Some(key) = logged_in
+            .cancel
+            .as_ref()
+            .and_then(|c| shared.cancel_keys.lookup(&c.client_key))
+        {
+            let _ = control.statement.cluster_key.set(key);
+        }
+        let mut to_cluster = statement_time::ClientSide::new(to_cluster, Arc::clone(control));
+        let mut to_client =
+            statement_time::ClusterSide::new(to_client, Arc::clone(control), Arc::clone(&shared));
         span.record("id", control.id);
         let entered = span.enter();
         // A session that finished logging in after shutdown's grace ran out
@@ -529,6 +541,9 @@ impl Session {
         // The client has gone; its cluster connection, reset, waits for
         // the next login of the same database, role and parameters.
         if let (Some(mut stream), Some(keep)) = (cluster, keep) {
+            // A cancel of the proxy's still in flight could otherwise land
+            // on the next client's statement (see `crate::statement_time`).
+            registration.control.statement.cancel_settled().await;
             if pool::reset(&mut stream).await {
                 let config = shared.config();
                 shared.warm.put(

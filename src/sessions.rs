@@ -5,7 +5,7 @@
 //! The pump owns its session; everything here is atomics written with
 //! relaxed stores on the hot path and read by the rare outside observer.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use atomic_waker::AtomicWaker;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
+use crate::protocol::startup::CancelKey;
 use crate::tenants::Tenant;
 
 /// Why the proxy ended a session on its own initiative.
@@ -95,6 +96,61 @@ pub struct SessionControl {
     tx_status: AtomicU8,
     /// True once a proxy-initiated end has been announced to the client.
     announced: AtomicBool,
+    /// The statement clock (see `crate::statement_time`).
+    pub statement: StatementClock,
+}
+
+/// When the request the cluster is working on began, for the tier's
+/// `statement_timeout` (see `crate::statement_time`, which owns the
+/// rules). Written by the session's two pump tasks with one store at the
+/// start of a request, read by the sweeper.
+#[derive(Debug, Default)]
+pub struct StatementClock {
+    /// [`clock_ms`] when the oldest unanswered request began running on the
+    /// cluster: when it was sent if nothing was outstanding, else when the
+    /// request before it was answered.
+    pub(crate) since: AtomicU64,
+    /// The ReadyForQuery index (counted like `readies`) of a request whose
+    /// COPY FROM STDIN waits on the client: not counted until the client
+    /// ends its data (or the request is answered).
+    pub(crate) copy_in: AtomicU64,
+    /// The ReadyForQuery index of the request the proxy cancelled (0:
+    /// none): its 57014 is the proxy's, rewritten on the way back.
+    pub(crate) cancelled: AtomicU64,
+    /// The limit (ms) that request was cancelled at, for the message.
+    pub(crate) limit_ms: AtomicU64,
+    /// The cluster's own cancel key for this session's backend.
+    pub(crate) cluster_key: OnceLock<CancelKey>,
+    /// Cancels of the proxy's on their way and not yet acted on.
+    pub(crate) in_flight: AtomicU32,
+    /// Woken when one of them has been acted on.
+    pub(crate) settled: Notify,
+}
+
+impl StatementClock {
+    /// Whether the client's next bytes must wait for the proxy's cancel.
+    /// PostgreSQL's cancel may signal the backend twice (the process and
+    /// its group, not atomically), and a signal landing after the
+    /// cancelled statement's error would cancel whatever the client sends
+    /// next; once the cluster has closed the cancel connection, both have
+    /// landed. One relaxed load per batch when no cancel is in flight.
+    #[inline]
+    pub fn cancel_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves once no cancel of the proxy's is in flight. Cancel-safe.
+    pub async fn cancel_settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl SessionControl {
@@ -111,6 +167,7 @@ impl SessionControl {
             idle_since: AtomicU64::new(clock_ms()),
             tx_status: AtomicU8::new(b'I'),
             announced: AtomicBool::new(false),
+            statement: StatementClock::default(),
         }
     }
 
@@ -160,15 +217,28 @@ impl SessionControl {
     /// keeps the session busy until the ReadyForQuery that answers it: the
     /// last of the requests sent so far, or the next one when none is
     /// outstanding (an Execute waiting for its Sync).
+    ///
+    /// A batch that finds nothing outstanding starts the statement clock.
+    /// The request count is raised before `readies` is read here, and
+    /// `readies` raised before the count is read in [`note_ready`]
+    /// (sequentially consistent, both): of a batch and an answer that
+    /// cross, at least one sees the other and starts the clock.
+    ///
+    /// [`note_ready`]: Self::note_ready
     #[inline]
     pub fn note_batch(&self, n: u64, work: bool) {
-        let requests = if n > 0 {
-            self.requests.fetch_add(n, Ordering::Relaxed) + n
+        let before = if n > 0 {
+            self.requests.fetch_add(n, Ordering::SeqCst)
         } else if work {
             self.requests.load(Ordering::Relaxed)
         } else {
             return;
         };
+        let requests = before + n;
+        let readies = self.readies.load(Ordering::SeqCst);
+        if readies >= before && readies >= self.work_mark.load(Ordering::Relaxed) {
+            self.statement.since.store(clock_ms(), Ordering::Relaxed);
+        }
         if work {
             let mark = if n == 0 && self.readies.load(Ordering::Relaxed) >= requests {
                 requests + 1
@@ -185,11 +255,35 @@ impl SessionControl {
     #[inline]
     pub fn note_ready(&self, n: u64, status: u8) {
         self.tx_status.store(status, Ordering::Relaxed);
-        let before = self.readies.fetch_add(n, Ordering::Relaxed);
+        let before = self.readies.fetch_add(n, Ordering::SeqCst);
         let mark = self.work_mark.load(Ordering::Relaxed);
-        if before < mark && before + n >= mark {
-            self.idle_since.store(clock_ms(), Ordering::Relaxed);
+        let after = before + n;
+        let ends_work = before < mark && after >= mark;
+        // A request pipelined behind these starts running now.
+        let next_runs = after < self.requests.load(Ordering::SeqCst) || after < mark;
+        if ends_work || next_runs {
+            let now = clock_ms();
+            if ends_work {
+                self.idle_since.store(now, Ordering::Relaxed);
+            }
+            if next_runs {
+                self.statement.since.store(now, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// ReadyForQuery messages that reached the client.
+    pub fn readies(&self) -> u64 {
+        self.readies.load(Ordering::SeqCst)
+    }
+
+    /// Whether the request answered by ReadyForQuery number `index` is
+    /// still outstanding: everything before it answered, it not yet.
+    pub fn outstanding(&self, index: u64) -> bool {
+        let readies = self.readies.load(Ordering::SeqCst);
+        readies + 1 == index
+            && (readies < self.requests.load(Ordering::SeqCst)
+                || readies < self.work_mark.load(Ordering::Relaxed))
     }
 
     pub fn tx_status(&self) -> TxStatus {
@@ -376,6 +470,36 @@ mod tests {
         s.note_batch(0, true);
         s.note_ready(1, b'I');
         assert!(s.idle_for(clock_ms()).is_some());
+    }
+
+    /// The statement clock starts when a request reaches a cluster that
+    /// owes nothing, or when the request before it is answered.
+    #[test]
+    fn the_statement_clock_times_each_request_from_its_own_start() {
+        let t = Tenants::default().get_or_insert("t");
+        let s = SessionControl::new(1, t);
+        let since = || s.statement.since.load(Ordering::Relaxed);
+        s.note_batch(1, true);
+        let first = since();
+        assert!(first > 0);
+        assert!(s.outstanding(1) && !s.outstanding(2));
+        std::thread::sleep(Duration::from_millis(3));
+        // Pipelined behind it: still the first one's clock.
+        s.note_batch(1, true);
+        assert_eq!(since(), first);
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_ready(1, b'I');
+        let second = since();
+        assert!(second > first, "the second runs from the first's answer");
+        assert!(s.outstanding(2) && !s.outstanding(1));
+        s.note_ready(1, b'I');
+        assert!(!s.outstanding(3));
+        assert_eq!(since(), second, "nothing runs: the clock is left alone");
+        // An Execute flushed without a Sync runs too.
+        std::thread::sleep(Duration::from_millis(3));
+        s.note_batch(0, true);
+        assert!(since() > second);
+        assert!(s.outstanding(3));
     }
 
     #[tokio::test]

@@ -43,3 +43,5 @@ pub const INVALID_CATALOG_NAME: &str = "3D000";
 /// A name the proxy reserves for itself (the refusal markers), as
 /// PostgreSQL answers names it reserves (`pg_` roles, …).
 pub const RESERVED_NAME: &str = "42939";
+/// `query_canceled`: a statement cancelled (a cancel request, a timeout).
+pub const QUERY_CANCELED: &str = "57014";
