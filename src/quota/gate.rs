@@ -4,9 +4,11 @@
 //!
 //! A refusal never desynchronises client and cluster. The refused message
 //! is not dropped but *replaced* by one the cluster itself will fail with a
-//! recognisable marker: a simple Query by `EXECUTE "pgtier_refused_…"`, an
-//! extended-protocol Parse or Execute by an Execute of the portal
-//! `pgtier_refused_…`. The cluster then does what PostgreSQL does for any
+//! recognisable marker: a simple Query or a FunctionCall by `EXECUTE
+//! "pgtier_refused_<128 random bits>"`, an extended-protocol Parse or
+//! Execute by an Execute of a portal of that name, drawn afresh for each
+//! refusal so that no tenant can predict or claim it (client names with the
+//! prefix are refused). The cluster then does what PostgreSQL does for any
 //! error: rolls back the implicit transaction or aborts the explicit one
 //! (the next statement gets `25P02`), skips to the next Sync, and answers
 //! ReadyForQuery with the right status. On the way back, the cluster's
@@ -15,6 +17,10 @@
 //! Sync after an earlier error, exactly when PostgreSQL would not have run
 //! the refused statement either), nothing is swapped and the client sees
 //! what PostgreSQL would have shown.
+//!
+//! Which prepared statements and portals add rows is kept as the cluster
+//! confirms it ([`crate::quota::prepared`]); statement text and names are
+//! read in the session's client encoding ([`crate::quota::encoding`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
