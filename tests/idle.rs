@@ -480,14 +480,17 @@ async fn a_session_that_only_pings_is_idle() {
         let mut s = tls_session(addr, &worker).await;
         tokio::spawn(async move {
             let start = Instant::now();
+            let mut last_work = start;
             while start.elapsed() < Duration::from_millis(2500) {
                 use tokio::io::AsyncWriteExt;
                 s.write_all(&query_frame("select 1")).await.unwrap();
                 s.flush().await.unwrap();
                 answered(&mut s).await.expect("real work keeps the session");
+                // The idle clock starts at the ReadyForQuery just read, not
+                // after the pause below.
+                last_work = Instant::now();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let last_work = Instant::now();
             let (code, at) = ping_until_closed(&mut s, &ping_frames("sync")).await;
             (code, at.duration_since(last_work))
         })
