@@ -686,8 +686,12 @@ async fn the_demo_prints_urls_that_work_and_a_free_tier_that_holds() {
         "{refused}"
     );
     let message = common::message(&refused);
+    // Exact from the tags, or a lower bound when a measurement that stops
+    // counting past the limit overlapped the INSERT.
     assert!(
-        message.starts_with("row limit exceeded: database \"hobby\" holds 20,0")
+        (message.starts_with("row limit exceeded: database \"hobby\" holds 20,0")
+            || message
+                .starts_with("row limit exceeded: database \"hobby\" holds more than 10,000"))
             && message.ends_with("rows; the free tier allows 10,000"),
         "{message}"
     );
