@@ -448,7 +448,7 @@ impl ClientGate {
         // a reserved name is refused at its Execute instead.
         let statement = self.name(statement);
         let portal = self.name(portal);
-        let adds_rows = self.statement_adds_rows(&statement, self.requests + 1);
+        let adds_rows = self.name_adds_rows(Space::Statement, &statement, self.requests + 1);
         let mut names = self.link.names();
         let change = Change::Define(portal.as_ref().into(), adds_rows);
         names.sent(
@@ -476,11 +476,7 @@ impl ClientGate {
             return Verdict::Forward;
         }
         let portal = self.name(portal);
-        let adds_rows = !self.name_trusted(&portal)
-            || self
-                .link
-                .names()
-                .adds_rows(Space::Portal, &portal, self.requests + 1);
+        let adds_rows = self.name_adds_rows(Space::Portal, &portal, self.requests + 1);
         match adds_rows.then(|| self.over_limit()).flatten() {
             Some(refusal) => self.refuse(refusal, "", Shape::Extended),
             None => Verdict::Forward,
@@ -614,15 +610,24 @@ impl ClientGate {
     /// Whether a statement's SQL `EXECUTE`s a prepared statement that adds
     /// rows: as the cluster has it, or as the same text prepares it.
     fn executes_rows(&self, statement: &Classification) -> bool {
-        if statement.executes.is_empty() {
-            return false;
-        }
-        statement.executes.iter().any(|name| {
-            self.statement_adds_rows(name, self.requests)
-                || statement
-                    .prepares
+        self.runs_rows(Space::Statement, &statement.executes, &statement.prepares)
+    }
+
+    /// Whether a statement's SQL `FETCH`/`MOVE` runs a portal that adds
+    /// rows: a cursor declared (here or in the same text) or a portal the
+    /// extended protocol bound.
+    fn fetches_rows(&self, statement: &Classification) -> bool {
+        self.runs_rows(Space::Portal, &statement.fetches, &statement.cursors)
+    }
+
+    /// Whether running any of `names` (in `space`) from the statement being
+    /// handled may add rows: as tracked, or as the same text `defines` it.
+    fn runs_rows(&self, space: Space, names: &[String], defines: &[(String, bool)]) -> bool {
+        names.iter().any(|name| {
+            self.name_adds_rows(space, name, self.requests)
+                || defines
                     .iter()
-                    .any(|(prepared, adds_rows)| prepared == name && *adds_rows)
+                    .any(|(defined, adds_rows)| defined == name && *adds_rows)
         })
     }
 
@@ -638,29 +643,11 @@ impl ClientGate {
         }
     }
 
-    /// Whether a statement's SQL `FETCH`/`MOVE` runs a portal that adds
-    /// rows: a cursor declared (here or in the same text) or a portal the
-    /// extended protocol bound.
-    fn fetches_rows(&self, statement: &Classification) -> bool {
-        if statement.fetches.is_empty() {
-            return false;
-        }
-        let names = self.link.names();
-        statement.fetches.iter().any(|name| {
-            !self.name_trusted(name)
-                || names.adds_rows(Space::Portal, name, self.requests)
-                || statement
-                    .cursors
-                    .iter()
-                    .any(|(declared, adds_rows)| declared == name && *adds_rows)
-        })
-    }
-
-    /// Whether executing the prepared statement `name` by a message of
-    /// `request` may add rows. A name the session cannot be sure it read
-    /// as the cluster stores it counts as adding rows.
-    fn statement_adds_rows(&self, name: &str, request: u64) -> bool {
-        !self.name_trusted(name) || self.link.names().adds_rows(Space::Statement, name, request)
+    /// Whether executing `name` (a prepared statement or portal) by a
+    /// message of `request` may add rows. A name the session cannot be sure
+    /// it read as the cluster stores it counts as adding rows.
+    fn name_adds_rows(&self, space: Space, name: &str, request: u64) -> bool {
+        !self.name_trusted(name) || self.link.names().adds_rows(space, name, request)
     }
 
     /// The tenant's figure, if it is over its limit.
