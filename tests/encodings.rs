@@ -181,15 +181,7 @@ fn hide(prefix: &[u8], tail: &[u8], suffix: &[u8]) -> Vec<u8> {
 /// many sessions these tests open.
 async fn over_limit_tenant(prefix: &str) -> (common::TestProxy, common::Tenant) {
     let t = scram_tenant(prefix);
-    cluster()
-        .psql(
-            &t.db,
-            &format!(
-                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 20); ALTER TABLE t OWNER TO {}",
-                t.user
-            ),
-        )
-        .unwrap();
+    common::table_of_rows(&t, 20);
     let proxy = start_proxy_with(
         "",
         &format!(

@@ -30,16 +30,7 @@ async fn tenant_with_rows(
     quota: &str,
 ) -> (common::Tenant, common::TestProxy) {
     let t = common::trust_tenant(prefix);
-    cluster()
-        .psql(
-            &t.db,
-            &format!(
-                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, {rows});
-                 ALTER TABLE t OWNER TO {}",
-                t.user
-            ),
-        )
-        .unwrap();
+    common::table_of_rows(&t, rows);
     let tables = format!("{quota}[tenants.{}]\nrow_limit = {limit}\n", t.db);
     (t, start_proxy_with("", &tables).await)
 }
@@ -65,15 +56,9 @@ async fn wait_over(proxy: &common::TestProxy, db: &str, limit: u64, over: bool, 
 async fn over_limit(prefix: &str) -> (common::Tenant, common::TestProxy) {
     let (t, proxy) = tenant_with_rows(prefix, 20, LIMIT, &quota_table("1s")).await;
     // The first login asks for the first measurement.
-    let _first = raw_login(&proxy, &t).await;
+    let _first = common::raw_session(&proxy, &t).await;
     wait_over(&proxy, &t.db, LIMIT, true, 5).await;
     (t, proxy)
-}
-
-async fn raw_login(proxy: &common::TestProxy, t: &common::Tenant) -> TcpStream {
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
-    s
 }
 
 /// What the cluster (through the proxy) answered up to `readies`
@@ -131,7 +116,7 @@ fn rows_of_t(t: &common::Tenant) -> String {
 #[tokio::test]
 async fn a_refusal_marker_can_be_neither_predicted_nor_claimed() {
     let (t, proxy) = over_limit("esc_marker").await;
-    let mut a = raw_login(&proxy, &t).await;
+    let mut a = common::raw_session(&proxy, &t).await;
     let pid = send(&mut a, &query("SELECT pg_backend_pid()"), 1)
         .await
         .rows[0]
@@ -140,7 +125,7 @@ async fn a_refusal_marker_can_be_neither_predicted_nor_claimed() {
     let refused = send(&mut a, &query("INSERT INTO t VALUES (0)"), 1).await;
     assert_eq!(refused.errors, ["53400"]);
     // The marker the refusal ran, as the tenant's other session sees it.
-    let mut b = raw_login(&proxy, &t).await;
+    let mut b = common::raw_session(&proxy, &t).await;
     let seen = send(
         &mut b,
         &query(&format!(
@@ -190,7 +175,7 @@ async fn a_refusal_marker_can_be_neither_predicted_nor_claimed() {
 #[tokio::test]
 async fn prepared_statements_follow_what_the_cluster_confirmed() {
     let (t, proxy) = over_limit("esc_prepared").await;
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     let insert = "INSERT INTO t VALUES (0)";
 
     // DEALLOCATE then PREPARE in one query: applied in the cluster's order.
@@ -274,7 +259,7 @@ const LOREAD: u32 = 954;
 #[tokio::test]
 async fn a_function_call_that_may_add_rows_is_refused_over_the_limit() {
     let (t, proxy) = over_limit("esc_fastpath").await;
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
 
     let answer = send(&mut s, &function_call(LO_CREAT, &[0x20000]), 1).await;
     assert_eq!(answer.errors, ["53400"], "lo_creat: {answer:?}");
@@ -330,7 +315,7 @@ async fn error_message(s: &mut TcpStream, bytes: &[u8]) -> (String, String) {
 #[tokio::test]
 async fn large_objects_count_and_cannot_be_created_over_the_limit() {
     let (t, proxy) = tenant_with_rows("esc_lo", 5, LIMIT, &quota_table("1s")).await;
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     wait_over(&proxy, &t.db, LIMIT, false, 5).await;
     // 10,000 bytes: one object and five 2 KiB pages; the INSERT makes the
     // tenant due for its next measurement.
@@ -358,7 +343,7 @@ async fn large_objects_count_and_cannot_be_created_over_the_limit() {
 #[tokio::test]
 async fn rows_in_a_temporary_table_stay_counted_while_its_session_lives() {
     let (t, proxy) = tenant_with_rows("esc_temp", 0, 100, &quota_table("1s")).await;
-    let mut holder = raw_login(&proxy, &t).await;
+    let mut holder = common::raw_session(&proxy, &t).await;
     let made = send(
         &mut holder,
         &query("CREATE TEMP TABLE tt (n int); INSERT INTO tt SELECT generate_series(1, 150)"),
@@ -379,7 +364,7 @@ async fn rows_in_a_temporary_table_stay_counted_while_its_session_lives() {
             .is_some_and(|t| t.rows.measured_at() >= rows + 2)
     })
     .await;
-    let mut other = raw_login(&proxy, &t).await;
+    let mut other = common::raw_session(&proxy, &t).await;
     let answer = send(&mut other, &query("INSERT INTO t VALUES (1)"), 1).await;
     assert_eq!(answer.errors, ["53400"], "still over its limit");
     // Once the session and its table are gone, the tenant is under again.
@@ -405,7 +390,7 @@ async fn a_tenant_hiding_rows_behind_row_level_security_cannot_be_measured_and_i
     let quota =
         format!("[quota]\nuser = \"{user}\"\npassword = \"{password}\"\ninterval = \"1s\"\n");
     let (t, proxy) = tenant_with_rows("esc_rls", 20, LIMIT, &quota).await;
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     // Only its owner sees the rows: a count with row-level security on
     // reads 0.
     let hidden = send(
@@ -465,7 +450,7 @@ async fn revoking_the_auditors_connect_blinds_nothing() {
         t.db
     );
     let proxy = start_proxy_with("", &tables).await;
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     let shared = proxy.handle.shared().clone();
     let db = t.db.clone();
     wait_until(
@@ -506,7 +491,7 @@ async fn revoking_the_auditors_connect_blinds_nothing() {
 #[tokio::test]
 async fn a_table_held_locked_is_measured_from_statistics() {
     let (t, proxy) = tenant_with_rows("esc_lock", 20, 30, &quota_table("1s")).await;
-    let mut locker = raw_login(&proxy, &t).await;
+    let mut locker = common::raw_session(&proxy, &t).await;
     wait_over(&proxy, &t.db, 30, false, 5).await;
     // A running query is never idle: the lock stays as long as the sleep.
     locker
@@ -515,7 +500,7 @@ async fn a_table_held_locked_is_measured_from_statistics() {
         ))
         .await
         .unwrap();
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     let made = send(
         &mut s,
         &query("CREATE TABLE big AS SELECT generate_series(1, 50) AS n"),
@@ -535,7 +520,7 @@ async fn the_measurement_sees_every_kind_of_table() {
     // Made by the tenant: partitions, inheritance, unlogged, zero-column
     // tables, a materialized view, and schemas whose names only look like
     // the system's (PostgreSQL reserves the lower-case `pg_` prefix alone).
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     let made = send(
         &mut s,
         &query(
@@ -583,7 +568,7 @@ async fn the_measurement_sees_every_kind_of_table() {
 #[tokio::test]
 async fn a_portal_bound_under_the_limit_cannot_be_fetched_over_it() {
     let (t, proxy) = tenant_with_rows("esc_fetch", 20, 100, &quota_table("1s")).await;
-    let mut s = raw_login(&proxy, &t).await;
+    let mut s = common::raw_session(&proxy, &t).await;
     wait_over(&proxy, &t.db, 100, false, 5).await;
     // Inside a transaction a bound portal outlives its Sync; an INSERT …
     // RETURNING portal runs its INSERT at the first FETCH.
@@ -597,7 +582,7 @@ async fn a_portal_bound_under_the_limit_cannot_be_fetched_over_it() {
     let answer = send(&mut s, &out, 2).await;
     assert!(answer.errors.is_empty(), "{answer:?}");
     // Another session takes the tenant over its limit.
-    let mut other = raw_login(&proxy, &t).await;
+    let mut other = common::raw_session(&proxy, &t).await;
     let filled = send(
         &mut other,
         &query("INSERT INTO t SELECT generate_series(1, 200)"),

@@ -12,7 +12,6 @@ use common::{
     wait_until,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A proxy (TLS preferred, plaintext allowed for raw-frame tests) with the
 /// quota auditor measuring every second and `tables` appended.
@@ -381,27 +380,12 @@ async fn a_refusal_inside_a_transaction_aborts_it_as_postgresql_would() {
     assert_eq!(count, 20);
 }
 
-/// Logs `t` in over plaintext with raw frames ([`common::raw_login_ok`]).
-async fn raw_login(proxy: &common::TestProxy, t: &common::Tenant) -> TcpStream {
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
-    s
-}
-
 #[tokio::test]
 async fn a_pipelined_refusal_skips_to_sync_and_the_stream_stays_in_step() {
     let t = common::trust_tenant("quota_pipe");
     let proxy = quota_proxy(&limited(&t.db, 10)).await;
-    cluster()
-        .psql(
-            &t.db,
-            &format!(
-                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 20); ALTER TABLE t OWNER TO {}",
-                t.user
-            ),
-        )
-        .unwrap();
-    let mut s = raw_login(&proxy, &t).await;
+    common::table_of_rows(&t, 20);
+    let mut s = common::raw_session(&proxy, &t).await;
     wait_over(&proxy, &t.db, 10, true).await;
 
     // Three pipelined Sync groups in one write: a SELECT, a refused INSERT
@@ -768,15 +752,7 @@ async fn pg_dump_and_restore_through_the_proxy_under_the_quota() {
 #[tokio::test]
 async fn a_tenant_near_its_limit_is_warned_once_at_login() {
     let t = scram_tenant("warned");
-    cluster()
-        .psql(
-            &t.db,
-            &format!(
-                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 85); ALTER TABLE t OWNER TO {}",
-                t.user
-            ),
-        )
-        .unwrap();
+    common::table_of_rows(&t, 85);
     let proxy = quota_proxy(&limited(&t.db, 100)).await;
     // The first login has the tenant measured.
     let (first, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)

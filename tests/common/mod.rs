@@ -945,3 +945,27 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     out.copy_from_slice(ring::hmac::sign(&key, data).as_ref());
     out
 }
+
+/// Gives `t` a table `t (n int)` of `rows` rows, made by the cluster's
+/// superuser (another session, so the cluster's statistics know them) and
+/// owned by the tenant.
+pub fn table_of_rows(t: &Tenant, rows: u32) {
+    cluster()
+        .psql(
+            &t.db,
+            &format!(
+                "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, {rows});
+                 ALTER TABLE t OWNER TO {}",
+                t.user
+            ),
+        )
+        .unwrap_or_else(|e| panic!("filling {}: {e}", t.db));
+}
+
+/// A plaintext session of `t` through `proxy`, logged in with raw frames
+/// ([`raw_login_ok`]).
+pub async fn raw_session(proxy: &TestProxy, t: &Tenant) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
+    s
+}
