@@ -16,7 +16,7 @@
 # pinned, checksummed downloads from PyPI unpacked into .deps/ (any user;
 # a second run finds them and downloads nothing). 15 is Debian's.
 #
-# Always: the client libraries tests/clients.rs runs, pinned: psycopg,
+# Always: the client libraries tests/it/clients.rs runs, pinned: psycopg,
 # psycopg_pool and asyncpg (PyPI, into .deps/venv), node-postgres (npm, into
 # .deps/node), pgjdbc and a JDK (Debian packages).
 set -euo pipefail
@@ -101,7 +101,7 @@ missing() {
     # The fleet's tests keep shared limits in a throwaway Redis.
     command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] \
         || packages+=(redis-server)
-    # tests/package.rs builds the Debian package (dpkg-deb, strip,
+    # tests/it/package.rs builds the Debian package (dpkg-deb, strip,
     # objdump) and renders its man pages (man).
     command -v dpkg-deb >/dev/null 2>&1 || packages+=(dpkg)
     command -v strip >/dev/null 2>&1 || packages+=(binutils)
@@ -302,7 +302,7 @@ if ! "$venv/bin/python" -c "import psycopg, sys; sys.exit(psycopg.__version__ !=
 fi
 echo "ensure-deps: psycopg $PSYCOPG_VERSION present in $venv"
 
-# --- The client matrix (tests/clients.rs) -----------------------------------
+# --- The client matrix (tests/it/clients.rs) -----------------------------------
 # Real client libraries, pinned, each checked by its version so a second run
 # installs nothing: psycopg_pool and asyncpg in the same virtualenv,
 # node-postgres under .deps/node (git-ignored, found through NODE_PATH),

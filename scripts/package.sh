@@ -9,7 +9,7 @@
 # Plain dpkg-deb over a staged tree rather than cargo-deb: nothing more to
 # compile or install, and every file, mode and maintainer script of the
 # package is in packaging/ and in this script, to be read.
-# The tests (tests/package.rs) package the debug binary the suite already
+# The tests (tests/it/package.rs) package the debug binary the suite already
 # built and check what comes out; only a real release runs the release build.
 set -euo pipefail
 

@@ -2,11 +2,11 @@
 //! bytes a logged-in client sends, split into reads anywhere, with no hook
 //! and with a hook that takes some frames whole and peeks at others. The
 //! walk never reaches past its buffer, and split, unsplit and the
-//! protocol's reference reading (tests/walks/mod.rs) agree on every frame
+//! protocol's reference reading (tests/it/walks/mod.rs) agree on every frame
 //! boundary, every frame handed to the hook, and every request counted.
 #![no_main]
 
-#[path = "../../tests/walks/mod.rs"]
+#[path = "../../tests/it/walks/mod.rs"]
 mod walks;
 
 use arbitrary::Arbitrary;

@@ -3,7 +3,7 @@
 //! ReadyForQuery messages the pump reads itself counted and compared.
 #![no_main]
 
-#[path = "../../tests/walks/mod.rs"]
+#[path = "../../tests/it/walks/mod.rs"]
 mod walks;
 
 use arbitrary::Arbitrary;

@@ -1,5 +1,5 @@
-//! What the hardening tests (`tests/faults.rs`, `tests/integrity.rs`,
-//! `tests/leaks.rs`) share beyond `tests/common`: a cluster of a test's
+//! What the hardening tests (`tests/it/faults.rs`, `tests/it/integrity.rs`,
+//! `tests/it/leaks.rs`) share beyond `tests/it/common`: a cluster of a test's
 //! own (for tests that stop it), the `pgtier` binary as a child process
 //! (for tests that measure its memory or signal it), and a raw protocol
 //! client (for states no real client library reaches on purpose).
@@ -163,16 +163,19 @@ impl ChildProxy {
 
     /// `VmRSS` and `VmHWM` (peak) of the process, in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
+        (self.status_kib("VmRSS:"), self.status_kib("VmHWM:"))
+    }
+
+    /// One `kB` field of the process's `/proc/<pid>/status` (`name` with
+    /// its colon, e.g. `VmPeak:`).
+    pub fn status_kib(&self, name: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("the proxy's /proc status");
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in /proc status"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc status"))
     }
 
     /// Sends `signal` (a name, e.g. `TERM`) to the process.

@@ -3,7 +3,7 @@
 //! outside (an idle timeout, an operator disconnect, a reload, a shutdown)
 //! must reach sessions on every thread.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,8 +8,8 @@
 //! 1,000 sessions per phase, 16 at a time: 20–45 s on a shared 2-core
 //! machine.
 
-mod common;
-mod harden;
+use crate::common;
+use crate::harden;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ async fn kill_in_every_phase(per_phase: usize) {
     }
     // 16 sessions at a time over a phase's few tenants: more logins of one
     // tenant in progress than the default bound of 8 when the machine is
-    // slow, and that bound (tests/floods.rs) is not what this test is about.
+    // slow, and that bound (tests/it/floods.rs) is not what this test is about.
     let proxy = common::start_proxy_from(&common::config_text(
         "admin_listen = \"127.0.0.1:0\"\nmax_pending_logins_per_tenant = 64",
         "require",

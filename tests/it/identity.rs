@@ -6,7 +6,7 @@
 //! refuses the first and applies the second itself, so every spelling of a
 //! tenant meets the same cap and the same tier.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

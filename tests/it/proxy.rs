@@ -1,6 +1,6 @@
 //! The proxy end to end: real PostgreSQL, real TLS, real clients.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -578,7 +578,7 @@ async fn a_backend_terminated_by_the_cluster_gives_its_slot_back() {
     assert!(row.get::<_, bool>(0));
     // The session ends. Idle, tokio-postgres may report the cluster's
     // FATAL or only the close that follows it (seen once in ~20 runs, as
-    // tests/faults.rs allows for its idle session too); any code it does
+    // tests/it/faults.rs allows for its idle session too); any code it does
     // report is the cluster's own. faults.rs asserts the 57P01 itself on
     // a session whose query the termination interrupts.
     let ended = tokio::time::timeout(Duration::from_secs(10), conn_a)
@@ -686,7 +686,7 @@ async fn a_unix_socket_link_to_the_cluster_carries_sessions_and_cancels() {
 async fn unauthenticated_logins_do_not_register_tenants() {
     let proxy = start_proxy("").await;
     // Each attempt as a role of its own: proxy mode slows down repeated
-    // wrong passwords per client and role (up to 5 s each; tests/proxy_auth.rs
+    // wrong passwords per client and role (up to 5 s each; tests/it/proxy_auth.rs
     // covers that), which would have this test wait over a minute.
     let users: Vec<String> = (0..20).map(|i| unique(&format!("ghostowner{i}"))).collect();
     let create: String = users

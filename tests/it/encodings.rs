@@ -11,7 +11,7 @@
 //! refuses it and the cluster ran nothing. Raw frames, because a driver
 //! would convert the text itself.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

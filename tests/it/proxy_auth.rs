@@ -4,7 +4,7 @@
 //! with the recovered ClientKey (over a verify-full TLS link too), and keeps
 //! cluster connections warm for the next login, reset.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -150,23 +150,40 @@ async fn psql_with_channel_binding_required_logs_in() {
 #[tokio::test]
 async fn a_warm_backend_is_reused_and_carries_nothing_of_its_last_session() {
     let t = scram_tenant("pa_warm");
+    // A role the tenant's user may SET ROLE to, so that a session left
+    // under it would show as current_user <> session_user.
+    let other_role = format!("{}_other", t.user);
+    common::cluster()
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {other_role} NOLOGIN; GRANT {other_role} TO {};",
+                t.user
+            ),
+        )
+        .unwrap();
     let proxy = proxy_mode("", None, "").await;
     let (first, conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
         .await
         .unwrap();
     let pid = backend_pid(&first).await;
     first
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE TEMP TABLE scratch (n int);
              PREPARE leftover AS SELECT 1;
              SET statement_timeout = '42s';
              SET application_name = 'changed';
              LISTEN channel_left;
              SELECT pg_advisory_lock(4242);
-             SET ROLE NONE",
-        )
+             SET ROLE {other_role}"
+        ))
         .await
         .unwrap();
+    let role = first
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(role.get::<_, String>(0), other_role, "the role was set");
     drop(first);
     let _ = conn.await;
     let shared = proxy.handle.shared().clone();
@@ -224,9 +241,12 @@ async fn a_session_that_ends_inside_a_transaction_never_hands_its_backend_on() {
 
 #[tokio::test]
 async fn a_changed_password_takes_effect_within_the_cache_ttl() {
+    const TTL: Duration = Duration::from_secs(5);
     let t = scram_tenant("pa_rotate");
-    let text = config_text("server_idle_timeout = \"0s\"", "prefer", &auth_table("1s"));
+    let text = config_text("server_idle_timeout = \"0s\"", "prefer", &auth_table("5s"));
     let proxy = start_proxy_from(&text).await;
+    // The verifier is looked up during this login and cached from then on.
+    let looked_up = Instant::now();
     let (c, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
         .await
         .unwrap();
@@ -238,7 +258,26 @@ async fn a_changed_password_takes_effect_within_the_cache_ttl() {
             &format!("ALTER ROLE {} PASSWORD '{new}'", t.user),
         )
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Within the TTL the cached verifier still answers: the old password
+    // works and the new one does not yet (with no cache, the reverse).
+    let old_login = connect(proxy.addr, &t.db, &t.user, &t.password).await;
+    let new_login = connect(proxy.addr, &t.db, &t.user, &new).await;
+    let within = looked_up.elapsed();
+    assert!(
+        within < TTL,
+        "{within:?} for two logins and an ALTER ROLE: the cache expired before it could be seen"
+    );
+    assert!(
+        old_login.is_ok(),
+        "the cached verifier refused the old password: {:?}",
+        old_login.err()
+    );
+    match new_login {
+        Ok(_) => panic!("the new password worked while the old verifier was cached"),
+        Err(e) => assert_eq!(code(&e), "28P01"),
+    }
+    // After it, the new one works and the old one no longer does.
+    let deadline = looked_up + TTL + Duration::from_secs(5);
     loop {
         match connect(proxy.addr, &t.db, &t.user, &new).await {
             Ok(_) => break,
@@ -247,6 +286,10 @@ async fn a_changed_password_takes_effect_within_the_cache_ttl() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(
+        looked_up.elapsed() >= TTL,
+        "the new password worked before the TTL ran out"
+    );
     let e = connect(proxy.addr, &t.db, &t.user, &t.password)
         .await
         .unwrap_err();

@@ -1,7 +1,7 @@
 //! The idle-session timeout end to end: what counts as idle, what the
 //! client hears, that the slot comes back, and that it scales.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -235,7 +235,7 @@ async fn a_thousand_idle_sessions_are_reaped_in_time() {
         format!("[tenants.{db}]\ntier = \"standard\"\nidle_timeout = \"{timeout}\"\n")
     };
     // 32 logins at once: above the default per-tenant bound on logins in
-    // progress (8), which tests/floods.rs covers.
+    // progress (8), which tests/it/floods.rs covers.
     let proxy = common::start_proxy_with("max_pending_logins_per_tenant = 64", &tables("1h")).await;
     let addr = proxy.addr;
 

@@ -1,7 +1,7 @@
 //! Noisy neighbours: the tier's `statement_timeout`, enforced by the proxy
 //! with the cluster's own cancel, end to end on a real cluster.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! TCP logins behave as configured, certificates are usable, and nothing
 //! is left behind when a cluster is dropped or its owner dies.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -298,7 +298,7 @@ fn watchdog_cleans_up_when_the_owner_dies() {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "watchdog_child",
+            "sandbox::watchdog_child",
             "--nocapture",
             "--test-threads=1",
         ])

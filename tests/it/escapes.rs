@@ -7,7 +7,7 @@
 //! CONNECT revoked, a table held locked). Each attack here worked against
 //! the proxy before the rule it tests.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! cluster, the real auditor counting as a real role, and clients that speak
 //! both protocols (tokio-postgres, psql, pg_dump/pg_restore, raw frames).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@
 //! version and mode, and the matrix is about clients, not clusters);
 //! other runs skip it and say why.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

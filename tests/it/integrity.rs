@@ -8,11 +8,11 @@
 //! transaction whose COMMIT was cut off is there whole or not at all, and
 //! every slot (proxy and cluster) is free.
 //!
-//! `cargo test --test integrity` runs 10 s; the 60 s version is
-//! `cargo test --test integrity -- --ignored`.
+//! `cargo test --test it integrity::` runs 10 s; the 60 s version is
+//! `cargo test --test it integrity:: -- --ignored`.
 
-mod common;
-mod harden;
+use crate::common;
+use crate::harden;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -4,8 +4,8 @@
 //! hold across them; a killed instance's slots come back within the lease;
 //! the store's failures behave as configured.
 
-mod common;
-mod harden;
+use crate::common;
+use crate::harden;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -186,7 +186,21 @@ async fn a_cancel_sent_to_another_instance_cancels_the_query() {
         assert_ne!(tag, b'Z', "the query ended without being cancelled");
     }
     assert!(started.elapsed() < Duration::from_secs(10));
-    // A key nobody issued is still dropped silently, and cancels nothing.
+    while harden::read_message(&mut s).await.expect("ReadyForQuery").0 != b'Z' {}
+    // A key nobody issued is still dropped silently, and cancels nothing:
+    // sent while a statement runs, the statement runs to its end.
+    s.write_all(&harden::frame(b'Q', b"SELECT pg_sleep(2)\0"))
+        .await
+        .unwrap();
+    common::wait_for_cluster(
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query = 'SELECT pg_sleep(2)' AND state = 'active'",
+            t.db
+        ),
+        "1",
+        "the second query running",
+    )
+    .await;
     let mut wrong = cancel.clone();
     *wrong.last_mut().unwrap() ^= 1;
     let mut to_b = tokio::net::TcpStream::connect(b.addr).await.unwrap();
@@ -194,6 +208,18 @@ async fn a_cancel_sent_to_another_instance_cancels_the_query() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), to_b.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    loop {
+        let (tag, body) = harden::read_message(&mut s).await.expect("an answer");
+        assert_ne!(
+            tag,
+            b'E',
+            "a made-up key cancelled the statement: {:?}",
+            harden::sqlstate(&body)
+        );
+        if tag == b'Z' {
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

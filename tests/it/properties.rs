@@ -2,11 +2,11 @@
 //! into reads at random points, give the same frame boundaries, the same
 //! frames handed (whole or peeked) to a hook, and the same counts as the
 //! unsplit stream and as the protocol's reference reading
-//! (`tests/walks/mod.rs`, which the fuzz targets share).
+//! (`tests/it/walks/mod.rs`, which the fuzz targets share).
 //!
 //! No cluster, no sockets: these run in well under a second.
 
-mod walks;
+use crate::walks;
 
 use bytes::BytesMut;
 use pgtier::protocol::frame::{put_frame, Scanner};

@@ -1,7 +1,7 @@
 //! The operator API end to end: a real proxy in front of a real cluster,
 //! driven over HTTP as an operator (or Prometheus) would.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

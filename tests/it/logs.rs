@@ -2,8 +2,8 @@
 //! colour codes when stderr is not a terminal, or JSON lines; every line of
 //! a session carries its session id, tenant and client address.
 
-mod common;
-mod harden;
+use crate::common;
+use crate::harden;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! cluster's own reach it through the proxy. Where versions genuinely
 //! differ, each version's behaviour is asserted: nothing is skipped.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

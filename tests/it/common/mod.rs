@@ -40,7 +40,7 @@ pub const MD5_GROUP: &str = "md5_users";
 /// `scripts/test.sh` runs the integration tests once per version with it.
 /// Not `PGTIER_…`: that prefix is the proxy's configuration namespace,
 /// and `pgtier check`/`run` refuse unknown `PGTIER_` keys, which
-/// tests/cli.rs would inherit.
+/// tests/it/cli.rs would inherit.
 pub const PG_MAJOR_ENV: &str = "TEST_PG_MAJOR";
 /// The version tested when [`PG_MAJOR_ENV`] is unset: Debian 12's.
 pub const DEFAULT_PG_MAJOR: u32 = 15;
@@ -73,7 +73,7 @@ pub fn cluster() -> &'static Cluster {
         let cluster = Cluster::start(ClusterOptions {
             // Tests open hundreds of sessions, some of them still closing
             // while the next test starts.
-            // tests/idle.rs holds 1,000 idle sessions at once.
+            // tests/it/idle.rs holds 1,000 idle sessions at once.
             max_connections: 1100,
             ssl: false,
             extra_hba: vec![

@@ -2,7 +2,7 @@
 //! the same stream split at arbitrary points, and a twenty-line reference
 //! reading of the protocol's framing must all see the same frames.
 //!
-//! Shared by the property tests (`tests/properties.rs`) and the fuzz
+//! Shared by the property tests (`tests/it/properties.rs`) and the fuzz
 //! targets (`fuzz/fuzz_targets/frames_*.rs` include this file by path), so
 //! that the fuzzer and the test suite check one definition of "the same".
 #![allow(dead_code)] // each includer uses its own subset

@@ -2,7 +2,7 @@
 //! oversized and malformed packets, protocol negotiation, GSS and direct TLS,
 //! stray cancel keys, stalled logins and garbage mid-session.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

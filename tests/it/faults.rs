@@ -8,8 +8,8 @@
 //! Tests that stop their cluster start their own (`harden::own_cluster`),
 //! so they never take the shared one from under the other tests.
 
-mod common;
-mod harden;
+use crate::common;
+use crate::harden;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

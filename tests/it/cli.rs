@@ -4,7 +4,7 @@
 //! running binary itself: SIGHUP reloads, SIGINT/SIGTERM drain and stop,
 //! `worker_threads = 1` is one thread.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
