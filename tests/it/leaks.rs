@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sessions in flight at once.
-const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -75,7 +75,11 @@ async fn mid_scram(addr: SocketAddr, t: &common::Tenant) {
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
+    // Flushed: tokio-rustls may keep what a write could not send at once
+    // (the socket not writable yet) until the next write or flush, and the
+    // proxy would wait for it until login_timeout.
     s.write_all(&startup_packet(&t.user, &t.db)).await.unwrap();
+    s.flush().await.unwrap();
     let (tag, body) = read_message(&mut s).await.unwrap();
     assert_eq!((tag, &body[..4]), (b'R', &10u32.to_be_bytes()[..]), "SASL");
     let first = b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL";
@@ -83,6 +87,7 @@ async fn mid_scram(addr: SocketAddr, t: &common::Tenant) {
     response.extend((first.len() as u32).to_be_bytes());
     response.extend(first);
     s.write_all(&frame(b'p', &response)).await.unwrap();
+    s.flush().await.unwrap();
     let (tag, body) = read_message(&mut s).await.unwrap();
     assert_eq!(
         (tag, &body[..4]),

@@ -769,6 +769,8 @@ pub async fn raw_login_packet(
     password: &str,
 ) -> Vec<Message> {
     s.write_all(startup).await.expect("StartupMessage sent");
+    // Over TLS, what a write could not send at once waits for a flush.
+    s.flush().await.expect("StartupMessage flushed");
     raw_authenticate(s, password).await
 }
 
