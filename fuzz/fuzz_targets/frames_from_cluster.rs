@@ -5,26 +5,7 @@
 
 #[path = "../../tests/it/walks/mod.rs"]
 mod walks;
+#[path = "../checks/frames_from_cluster.rs"]
+mod check;
 
-use arbitrary::Arbitrary;
-use libfuzzer_sys::fuzz_target;
-use walks::{Direction, Rule};
-
-#[derive(Debug, Arbitrary)]
-struct Input {
-    /// `None`: no hook; else the largest frame taken whole, and how much
-    /// of a frame is peeked at.
-    hook: Option<(u16, u16)>,
-    /// Where reads end (offsets into the stream).
-    cuts: Vec<u16>,
-    stream: Vec<u8>,
-}
-
-fuzz_target!(|input: Input| {
-    let rule = match input.hook {
-        None => Rule::PASS_ALL,
-        Some((whole_max, peek_len)) => Rule::mixed(usize::from(whole_max), usize::from(peek_len)),
-    };
-    let cuts: Vec<usize> = input.cuts.iter().map(|&c| usize::from(c)).collect();
-    walks::check(Direction::FromCluster, rule, &input.stream, &cuts);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

@@ -5,48 +5,7 @@
 //! matches (its ClientKey hashes to the StoredKey).
 #![no_main]
 
-use arbitrary::Arbitrary;
-use libfuzzer_sys::fuzz_target;
-use pgtier::auth::scram::{
-    client_key, tls_server_end_point, ClientExchange, ServerExchange, Verifier, SCRAM_SHA_256,
-    SCRAM_SHA_256_PLUS,
-};
+#[path = "../checks/scram.rs"]
+mod check;
 
-#[derive(Debug, Arbitrary)]
-struct Input<'a> {
-    plus: bool,
-    bound: bool,
-    first: &'a [u8],
-    last: &'a [u8],
-    verifier: &'a str,
-    cluster_first: &'a [u8],
-    cluster_final: &'a [u8],
-    cert: &'a [u8],
-}
-
-fuzz_target!(|input: Input<'_>| {
-    let verifier = Verifier::from_password("pencil", b"0123456789abcdef", 16);
-    let channel = input.bound.then(|| vec![7u8; 32]);
-    let mechanism = if input.plus {
-        SCRAM_SHA_256_PLUS
-    } else {
-        SCRAM_SHA_256
-    };
-    let mut server = ServerExchange::new(verifier.clone(), channel);
-    if server.client_first(mechanism, input.first).is_ok() {
-        if let Ok(verified) = server.client_final(input.last) {
-            // Only the password's own key can pass.
-            assert_eq!(
-                verified.client_key,
-                client_key("pencil", b"0123456789abcdef", 16),
-                "a proof that is not the password's was accepted"
-            );
-        }
-    }
-    let _ = Verifier::parse(Some(input.verifier));
-    let _ = tls_server_end_point(input.cert);
-    let (mut client, _first) = ClientExchange::new(&verifier, [3u8; 32], None);
-    if client.server_first(input.cluster_first).is_ok() {
-        let _ = client.server_final(input.cluster_final);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

@@ -20,6 +20,7 @@ mod escapes;
 mod faults;
 mod fleet;
 mod floods;
+mod fuzz_seeds;
 mod identity;
 mod idle;
 mod integrity;
