@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::auth::verifiers::LookupError;
 use crate::config::{AuthConfig, ClusterConfig};
 use crate::control::{self, Login};
 
@@ -258,4 +257,37 @@ async fn open(
     .await
     .map_err(|_| LookupError::TimedOut(cluster.connect_timeout))?
     .map_err(LookupError::from)
+}
+
+/// Why a verifier could not be looked up (the lookup's own failure, not
+/// the answer "no such role").
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("auth_query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("[auth] user is not set")]
+    NotConfigured,
+    /// The cluster did not finish the lookup's login or answer its query
+    /// within `cluster.connect_timeout`.
+    #[error("auth_query got no answer within {0:?}")]
+    TimedOut(Duration),
+    /// The lookup connection timed out a moment ago (see [`RETRY_AFTER`]).
+    #[error("the auth_query connection timed out less than {RETRY_AFTER:?} ago")]
+    TimedOutRecently,
+}
+
+impl LookupError {
+    /// The cluster's own message when it refused the lookup with 57P03
+    /// (`cannot_connect_now`: starting up, shutting down, in recovery).
+    pub fn cannot_connect_now(&self) -> Option<String> {
+        match self {
+            LookupError::Query(e) => e
+                .as_db_error()
+                .filter(|db| db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+                .map(|db| db.message().to_owned()),
+            LookupError::NotConfigured
+            | LookupError::TimedOut(_)
+            | LookupError::TimedOutRecently => None,
+        }
+    }
 }

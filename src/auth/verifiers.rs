@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
-use crate::auth::auth_query::{AuthQueryConnections, RETRY_AFTER};
+use crate::auth::auth_query::AuthQueryConnections;
+pub use crate::auth::auth_query::LookupError;
 use crate::auth::scram::{Verifier, VerifierError};
 use crate::config::{AuthConfig, ClusterConfig};
 
@@ -41,37 +42,6 @@ pub enum Lookup {
     NoPassword,
     /// The role exists but its password cannot be checked by the proxy.
     Unusable(VerifierError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LookupError {
-    #[error("auth_query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
-    #[error("[auth] user is not set")]
-    NotConfigured,
-    /// The cluster did not finish the lookup's login or answer its query
-    /// within `cluster.connect_timeout`.
-    #[error("auth_query got no answer within {0:?}")]
-    TimedOut(Duration),
-    /// The lookup connection timed out a moment ago (see [`RETRY_AFTER`]).
-    #[error("the auth_query connection timed out less than {RETRY_AFTER:?} ago")]
-    TimedOutRecently,
-}
-
-impl LookupError {
-    /// The cluster's own message when it refused the lookup with 57P03
-    /// (`cannot_connect_now`: starting up, shutting down, in recovery).
-    pub fn cannot_connect_now(&self) -> Option<String> {
-        match self {
-            LookupError::Query(e) => e
-                .as_db_error()
-                .filter(|db| db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
-                .map(|db| db.message().to_owned()),
-            LookupError::NotConfigured
-            | LookupError::TimedOut(_)
-            | LookupError::TimedOutRecently => None,
-        }
-    }
 }
 
 /// One lookup's answer, shared by every login of the role that waited for
