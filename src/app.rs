@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{LogFormat, Threading};
-use crate::server::{Proxy, ProxyHandle};
+use crate::server::Proxy;
 use crate::shared::load_config;
 
 /// Exit code for an invalid configuration.
@@ -117,7 +117,7 @@ pub fn run(path: &Path) -> ExitCode {
         // Installed before READY=1: a SIGHUP a service manager sends the
         // moment it hears READY must find the handler, not the default
         // action (which ends the process).
-        match Signals::install() {
+        match crate::signals::Signals::install() {
             Some(signals) => {
                 tokio::spawn(signals.serve(handle, true));
             }
@@ -134,82 +134,6 @@ pub fn run(path: &Path) -> ExitCode {
             }
         }
     })
-}
-
-/// SIGINT/SIGTERM: drain and stop (a second one closes sessions at once);
-/// SIGHUP: reload the configuration file (when `reloadable`: the proxy was
-/// started from one).
-pub async fn handle_signals(handle: ProxyHandle, reloadable: bool) {
-    match Signals::install() {
-        Some(signals) => signals.serve(handle, reloadable).await,
-        None => tracing::error!("cannot install signal handlers"),
-    }
-}
-
-/// The signals the proxy acts on, their handlers installed.
-pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Installs the handlers now (inside a runtime), so that a signal sent
-    /// from here on is caught even before [`Signals::serve`] runs.
-    pub fn install() -> Option<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Some(Signals {
-            int: signal(SignalKind::interrupt()).ok()?,
-            term: signal(SignalKind::terminate()).ok()?,
-            hup: signal(SignalKind::hangup()).ok()?,
-        })
-    }
-
-    /// See [`handle_signals`].
-    pub async fn serve(self, handle: ProxyHandle, reloadable: bool) {
-        let Signals {
-            mut int,
-            mut term,
-            mut hup,
-        } = self;
-        let mut stops = 0;
-        loop {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {
-                    if reloadable {
-                        crate::notify::reloading();
-                        let shared = std::sync::Arc::clone(handle.shared());
-                        // Reading files is blocking work.
-                        let failed = match tokio::task::spawn_blocking(move || shared.reload()).await {
-                            Ok(Ok(_)) => false,
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
-                                true
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "reload task failed");
-                                true
-                            }
-                        };
-                        crate::notify::reloaded(failed);
-                    } else {
-                        tracing::info!("SIGHUP ignored: no configuration file");
-                    }
-                    continue;
-                }
-            }
-            stops += 1;
-            if stops == 1 {
-                crate::notify::stopping();
-                tracing::info!("shutdown requested; send the signal again to close sessions now");
-                handle.shutdown();
-            } else {
-                handle.close_now();
-            }
-        }
-    }
 }
 
 /// `pgtier demo`.

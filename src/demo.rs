@@ -106,7 +106,7 @@ tier = "standard"
         "Try a third psql on the free URL while two are open, or\n  INSERT INTO t SELECT generate_series(1, 20000) after CREATE TABLE t (n int).\nCtrl-C stops and removes everything."
     );
 
-    tokio::spawn(crate::app::handle_signals(handle, false));
+    tokio::spawn(crate::signals::handle_signals(handle, false));
     proxy.run().await?;
     drop(cluster);
     drop(dir);

@@ -36,6 +36,7 @@ pub mod session;
 pub mod sessions;
 pub mod shared;
 pub mod shutdown;
+pub mod signals;
 pub mod startup;
 pub mod state;
 pub mod statement_time;
