@@ -6,10 +6,7 @@
 //! count every one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use crate::shared::Shared;
 
 /// Lines of one kind written per second, and those held back.
 #[derive(Debug)]
@@ -78,12 +75,14 @@ impl LogBudget {
 
 /// Once a second, logs the refusals held back that no later refusal's line
 /// reported: a flood that stops still has its count in the log.
-pub async fn report_held_back(shared: Arc<Shared>) {
+/// `take_overdue` is the budget's [`LogBudget::take_overdue`], reached
+/// however its owner holds it.
+pub async fn report_held_back(take_overdue: impl Fn() -> u64) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let unlogged = shared.refusal_log.take_overdue();
+        let unlogged = take_overdue();
         if unlogged > 0 {
             tracing::info!(
                 unlogged,

@@ -109,7 +109,10 @@ impl Proxy {
         } = self;
         let mut shutdown = shared.subscribe_shutdown();
         tokio::spawn(crate::idle::sweep(Arc::clone(&shared)));
-        tokio::spawn(crate::log_budget::report_held_back(Arc::clone(&shared)));
+        let budget = Arc::clone(&shared);
+        tokio::spawn(crate::log_budget::report_held_back(move || {
+            budget.refusal_log.take_overdue()
+        }));
         tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
         tokio::spawn(keep_warm(Arc::clone(&shared)));
         let fleet_sync = tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared)));
