@@ -15,6 +15,7 @@ mod admin;
 mod cancel;
 mod cli;
 mod clients;
+mod config_defaults;
 mod encodings;
 mod escapes;
 mod faults;
