@@ -63,14 +63,14 @@ cargo test --locked --lib --bins --benches
 # The first run executes every module. The later runs (other majors, proxy
 # mode) skip the modules whose outcome cannot depend on them, so the time
 # goes where the runs can differ:
-#   no cluster, or a cluster of their own: cli config_defaults package
+#   no cluster, or a cluster of their own: cli readme package
 #   properties fuzz_seeds
 #   sandbox faults
 #   the proxy's own machinery, independent of the cluster's version and of
 #   the authentication mode (the login path is covered by proxy_auth, leaks
 #   and wire in proxy mode): logs threads tls floods fleet admin
 #   proxy_auth sets proxy mode itself: once is all it can differ
-once=(cli config_defaults package properties fuzz_seeds sandbox faults logs threads tls floods fleet admin proxy_auth)
+once=(cli readme package properties fuzz_seeds sandbox faults logs threads tls floods fleet admin proxy_auth)
 #   in proxy mode, what only reads statements (the gate does not see the
 #   login): quota escapes encodings
 passthrough_only=(quota escapes encodings)

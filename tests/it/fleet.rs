@@ -462,17 +462,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The body of an operator API GET.
+/// The body of an operator API GET on this machine's `admin_port`.
 async fn http_get(admin_port: u16, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let reply = common::http::http(addr, "GET", path, None).await;
+    assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+    reply.body
 }
 
 // ---- Store faults: a stalled, a restarted and a slow store ----------------

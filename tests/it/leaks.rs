@@ -158,31 +158,6 @@ async fn one(addr: SocketAddr, phase: Phase, t: &common::Tenant, i: usize) {
     }
 }
 
-/// `GET path` on the operator API; the body.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: pgtier\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("the operator API answered")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
 async fn kill_in_every_phase(per_phase: usize) {
     // A SCRAM tenant per phase and four tenants' worth of sessions each
     // (the per-tenant bound on logins in progress is 8), free tier for
@@ -241,7 +216,9 @@ async fn kill_in_every_phase(per_phase: usize) {
     .await;
     // ...not in /tenants...
     let api = proxy.handle.admin_addr().unwrap();
-    let listed: serde_json::Value = serde_json::from_str(&http_get(api, "/tenants").await).unwrap();
+    let listed: serde_json::Value = common::http::http(api, "GET", "/tenants", None)
+        .await
+        .json();
     for t in tenants.iter().flatten() {
         let entry = listed
             .as_array()

@@ -14,6 +14,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod frames;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -150,3 +150,79 @@ fn the_tiers_defaults_in_the_readme_are_the_proxys() {
         }
     }
 }
+
+/// The metric names README.md's operator API table lists for `/metrics`.
+fn readme_metrics() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `GET /metrics` |"))
+        .expect("the /metrics row of the operator API table");
+    let mut names: Vec<String> = row
+        .split('`')
+        .filter(|cell| cell.starts_with("pgtier_"))
+        .map(|cell| cell.split('{').next().unwrap_or(cell).to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every metric the README lists is in the exposition, and every metric
+/// family in the exposition is in the README: an operator reading the
+/// table sees every series the proxy has, under the name it has.
+#[tokio::test]
+async fn the_metrics_the_readme_lists_are_the_metrics_the_proxy_exposes() {
+    let proxy = crate::common::start_proxy_from(&crate::common::config_text(
+        "admin_listen = \"127.0.0.1:0\"",
+        "prefer",
+        "",
+    ))
+    .await;
+    let api = proxy.handle.admin_addr().expect("the operator API");
+    let reply = crate::common::http::http(api, "GET", "/metrics", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Families as declared (`# TYPE name kind`); a counter's samples carry
+    // `_total`, its family name may not.
+    let declared: Vec<String> = reply
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let listed = readme_metrics();
+    assert!(
+        listed.len() >= 15,
+        "only {} metrics in the README's row",
+        listed.len()
+    );
+    let is_declared = |name: &str| {
+        declared
+            .iter()
+            .any(|d| d == name || name.strip_suffix("_total") == Some(d.as_str()))
+    };
+    // The fleet's series exist only with a [fleet] store (tests/it/fleet.rs
+    // reads them there).
+    let missing: Vec<&String> = listed
+        .iter()
+        .filter(|n| !n.starts_with("pgtier_fleet_") && !is_declared(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README lists {missing:?}, which /metrics does not declare (declared: {declared:?})"
+    );
+    let undocumented: Vec<&String> = declared
+        .iter()
+        .filter(|d| {
+            !listed
+                .iter()
+                .any(|n| n == *d || n.strip_suffix("_total") == Some(d.as_str()))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "/metrics declares {undocumented:?}, which the README's operator API table does not list"
+    );
+}
