@@ -467,7 +467,7 @@ mod tests {
         )
         .unwrap();
         let config = Config::from_toml_str(
-            "[tls]\nmode = \"disable\"\n[tenants.listed]\ntier = \"standard\"\n",
+            "[tls]\nmode = \"disable\"\n[tiers.free]\nrow_limit = 0\n[tenants.listed]\ntier = \"standard\"\n",
         )
         .unwrap();
         let found = from_state(
