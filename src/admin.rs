@@ -460,12 +460,14 @@ async fn suspend(
     } else {
         match serde_json::from_slice(&body) {
             Ok(body) => body,
-            Err(e) => return error(
-                StatusCode::BAD_REQUEST,
-                format!(
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
                     "body: {e} (expected {{\"message\": \"…\", \"hint\": \"…\"}}, both optional)"
                 ),
-            ),
+                )
+            }
         }
     };
     for (field, text) in [("message", &body.message), ("hint", &body.hint)] {

@@ -495,11 +495,7 @@ impl Session {
         // Nor may one that was suspended while it logged in: the
         // suspension is recorded before sessions are walked, and this
         // session was registered before it looks (see `crate::suspend`).
-        if crate::suspend::is_suspended(
-            &shared,
-            tenant.name(),
-            &shared.config().limits_for(tenant.name()),
-        ) {
+        if crate::suspend::is_suspended(&shared, tenant.name(), &limits) {
             control.kill(KillReason::Suspended);
         }
         tracing::info!(
