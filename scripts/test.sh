@@ -69,8 +69,9 @@ cargo test --locked --lib --bins --benches
 #   the proxy's own machinery, independent of the cluster's version and of
 #   the authentication mode (the login path is covered by proxy_auth, leaks
 #   and wire in proxy mode): logs threads tls floods fleet admin
-#   proxy_auth sets proxy mode itself: once is all it can differ
-once=(cli readme package properties fuzz_seeds sandbox faults logs threads tls floods fleet admin proxy_auth)
+#   proxy_auth sets proxy mode itself: once is all it can differ; suspend
+#   refuses before any cluster or authentication is involved
+once=(cli readme package properties fuzz_seeds sandbox faults logs threads tls floods fleet admin proxy_auth suspend)
 #   in proxy mode, what only reads statements (the gate does not see the
 #   login): quota escapes encodings
 passthrough_only=(quota escapes encodings)

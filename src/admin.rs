@@ -1,5 +1,5 @@
 //! The operator API on `admin_listen`: health, tenants, disconnects,
-//! reload and Prometheus metrics, as small JSON endpoints.
+//! suspensions, reload and Prometheus metrics, as small JSON endpoints.
 //!
 //! It shares nothing with the data path but [`Shared`]:
 //! every answer is read from the same atomics the sessions update, so
@@ -80,6 +80,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/tenants", get(list_tenants))
         .route("/tenants/{name}", get(one_tenant))
         .route("/tenants/{name}/disconnect", post(disconnect))
+        .route("/tenants/{name}/suspend", post(suspend))
+        .route("/tenants/{name}/resume", post(resume))
         .route("/reload", post(reload))
         .route("/fleet", get(fleet))
         .route("/metrics", get(metrics))
@@ -196,12 +198,27 @@ pub struct TenantView {
     /// the store answered: the list asks it once for all its tenants).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fleet_connections: Option<u32>,
+    /// Every login is refused and sessions are closed (`crate::suspend`).
+    #[serde(default)]
+    pub suspended: bool,
+    /// Who suspended it: `api`, `config` (its tenant or tier key), or both.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub suspended_by: Vec<String>,
+    /// RFC 3339 time of the API's suspension.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub suspended_at: Option<String>,
+}
+
+fn rfc3339(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix_secs))
+        .to_string()
 }
 
 fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
     let limits = shared.config().limits_for(name);
     let last = tenant.map(Tenant::last_activity).unwrap_or(0);
     let figure = tenant.and_then(|t| t.rows.figure());
+    let suspension = crate::suspend::Status::of(shared, name, &limits);
     TenantView {
         name: name.to_owned(),
         tier: limits.tier,
@@ -209,10 +226,7 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
         max_connections: limits.max_connections,
         idle_timeout_s: limits.idle_timeout.as_secs(),
         idle_in_transaction_timeout_s: limits.idle_in_transaction_timeout.as_secs(),
-        last_activity: (last > 0).then(|| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(last))
-                .to_string()
-        }),
+        last_activity: (last > 0).then(|| rfc3339(last)),
         rejected_total: tenant.map(Tenant::rejected_total).unwrap_or(0),
         sessions_total: tenant.map(Tenant::sessions_total).unwrap_or(0),
         rows: figure.map(|f| f.rows),
@@ -237,6 +251,17 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
             })
             .flatten(),
         fleet_connections: None,
+        suspended: suspension.suspended(),
+        suspended_by: suspension
+            .sources()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        suspended_at: suspension
+            .by_api
+            .as_ref()
+            .filter(|s| s.at > 0)
+            .map(|s| rfc3339(s.at)),
     }
 }
 
@@ -251,6 +276,9 @@ fn known_tenants(shared: &Shared) -> Vec<(String, Option<Arc<Tenant>>)> {
         .collect();
     for name in shared.config().tenants.keys() {
         all.entry(name.clone()).or_insert(None);
+    }
+    for name in shared.suspensions.snapshot().into_keys() {
+        all.entry(name).or_insert(None);
     }
     all.into_iter().collect()
 }
@@ -309,7 +337,10 @@ fn unknown_tenant(name: &str) -> Response {
 
 async fn one_tenant(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     let tenant = shared.tenants.get(&name);
-    if tenant.is_none() && !shared.config().tenants.contains_key(&name) {
+    if tenant.is_none()
+        && !shared.config().tenants.contains_key(&name)
+        && !shared.suspensions.contains(&name)
+    {
         return unknown_tenant(&name);
     }
     let mut view = view(&shared, &name, tenant.as_deref());
@@ -366,6 +397,160 @@ async fn disconnect(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
     shared.warm.clear_tenant(&name);
     tracing::info!(tenant = %name, sessions = n, "operator disconnect");
     Json(serde_json::json!({ "disconnected": n })).into_response()
+}
+
+/// The optional body of `POST /tenants/{name}/suspend`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    /// What refused logins are told (`{database}` is replaced).
+    message: Option<String>,
+    hint: Option<String>,
+}
+
+/// Where an API suspension was kept, for the answer.
+fn kept_in(shared: &Shared) -> &'static str {
+    if shared.fleet.is_shared() {
+        "fleet_store"
+    } else if shared.config().state_dir.is_some() {
+        "state_file"
+    } else {
+        "memory"
+    }
+}
+
+/// Writes the state file now (a suspension must survive a crash right
+/// after the API said yes); false if it could not be written.
+async fn save_state(shared: &Arc<Shared>) -> bool {
+    let Some(dir) = shared.config().state_dir.clone() else {
+        return true;
+    };
+    let saving = Arc::clone(shared);
+    let saved = tokio::task::spawn_blocking(move || {
+        crate::state::save(&dir, &saving.tenants, &saving.suspensions)
+    })
+    .await;
+    match saved {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot write the state file");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "state writer failed");
+            false
+        }
+    }
+}
+
+/// Suspends the tenant: refuses its logins and closes its sessions with
+/// FATAL 57P01, on every instance (through the fleet's store, which must
+/// answer: otherwise nothing changes and the operator is told to retry).
+/// Any name PostgreSQL could open is accepted, seen or not.
+async fn suspend(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = crate::suspend::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let body: SuspendBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SuspendBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "body: {e} (expected {{\"message\": \"…\", \"hint\": \"…\"}}, both optional)"
+                ),
+                )
+            }
+        }
+    };
+    for (field, text) in [("message", &body.message), ("hint", &body.hint)] {
+        if let Some(text) = text {
+            if let Err(e) = crate::suspend::check_text(text) {
+                return error(StatusCode::BAD_REQUEST, format!("{field}: {e}"));
+            }
+        }
+    }
+    let suspension = crate::suspend::Suspension {
+        message: body.message,
+        hint: body.hint,
+        at: unix_now(),
+    };
+    if let Some(store) = shared.fleet.store() {
+        let record = serde_json::to_string(&suspension).unwrap_or_default();
+        let written = store.suspend(&name, &record).await;
+        shared.fleet.noted(&written);
+        if let Err(e) = written {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the fleet store did not take the suspension ({e}); nothing changed on this \
+                     instance, and the store may or may not have it: retry"
+                ),
+            );
+        }
+    }
+    shared.suspensions.insert(&name, suspension);
+    let n = crate::suspend::close_sessions(&shared, &name);
+    let saved = save_state(&shared).await;
+    tracing::info!(tenant = %name, sessions = n, "tenant suspended");
+    Json(serde_json::json!({
+        "tenant": name,
+        "suspended": true,
+        "disconnected": n,
+        "kept_in": kept_in(&shared),
+        "state_file_written": saved,
+    }))
+    .into_response()
+}
+
+/// Lifts the API's suspension of the tenant, on every instance. One the
+/// configuration makes stays (409 says so): the API cannot lift it, as a
+/// reload cannot lift the API's.
+async fn resume(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    if let Err(e) = crate::suspend::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    if let Some(store) = shared.fleet.store() {
+        let written = store.resume(&name).await;
+        shared.fleet.noted(&written);
+        if let Err(e) = written {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the fleet store did not take the resumption ({e}); nothing changed on this \
+                     instance, and the store may or may not have it: retry"
+                ),
+            );
+        }
+    }
+    let resumed = shared.suspensions.remove(&name);
+    let saved = save_state(&shared).await;
+    if resumed {
+        tracing::info!(tenant = %name, "tenant resumed");
+    }
+    if shared.config().limits_for(&name).suspended {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{name:?} stays suspended by the configuration (suspended = true under \
+                 [tenants.{name}] or its tier); the API lifts only its own suspensions"
+            ),
+        );
+    }
+    Json(serde_json::json!({
+        "tenant": name,
+        "suspended": false,
+        "resumed": resumed,
+        "state_file_written": saved,
+    }))
+    .into_response()
 }
 
 /// Re-reads the configuration file; on any error the old one stays.

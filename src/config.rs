@@ -254,6 +254,13 @@ pub struct TierConfig {
     /// Statement kinds refused (42501): `extension`, `function`, `trigger`,
     /// `role`.
     pub deny: Option<Vec<String>>,
+    /// Every login is refused (FATAL 55000) and running sessions are
+    /// closed (57P01); see `crate::suspend`.
+    pub suspended: Option<bool>,
+    /// What a refused login is told (`{database}` is replaced by the
+    /// database's name); `crate::suspend` has the default.
+    pub suspended_message: Option<String>,
+    pub suspended_hint: Option<String>,
 }
 
 impl TierConfig {
@@ -268,6 +275,15 @@ impl TierConfig {
             statement_timeout: self.statement_timeout.or(base.statement_timeout),
             row_limit: self.row_limit.or(base.row_limit),
             deny: self.deny.clone().or_else(|| base.deny.clone()),
+            suspended: self.suspended.or(base.suspended),
+            suspended_message: self
+                .suspended_message
+                .clone()
+                .or_else(|| base.suspended_message.clone()),
+            suspended_hint: self
+                .suspended_hint
+                .clone()
+                .or_else(|| base.suspended_hint.clone()),
         }
     }
 }
@@ -286,6 +302,9 @@ pub struct TenantConfig {
     pub statement_timeout: Option<Duration>,
     pub row_limit: Option<u64>,
     pub deny: Option<Vec<String>>,
+    pub suspended: Option<bool>,
+    pub suspended_message: Option<String>,
+    pub suspended_hint: Option<String>,
 }
 
 impl TenantConfig {
@@ -298,6 +317,9 @@ impl TenantConfig {
             statement_timeout: self.statement_timeout,
             row_limit: self.row_limit,
             deny: self.deny.clone(),
+            suspended: self.suspended,
+            suspended_message: self.suspended_message.clone(),
+            suspended_hint: self.suspended_hint.clone(),
         }
     }
 }
@@ -491,6 +513,7 @@ pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
                         .map(|k| k.as_str().to_owned())
                         .collect(),
                 ),
+                ..TierConfig::default()
             },
         ),
         (
@@ -502,6 +525,7 @@ pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
                 statement_timeout: Some(Duration::ZERO),
                 row_limit: Some(0),
                 deny: Some(Vec::new()),
+                ..TierConfig::default()
             },
         ),
     ])
@@ -558,6 +582,10 @@ pub struct Limits {
     /// 0 = unlimited.
     pub row_limit: u64,
     pub deny: DenySet,
+    /// Suspended by the configuration (the tenant's key, else its tier's).
+    pub suspended: bool,
+    pub suspended_message: Option<String>,
+    pub suspended_hint: Option<String>,
 }
 
 /// Something worth telling the operator that does not stop the proxy.
@@ -690,6 +718,31 @@ impl Config {
             .tenants
             .iter()
             .map(|(name, t)| (format!("tenants.{name}"), t.row_limit, t.deny.as_deref()));
+        let texts = self
+            .tiers
+            .iter()
+            .map(|(name, t)| {
+                (
+                    format!("tiers.{name}"),
+                    &t.suspended_message,
+                    &t.suspended_hint,
+                )
+            })
+            .chain(self.tenants.iter().map(|(name, t)| {
+                (
+                    format!("tenants.{name}"),
+                    &t.suspended_message,
+                    &t.suspended_hint,
+                )
+            }));
+        for (key, message, hint) in texts {
+            for (field, text) in [("suspended_message", message), ("suspended_hint", hint)] {
+                if let Some(text) = text {
+                    crate::suspend::check_text(text)
+                        .map_err(|e| invalid(format!("{key}.{field}: {e}")))?;
+                }
+            }
+        }
         for (key, row_limit, deny) in tier_keys.chain(tenant_keys) {
             if let Some(names) = deny {
                 DenySet::parse(names).map_err(|e| invalid(format!("{key}.deny: {e}")))?;
@@ -762,6 +815,9 @@ impl Config {
                 .as_deref()
                 .and_then(|names| DenySet::parse(names).ok())
                 .unwrap_or_default(),
+            suspended: merged.suspended.unwrap_or(false),
+            suspended_message: merged.suspended_message,
+            suspended_hint: merged.suspended_hint,
         }
     }
 

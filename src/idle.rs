@@ -15,6 +15,7 @@ use crate::sessions::{clock_ms, KillReason, TxStatus};
 use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::statement_time;
+use crate::suspend;
 use crate::tenants::Tenant;
 
 /// How often sessions are checked; the timeout is honoured to within this.
@@ -37,7 +38,8 @@ pub async fn sweep(shared: Arc<Shared>) {
     }
 }
 
-/// One pass: asks every session idle past its tenant's limit to end.
+/// One pass: asks every session idle past its tenant's limit, or of a
+/// suspended tenant, to end.
 /// Returns how many were asked.
 pub fn sweep_once(shared: &Shared) -> usize {
     let config = shared.config();
@@ -45,20 +47,29 @@ pub fn sweep_once(shared: &Shared) -> usize {
     // Limits per tenant, looked up once per pass. Sessions of one tenant
     // share its `Arc<Tenant>`, so its address is the key: no allocation per
     // session per tick.
-    let mut limits: HashMap<*const Tenant, (Duration, Duration, Duration)> = HashMap::new();
+    type Watched = (Duration, Duration, Duration, bool);
+    let mut limits: HashMap<*const Tenant, Watched> = HashMap::new();
     let mut expired = 0;
     shared.sessions.for_each(|session| {
-        let (idle, in_tx, statement) =
-            *limits
-                .entry(Arc::as_ptr(&session.tenant))
-                .or_insert_with(|| {
-                    let l = config.limits_for(session.tenant.name());
-                    (
-                        l.idle_timeout,
-                        l.idle_in_transaction_timeout,
-                        l.statement_timeout,
-                    )
-                });
+        let (idle, in_tx, statement, suspended) = *limits
+            .entry(Arc::as_ptr(&session.tenant))
+            .or_insert_with(|| {
+                let l = config.limits_for(session.tenant.name());
+                (
+                    l.idle_timeout,
+                    l.idle_in_transaction_timeout,
+                    l.statement_timeout,
+                    suspend::is_suspended(shared, session.tenant.name(), &l),
+                )
+            });
+        // A tenant suspended by a reload (or the fleet's store) loses its
+        // sessions here; the API closes them itself at once.
+        if suspended {
+            if session.kill_reason().is_none() {
+                session.kill(KillReason::Suspended);
+            }
+            return;
+        }
         let Some(idle_for) = session.idle_for(now) else {
             // Busy: the tier's statement_timeout is watched on the same walk.
             statement_time::check(shared, session, statement, now);

@@ -49,6 +49,28 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: std::net::SocketAddr,
     },
+    /// List the databases with no login or query for a period (or never),
+    /// with tier, last activity, rows and size: the first step of removing
+    /// inactive databases (see the README). Reads the running proxy's
+    /// operator API (the whole fleet), or its state file when it is down.
+    Inactive {
+        /// The period without activity, e.g. 30d, 12h.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        inactive_for: std::time::Duration,
+        /// The operator API, http://host:port (default: the
+        /// configuration's admin_listen).
+        #[arg(long)]
+        admin: Option<String>,
+        /// The API's bearer token (default: the configuration's admin_token).
+        #[arg(long)]
+        token: Option<String>,
+        /// Read this state directory's file instead of asking the proxy.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print JSON (an array of objects) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the pgtier(1) manual page (roff) generated from this command
     /// line's own definition: `pgtier man | man -l -`. The Debian package
     /// ships it (scripts/package.sh).
@@ -73,6 +95,20 @@ fn main() -> ExitCode {
         Command::GenCert { dir } => pgtier::app::gen_cert(&dir),
         Command::Demo { listen } => pgtier::app::demo(listen),
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Inactive {
+            inactive_for,
+            admin,
+            token,
+            state_dir,
+            json,
+        } => pgtier::inactive::command(pgtier::inactive::Args {
+            inactive_for,
+            admin,
+            token,
+            state_dir,
+            config: cli.config,
+            json,
+        }),
     }
 }
 

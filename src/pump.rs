@@ -254,10 +254,12 @@ pub fn kill_message(reason: KillReason) -> ErrorFields {
             sqlstate::IDLE_SESSION_TIMEOUT,
             "terminating connection due to idle-session timeout",
         ),
-        KillReason::AdminDisconnect | KillReason::Shutdown => ErrorFields::fatal(
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection due to administrator command",
-        ),
+        KillReason::AdminDisconnect | KillReason::Shutdown | KillReason::Suspended => {
+            ErrorFields::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            )
+        }
     }
 }
 

@@ -194,7 +194,7 @@ impl Proxy {
             saver.abort();
         }
         if let Some(dir) = &state_dir {
-            if let Err(e) = crate::state::save(dir, &shared.tenants) {
+            if let Err(e) = crate::state::save(dir, &shared.tenants, &shared.suspensions) {
                 tracing::warn!(error = %e, "cannot write the state file");
             }
         }

@@ -239,6 +239,14 @@ impl Login<'_> {
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
         let limits = self.config.limits_for(tenant_name);
+        // Before anything is spent on it, the cluster above all: no
+        // backend is ever started in a suspended database.
+        if let Some(error) = crate::suspend::login_refusal(self.shared, tenant_name, &limits) {
+            return Err(Exit::Refused {
+                stream: Some(client),
+                refusal: Refusal::new(error, crate::suspend::REASON),
+            });
+        }
         let max = pending_bound(
             self.config.max_pending_logins_per_tenant,
             limits.max_connections,
@@ -484,6 +492,12 @@ impl Session {
         if shared.shutdown_stage() >= Stage::Closing {
             control.kill(KillReason::Shutdown);
         }
+        // Nor may one that was suspended while it logged in: the
+        // suspension is recorded before sessions are walked, and this
+        // session was registered before it looks (see `crate::suspend`).
+        if crate::suspend::is_suspended(&shared, tenant.name(), &limits) {
+            control.kill(KillReason::Suspended);
+        }
         tracing::info!(
             tier = %limits.tier,
             user,
@@ -539,8 +553,15 @@ impl Session {
         drop(slot);
         drop(cancel);
         // The client has gone; its cluster connection, reset, waits for
-        // the next login of the same database, role and parameters.
-        if let (Some(mut stream), Some(keep)) = (cluster, keep) {
+        // the next login of the same database, role and parameters; not
+        // when the operator closed the session (a disconnect or a
+        // suspension clears the tenant's warm connections so that its
+        // database can be dropped, and must not find one put back).
+        let operator_closed = matches!(
+            registration.control.kill_reason(),
+            Some(KillReason::AdminDisconnect | KillReason::Suspended)
+        );
+        if let (Some(mut stream), Some(keep), false) = (cluster, keep, operator_closed) {
             // A cancel of the proxy's still in flight could otherwise land
             // on the next client's statement (see `crate::statement_time`).
             registration.control.statement.cancel_settled().await;

@@ -26,6 +26,8 @@ pub enum KillReason {
     IdleTimeout,
     AdminDisconnect,
     Shutdown,
+    /// The tenant was suspended (`crate::suspend`).
+    Suspended,
 }
 
 impl KillReason {
@@ -34,6 +36,7 @@ impl KillReason {
             KillReason::IdleTimeout => 1,
             KillReason::AdminDisconnect => 2,
             KillReason::Shutdown => 3,
+            KillReason::Suspended => 4,
         }
     }
 
@@ -42,6 +45,7 @@ impl KillReason {
             1 => Some(KillReason::IdleTimeout),
             2 => Some(KillReason::AdminDisconnect),
             3 => Some(KillReason::Shutdown),
+            4 => Some(KillReason::Suspended),
             _ => None,
         }
     }
@@ -51,6 +55,7 @@ impl KillReason {
             KillReason::IdleTimeout => "idle_timeout",
             KillReason::AdminDisconnect => "admin_disconnect",
             KillReason::Shutdown => "shutdown",
+            KillReason::Suspended => "suspended",
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::quota::classify::Classifier;
 use crate::quota::AuditQueue;
 use crate::sessions::Sessions;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Stage};
+use crate::suspend::Suspensions;
 use crate::tenants::{Tenant, Tenants};
 use crate::tls::{self, CertStore, TlsError};
 
@@ -43,6 +44,8 @@ pub struct Shared {
     client_tls: ArcSwap<ClientTls>,
     cluster_tls: ArcSwap<rustls::ClientConfig>,
     pub tenants: Tenants,
+    /// Suspensions made through the operator API (`crate::suspend`).
+    pub suspensions: Suspensions,
     pub sessions: Sessions,
     /// Logins in progress, bounded by `max_pending_logins[_per_tenant]`.
     pub logins: Logins,
@@ -94,8 +97,9 @@ impl Shared {
         for name in config.tenants.keys() {
             tenants.get_or_insert(name);
         }
+        let suspensions = Suspensions::default();
         if let Some(dir) = &config.state_dir {
-            crate::state::load(dir, &tenants);
+            crate::state::load(dir, &tenants, &suspensions);
         }
         let (audits, audit_requests) = AuditQueue::new();
         let fleet = Fleet::new(&config.fleet, config.listen);
@@ -109,6 +113,7 @@ impl Shared {
             client_tls: ArcSwap::from_pointee(client_tls),
             cluster_tls: ArcSwap::new(cluster_tls),
             tenants,
+            suspensions,
             sessions: Sessions::default(),
             logins: Logins::default(),
             cancel_keys,

@@ -1,5 +1,6 @@
 //! State that survives a restart: each tenant's last activity, for the
-//! inactivity report (`GET /tenants?inactive_for=30d`).
+//! inactivity report (`GET /tenants?inactive_for=30d`, `pgtier
+//! inactive`), and the suspensions made through the operator API.
 //!
 //! The file is tiny JSON in `state_dir`, replaced atomically (written to a
 //! temporary file in the same directory, synced, renamed over the old one),
@@ -17,7 +18,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::shared::Shared;
+use crate::suspend::{Suspension, Suspensions};
 use crate::tenants::Tenants;
+
+/// One writer at a time, so that an older snapshot is never renamed over a
+/// newer one (the API saves at once; the periodic saver too).
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The file's name inside `state_dir`.
 pub const FILE_NAME: &str = "last_activity.json";
@@ -32,6 +38,10 @@ struct StateFile {
     version: u32,
     /// Tenant name → Unix seconds of its last login or query.
     last_activity: BTreeMap<String, u64>,
+    /// Suspensions made through the API (absent in files written before
+    /// they existed, which therefore still load).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    suspended: BTreeMap<String, Suspension>,
 }
 
 const VERSION: u32 = 1;
@@ -40,21 +50,49 @@ pub fn path_in(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Every tenant's known last activity (tenants never seen are left out).
-fn snapshot(tenants: &Tenants) -> BTreeMap<String, u64> {
-    tenants
-        .all()
-        .into_iter()
-        .filter(|t| t.last_activity() > 0)
-        .map(|t| (t.name().to_owned(), t.last_activity()))
-        .collect()
+/// Every tenant's known last activity (tenants never seen are left out),
+/// and the API's suspensions.
+fn snapshot(tenants: &Tenants, suspensions: &Suspensions) -> StateFile {
+    StateFile {
+        version: VERSION,
+        last_activity: tenants
+            .all()
+            .into_iter()
+            .filter(|t| t.last_activity() > 0)
+            .map(|t| (t.name().to_owned(), t.last_activity()))
+            .collect(),
+        suspended: suspensions.snapshot(),
+    }
+}
+
+/// What a state file holds, for `pgtier inactive --state-dir` (the proxy
+/// may be down): last activity and API suspensions by tenant.
+pub type Contents = (BTreeMap<String, u64>, BTreeMap<String, Suspension>);
+
+/// Reads the state file in `dir`; unlike [`load`], every problem is an
+/// error (a report read from a corrupt file would be wrong, not late).
+pub fn read(dir: &Path) -> Result<Contents, String> {
+    let path = path_in(dir);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let state: StateFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if state.version != VERSION {
+        return Err(format!(
+            "{}: unknown version {}",
+            path.display(),
+            state.version
+        ));
+    }
+    Ok((state.last_activity, state.suspended))
 }
 
 /// Restores last-activity times from `dir` into `tenants`. A missing file
 /// is a first start; an unreadable or corrupt one is logged and ignored,
 /// because the proxy must come up regardless; the next save replaces it.
-/// Returns how many tenants were restored.
-pub fn load(dir: &Path, tenants: &Tenants) -> usize {
+/// Returns how many tenants were restored. API suspensions come back too,
+/// so a restart does not lift them (in a fleet the store's set replaces
+/// them once it answers).
+pub fn load(dir: &Path, tenants: &Tenants, suspensions: &Suspensions) -> usize {
     let path = path_in(dir);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -78,16 +116,15 @@ pub fn load(dir: &Path, tenants: &Tenants) -> usize {
     for (name, secs) in &state.last_activity {
         tenants.get_or_insert(name).restore_last_activity(*secs);
     }
+    for (name, suspension) in state.suspended {
+        suspensions.insert(&name, suspension);
+    }
     state.last_activity.len()
 }
 
-/// Writes `last_activity` to `dir` atomically.
-fn write(dir: &Path, last_activity: BTreeMap<String, u64>) -> std::io::Result<()> {
+/// Writes `state` to `dir` atomically.
+fn write(dir: &Path, state: &StateFile) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let state = StateFile {
-        version: VERSION,
-        last_activity,
-    };
     let json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(&json)?;
@@ -100,28 +137,34 @@ fn write(dir: &Path, last_activity: BTreeMap<String, u64>) -> std::io::Result<()
     Ok(())
 }
 
-/// Saves the current state now (used at shutdown).
-pub fn save(dir: &Path, tenants: &Tenants) -> std::io::Result<()> {
-    write(dir, snapshot(tenants))
+/// Saves the current state now (at shutdown, and when the API changed a
+/// suspension). Blocking.
+pub fn save(dir: &Path, tenants: &Tenants, suspensions: &Suspensions) -> std::io::Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    write(dir, &snapshot(tenants, suspensions))
 }
 
 /// Saves every [`SAVE_INTERVAL`] while something changed; runs until
 /// aborted (the proxy saves once more itself when it stops).
 pub async fn save_periodically(shared: Arc<Shared>, dir: PathBuf) {
-    let mut saved = snapshot(&shared.tenants);
+    let mut saved = snapshot(&shared.tenants, &shared.suspensions);
     let mut tick = tokio::time::interval(SAVE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = snapshot(&shared.tenants);
+        let now = snapshot(&shared.tenants, &shared.suspensions);
         if now == saved {
             continue;
         }
         let dir = dir.clone();
-        let to_write = now.clone();
+        let writing = Arc::clone(&shared);
         // fsync can take a while: keep it off the runtime's workers.
-        match tokio::task::spawn_blocking(move || write(&dir, to_write)).await {
+        match tokio::task::spawn_blocking(move || {
+            save(&dir, &writing.tenants, &writing.suspensions)
+        })
+        .await
+        {
             Ok(Ok(())) => saved = now,
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the state file"),
             Err(e) => tracing::warn!(error = %e, "state writer failed"),
@@ -139,16 +182,16 @@ mod tests {
         let tenants = Tenants::default();
         tenants.get_or_insert("a").restore_last_activity(1_000);
         tenants.get_or_insert("never"); // not written: nothing known
-        save(dir.path(), &tenants).unwrap();
+        save(dir.path(), &tenants, &Suspensions::default()).unwrap();
 
         let restored = Tenants::default();
         restored.get_or_insert("a").restore_last_activity(2_000);
-        assert_eq!(load(dir.path(), &restored), 1);
+        assert_eq!(load(dir.path(), &restored, &Suspensions::default()), 1);
         assert_eq!(restored.get("a").unwrap().last_activity(), 2_000);
         assert!(restored.get("never").is_none());
 
         let fresh = Tenants::default();
-        load(dir.path(), &fresh);
+        load(dir.path(), &fresh, &Suspensions::default());
         assert_eq!(fresh.get("a").unwrap().last_activity(), 1_000);
     }
 
@@ -156,14 +199,40 @@ mod tests {
     fn missing_or_corrupt_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let tenants = Tenants::default();
-        assert_eq!(load(dir.path(), &tenants), 0);
+        assert_eq!(load(dir.path(), &tenants, &Suspensions::default()), 0);
         std::fs::write(path_in(dir.path()), b"{not json").unwrap();
-        assert_eq!(load(dir.path(), &tenants), 0);
+        assert_eq!(load(dir.path(), &tenants, &Suspensions::default()), 0);
         assert!(tenants.all().is_empty());
         // And the next save replaces the corrupt file.
         tenants.get_or_insert("b").restore_last_activity(5);
-        save(dir.path(), &tenants).unwrap();
+        save(dir.path(), &tenants, &Suspensions::default()).unwrap();
         let again = Tenants::default();
-        assert_eq!(load(dir.path(), &again), 1);
+        assert_eq!(load(dir.path(), &again, &Suspensions::default()), 1);
+    }
+
+    #[test]
+    fn suspensions_survive_a_restart_and_old_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenants = Tenants::default();
+        let suspensions = Suspensions::default();
+        let s = Suspension {
+            message: Some("gone".into()),
+            hint: None,
+            at: 7,
+        };
+        suspensions.insert("idle", s.clone());
+        save(dir.path(), &tenants, &suspensions).unwrap();
+        let back = Suspensions::default();
+        load(dir.path(), &Tenants::default(), &back);
+        assert_eq!(back.get("idle"), Some(s));
+        let (_, read_back) = read(dir.path()).unwrap();
+        assert_eq!(read_back.len(), 1);
+        std::fs::write(
+            path_in(dir.path()),
+            br#"{"version":1,"last_activity":{"a":3}}"#,
+        )
+        .unwrap();
+        let (activity, suspended) = read(dir.path()).unwrap();
+        assert_eq!((activity["a"], suspended.len()), (3, 0));
     }
 }

@@ -112,6 +112,11 @@ const ACTIVITY_KEY: &str = "pgtier:activity";
 /// lost its data (a restart, a flush, a failover to an empty replica) and
 /// what only this instance knows (its cancel keys) is written again.
 const EPOCH_KEY: &str = "pgtier:epoch";
+/// The API's suspensions: a hash of tenant → JSON record, and a counter
+/// bumped with every change, so that an instance reads the hash only when
+/// it changed (one GET per heartbeat otherwise).
+const SUSPENDED_KEY: &str = "pgtier:suspended";
+const SUSPENDED_VERSION: &str = "pgtier:suspended:version";
 /// The most tenants counted by one call of [`COUNT`] (a script holds the
 /// store for as long as it runs).
 const COUNT_BATCH: usize = 2_000;
@@ -529,6 +534,61 @@ impl Store {
             .await?;
         }
         Ok(())
+    }
+
+    /// Records a suspension (`record` is its JSON) for every instance.
+    pub async fn suspend(&self, tenant: &str, record: &str) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(SUSPENDED_KEY, tenant, record)
+            .ignore()
+            .incr(SUSPENDED_VERSION, 1)
+            .ignore();
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
+    }
+
+    /// Lifts an API suspension for every instance.
+    pub async fn resume(&self, tenant: &str) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(SUSPENDED_KEY, tenant)
+            .ignore()
+            .incr(SUSPENDED_VERSION, 1)
+            .ignore();
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
+    }
+
+    /// The suspensions' version: `None` when the store has never had one,
+    /// or lost its data.
+    pub async fn suspensions_version(&self) -> Result<Option<i64>, RedisError> {
+        let mut conn = self.conn.clone();
+        bounded(conn.get(SUSPENDED_VERSION)).await
+    }
+
+    /// Every suspension with the version it is of (read together).
+    pub async fn suspensions(&self) -> Result<(Option<i64>, Vec<(String, String)>), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(SUSPENDED_VERSION).hgetall(SUSPENDED_KEY);
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
+    }
+
+    /// Writes `records` back into a store that lost them, keeping any
+    /// written meanwhile.
+    pub async fn restore_suspensions(
+        &self,
+        records: &[(String, String)],
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (tenant, record) in records {
+            pipe.hset_nx(SUSPENDED_KEY, tenant, record).ignore();
+        }
+        pipe.incr(SUSPENDED_VERSION, 1).ignore();
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
     }
 
     /// Every tenant's last activity as the fleet knows it.

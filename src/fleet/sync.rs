@@ -2,7 +2,8 @@
 //! heartbeat that keeps its leases (and re-asserts its share of every
 //! tenant's slots), the queue of releases, cancel keys and row changes the
 //! sessions hand over without waiting, the quota figures every instance
-//! adopts, and last activity for the fleet-wide inactivity report.
+//! adopts, last activity for the fleet-wide inactivity report, and the
+//! operator API's suspensions every instance applies.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::fleet::redis::Store;
 use crate::quota::log_crossing;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
+use crate::suspend::Suspension;
 
 /// How often quota figures are read back from the store, so that blocked
 /// and unblocked decisions agree across instances within about this.
@@ -41,7 +43,10 @@ pub async fn run(shared: Arc<Shared>) {
     let mut heartbeat = tokio::time::interval(fleet.config.lease_ttl / 3);
     let mut rows = tokio::time::interval(ROWS_REFRESH);
     let mut activity = tokio::time::interval(ACTIVITY_SYNC);
-    for tick in [&mut heartbeat, &mut rows, &mut activity] {
+    // As often as the heartbeat, on its own tick so that a slow store call
+    // here never delays a lease.
+    let mut suspensions = tokio::time::interval(fleet.config.lease_ttl / 3);
+    for tick in [&mut heartbeat, &mut rows, &mut activity, &mut suspensions] {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     // Tenants this instance asserted sessions for at the last heartbeat:
@@ -54,6 +59,8 @@ pub async fn run(shared: Arc<Shared>) {
     // under.
     let mut cancels_epoch: Option<String> = None;
     let mut pushed: HashMap<String, u64> = HashMap::new();
+    // The version of the store's suspensions this instance applies.
+    let mut suspensions_seen: Option<i64> = None;
     // The sessions' work runs beside the heartbeat, so that a store slow
     // to answer it cannot hold the heartbeat up until the leases expire.
     tokio::spawn(drain(
@@ -124,6 +131,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             _ = rows.tick() => adopt_rows(&shared, &store).await,
             _ = activity.tick() => sync_activity(&shared, &store, &mut pushed).await,
+            _ = suspensions.tick() => adopt_suspensions(&shared, &store, &mut suspensions_seen).await,
         }
     }
     // Leaving cleanly: this instance's leases go at once instead of at
@@ -275,4 +283,62 @@ async fn sync_activity(
                 .restore_last_activity(at);
         }
     }
+}
+
+/// Applies the store's suspensions when they changed (one GET per tick
+/// otherwise); the idle sweep then closes the sessions of a tenant newly
+/// suspended, within its quarter second. While the store does not answer
+/// the last set read stays in force: a suspension is never lifted because
+/// the store is unreachable.
+///
+/// A store without a version has never had a suspension, or lost its data
+/// (a restart without persistence): this instance then writes back the
+/// ones it applies, so that a store restart does not lift them. (One lifted
+/// while this instance could not read the store, just before the store lost
+/// its data, would come back the same way; resume it again.)
+async fn adopt_suspensions(shared: &Shared, store: &Store, seen: &mut Option<i64>) {
+    let version = store.suspensions_version().await;
+    shared.fleet.noted(&version);
+    let Ok(version) = version else {
+        return;
+    };
+    if version.is_none() {
+        let mine = shared.suspensions.snapshot();
+        if mine.is_empty() {
+            *seen = None;
+            return;
+        }
+        let records: Vec<(String, String)> = mine
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), serde_json::to_string(s).ok()?)))
+            .collect();
+        let restored = store.restore_suspensions(&records).await;
+        shared.fleet.noted(&restored);
+        if restored.is_ok() {
+            tracing::warn!(
+                tenants = records.len(),
+                "the fleet store had no suspensions; this instance's written back"
+            );
+        }
+        return;
+    }
+    if version == *seen {
+        return;
+    }
+    let read = store.suspensions().await;
+    shared.fleet.noted(&read);
+    let Ok((version, records)) = read else {
+        return;
+    };
+    let all = records
+        .into_iter()
+        .map(|(name, record)| {
+            // A record this version cannot read still suspends (with the
+            // default message): fail closed.
+            let suspension = serde_json::from_str::<Suspension>(&record).unwrap_or_default();
+            (name, suspension)
+        })
+        .collect();
+    shared.suspensions.replace_all(all);
+    *seen = version;
 }

@@ -155,7 +155,17 @@ impl Auditor {
         let now = unix_now();
         let interval = quota.interval.as_secs().max(1);
         for tenant in self.shared.tenants.all() {
-            if config.limits_for(tenant.name()).row_limit > 0 && tenant.rows.due(now, interval) {
+            let limits = config.limits_for(tenant.name());
+            // A suspended database has no sessions to change its rows, and
+            // the auditor's idle connection in it would stand in the way
+            // of the DROP DATABASE that usually follows: closed, not used.
+            if crate::suspend::is_suspended(&self.shared, tenant.name(), &limits) {
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.remove(tenant.name());
+                }
+                continue;
+            }
+            if limits.row_limit > 0 && tenant.rows.due(now, interval) {
                 self.shared.audits.request(&tenant);
             }
         }

@@ -35,6 +35,7 @@ mod proxy_auth;
 mod quota;
 mod readme;
 mod sandbox;
+mod suspend;
 mod threads;
 mod tls;
 mod wire;

@@ -24,6 +24,17 @@ impl Reply {
 /// One HTTP/1.1 request on its own connection (enough for a test; keeps
 /// the dependency list free of an HTTP client).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Reply {
+    request(addr, method, path, token, "").await
+}
+
+/// [`http`] with a JSON `body`.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Reply {
     let mut stream = TcpStream::connect(addr)
         .await
         .expect("connect to admin API");
@@ -31,7 +42,9 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: pgtier\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: pgtier\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
