@@ -238,7 +238,13 @@ impl Login<'_> {
     /// cluster connection, the relayed login and the tenant's slot.
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
-        let limits = self.config.limits_for(tenant_name);
+        if let Err(refusal) = self.consult_registry(tenant_name).await {
+            return Err(Exit::Refused {
+                stream: Some(client),
+                refusal,
+            });
+        }
+        let limits = self.shared.limits_for(tenant_name);
         let max = pending_bound(
             self.config.max_pending_logins_per_tenant,
             limits.max_connections,
@@ -366,6 +372,44 @@ impl Login<'_> {
             logged_in: proxied.logged_in,
             login_duration,
             keep,
+        })
+    }
+
+    /// With `[registry]`: makes sure the tenant's row is known (asking the
+    /// registry on a cache miss), or says why the login is refused.
+    async fn consult_registry(&self, tenant_name: &str) -> Result<(), Refusal> {
+        use crate::config::{OnRegistryError, RegistryUnknown};
+        use crate::registry::{self, Found, Refused};
+        let Some(settings) = &self.config.registry else {
+            return Ok(());
+        };
+        let resolved = timeout_at(
+            self.deadline,
+            self.shared
+                .registry
+                .resolve(tenant_name, self.config, &self.shared.cluster_tls()),
+        )
+        .await;
+        let (why, detail) = match resolved {
+            Ok(Ok(Found::Known)) => return Ok(()),
+            Ok(Ok(Found::Unknown)) => match settings.unknown {
+                RegistryUnknown::Default => return Ok(()),
+                RegistryUnknown::Refuse => (Refused::Unknown, None),
+            },
+            Ok(Err(e)) => match settings.on_error {
+                OnRegistryError::Open => {
+                    tracing::warn!(error = %e, "tenant registry unreadable: the file's limits apply (on_error = \"open\")");
+                    return Ok(());
+                }
+                OnRegistryError::Closed => (Refused::Unavailable, Some(e.to_string())),
+            },
+            Err(_) => return Err(self.login_timeout()),
+        };
+        let (error, reason) = registry::refusal(why, tenant_name);
+        Err(Refusal {
+            error: Some(error),
+            reason,
+            detail,
         })
     }
 

@@ -155,7 +155,8 @@ impl Auditor {
         let now = unix_now();
         let interval = quota.interval.as_secs().max(1);
         for tenant in self.shared.tenants.all() {
-            if config.limits_for(tenant.name()).row_limit > 0 && tenant.rows.due(now, interval) {
+            if self.shared.limits_for(tenant.name()).row_limit > 0 && tenant.rows.due(now, interval)
+            {
                 self.shared.audits.request(&tenant);
             }
         }
@@ -167,7 +168,7 @@ impl Auditor {
             return;
         };
         let config = self.shared.config();
-        let limit = config.limits_for(tenant.name()).row_limit;
+        let limit = self.shared.limits_for(tenant.name()).row_limit;
         let Some(quota) = config.quota.as_ref().filter(|_| limit > 0) else {
             // The limit (or the quota) went away since the request.
             tenant.rows.release();
