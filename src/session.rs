@@ -238,12 +238,15 @@ impl Login<'_> {
     /// cluster connection, the relayed login and the tenant's slot.
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
-        if let Err(refusal) = self.consult_registry(tenant_name).await {
-            return Err(Exit::Refused {
-                stream: Some(client),
-                refusal,
-            });
-        }
+        let refuse_once_authenticated = match self.consult_registry(tenant_name).await {
+            Ok(later) => later,
+            Err(refusal) => {
+                return Err(Exit::Refused {
+                    stream: Some(client),
+                    refusal,
+                })
+            }
+        };
         let limits = self.shared.limits_for(tenant_name);
         let max = pending_bound(
             self.config.max_pending_logins_per_tenant,
@@ -269,7 +272,9 @@ impl Login<'_> {
             policy::row_limit_warning(tenant_name, t.rows.figure(), limits.row_limit, &limits.tier)
         });
         if self.config.auth.mode == AuthMode::Proxy {
-            return self.log_in_proxied(client, startup, limits, notice).await;
+            return self
+                .log_in_proxied(client, startup, limits, notice, refuse_once_authenticated)
+                .await;
         }
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
@@ -299,6 +304,7 @@ impl Login<'_> {
             cancel_keys: &self.shared.cancel_keys,
             fleet: &self.shared.fleet,
             notice,
+            refuse_once_authenticated,
         };
         let logged_in = match timeout_at(
             self.deadline,
@@ -335,6 +341,7 @@ impl Login<'_> {
         startup: &StartupMessage,
         limits: Limits,
         notice: Option<ErrorFields>,
+        refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
     ) -> Result<Session, Exit> {
         let request = proxy::Request {
             shared: self.shared,
@@ -343,6 +350,7 @@ impl Login<'_> {
             startup,
             peer: self.peer,
             notice,
+            refuse_once_authenticated,
         };
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
@@ -376,12 +384,18 @@ impl Login<'_> {
     }
 
     /// With `[registry]`: makes sure the tenant's row is known (asking the
-    /// registry on a cache miss), or says why the login is refused.
-    async fn consult_registry(&self, tenant_name: &str) -> Result<(), Refusal> {
+    /// registry on a cache miss), or says why the login is refused: at once
+    /// (the registry cannot be read), or once the client has authenticated
+    /// (`database "x" does not exist`, which PostgreSQL too says only to an
+    /// authenticated client).
+    async fn consult_registry(
+        &self,
+        tenant_name: &str,
+    ) -> Result<Option<(ErrorFields, &'static str)>, Refusal> {
         use crate::config::{OnRegistryError, RegistryUnknown};
         use crate::registry::{self, Found, Refused};
         let Some(settings) = &self.config.registry else {
-            return Ok(());
+            return Ok(None);
         };
         let resolved = timeout_at(
             self.deadline,
@@ -390,26 +404,28 @@ impl Login<'_> {
                 .resolve(tenant_name, self.config, &self.shared.cluster_tls()),
         )
         .await;
-        let (why, detail) = match resolved {
-            Ok(Ok(Found::Known)) => return Ok(()),
+        let detail = match resolved {
+            Ok(Ok(Found::Known)) => return Ok(None),
             Ok(Ok(Found::Unknown)) => match settings.unknown {
-                RegistryUnknown::Default => return Ok(()),
-                RegistryUnknown::Refuse => (Refused::Unknown, None),
+                RegistryUnknown::Default => return Ok(None),
+                RegistryUnknown::Refuse => {
+                    return Ok(Some(registry::refusal(Refused::Unknown, tenant_name)))
+                }
             },
             Ok(Err(e)) => match settings.on_error {
                 OnRegistryError::Open => {
                     tracing::warn!(error = %e, "tenant registry unreadable: the file's limits apply (on_error = \"open\")");
-                    return Ok(());
+                    return Ok(None);
                 }
-                OnRegistryError::Closed => (Refused::Unavailable, Some(e.to_string())),
+                OnRegistryError::Closed => e.to_string(),
             },
             Err(_) => return Err(self.login_timeout()),
         };
-        let (error, reason) = registry::refusal(why, tenant_name);
+        let (error, reason) = registry::refusal(Refused::Unavailable, tenant_name);
         Err(Refusal {
             error: Some(error),
             reason,
-            detail,
+            detail: Some(detail),
         })
     }
 

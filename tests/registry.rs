@@ -264,6 +264,15 @@ async fn an_unknown_database_follows_the_unknown_setting() {
     let refusing = registry_proxy(&control.default_table("refuse", "closed")).await;
     let defaulting = registry_proxy(&control.default_table("default", "closed")).await;
 
+    // As PostgreSQL: only an authenticated client learns that a database
+    // does not exist; a wrong password hears only that.
+    let s = common::scram_tenant("unknownpw");
+    let e = connect(refusing.addr, &s.db, &s.user, "not-the-password")
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(code(&e), "28P01", "{e:?}");
+    let e = log_in(&refusing, &s).await.expect_err("unknown = refuse");
+    assert_eq!(code(&e), "3D000", "{e:?}");
     let e = log_in(&refusing, &t).await.expect_err("unknown = refuse");
     assert_eq!(code(&e), "3D000", "{e:?}");
     assert_eq!(
