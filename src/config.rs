@@ -1043,6 +1043,37 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_row_overrides_the_files_entry_key_by_key() {
+        let config = Config::from_toml_str(&format!(
+            "{BASE}\n[tenants.hobby]\nmax_connections = 3\nidle_timeout = \"1m\"\n"
+        ))
+        .unwrap();
+        let row = TenantConfig {
+            tier: Some("standard".to_owned()),
+            idle_timeout: Some(Duration::from_secs(7)),
+            ..TenantConfig::default()
+        };
+        let limits = config.limits_with("hobby", Some(&row));
+        assert_eq!(limits.tier, "standard");
+        assert_eq!(limits.max_connections, 3, "the file's key, the row's NULL");
+        assert_eq!(limits.idle_timeout, Duration::from_secs(7));
+        let other = config.limits_with("other", Some(&row));
+        assert_eq!(
+            (other.tier.as_str(), other.max_connections),
+            ("standard", 0)
+        );
+        assert_eq!(
+            config.limits_with("hobby", None),
+            config.limits_for("hobby")
+        );
+        let bad = TenantConfig {
+            tier: Some("gold".to_owned()),
+            ..TenantConfig::default()
+        };
+        assert_eq!(bad.check(&config).unwrap_err().0, "tier");
+    }
+
+    #[test]
     fn errors_name_line_and_key() {
         let err = Config::from_toml_str("listen = \"127.0.0.1:6432\"\nlogin_timeout = \"soon\"\n")
             .unwrap_err()
