@@ -215,7 +215,7 @@ fn rfc3339(unix_secs: u64) -> String {
 }
 
 fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
-    let limits = shared.config().limits_for(name);
+    let limits = shared.limits_for(name);
     let last = tenant.map(Tenant::last_activity).unwrap_or(0);
     let figure = tenant.and_then(|t| t.rows.figure());
     let suspension = crate::suspend::Status::of(shared, name, &limits);

@@ -107,6 +107,70 @@ fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
 }
 
+/// `[registry] unknown`: what a database the registry has no row for gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryUnknown {
+    /// The file's limits: its `[tenants.x]` if any, else `default_tier`.
+    #[default]
+    Default,
+    /// Refused with PostgreSQL's own `3D000 database "x" does not exist`.
+    Refuse,
+}
+
+/// `[registry] on_error`: what a database the registry has not answered
+/// for yet gets while the registry cannot be read (cached tenants keep
+/// their cached row either way). Named like the fleet's `on_store_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRegistryError {
+    /// Logged in with the file's limits, as if the registry had no row.
+    Open,
+    /// Refused (57P03) until the registry answers: a tenant the control
+    /// plane downgraded or refused cannot slip in during an outage.
+    #[default]
+    Closed,
+}
+
+/// `[registry]`: tenants read from a control-plane table (see
+/// `crate::registry`). Its per-tenant keys override the file's `[tenants]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// One row for the database named `$1`, or none; its columns are named
+    /// by the keys `[tenants.x]` accepts (`tier`, `max_connections`, …). A
+    /// NULL column leaves the file's value.
+    pub query: String,
+    /// The role the query and the LISTEN run as; tenants must not be able
+    /// to log in as it or reach its database.
+    pub user: String,
+    /// Better given as `PGTIER_REGISTRY__PASSWORD`.
+    pub password: Option<String>,
+    /// The database the table lives in (and NOTIFY is sent in).
+    #[serde(default = "default_quota_database")]
+    pub database: String,
+    /// How long a looked-up row is trusted when no NOTIFY says otherwise
+    /// (and so the staleness bound while the LISTEN connection is down).
+    #[serde(default = "default_registry_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// The channel the control plane NOTIFYs with a database's name (or an
+    /// empty payload for all).
+    #[serde(default = "default_registry_channel")]
+    pub channel: String,
+    #[serde(default)]
+    pub unknown: RegistryUnknown,
+    #[serde(default)]
+    pub on_error: OnRegistryError,
+}
+
+fn default_registry_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_registry_channel() -> String {
+    "pgtier_tenants".to_owned()
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -289,7 +353,7 @@ impl TierConfig {
 }
 
 /// A tenant listed by name; any tier key can be overridden.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub tier: Option<String>,
@@ -308,6 +372,56 @@ pub struct TenantConfig {
 }
 
 impl TenantConfig {
+    /// `self`'s keys over `base`'s: a registry row over the file's entry.
+    /// A key added to `TenantConfig` must be added here too.
+    pub fn over(&self, base: &TenantConfig) -> TenantConfig {
+        TenantConfig {
+            tier: self.tier.clone().or_else(|| base.tier.clone()),
+            max_connections: self.max_connections.or(base.max_connections),
+            idle_timeout: self.idle_timeout.or(base.idle_timeout),
+            idle_in_transaction_timeout: self
+                .idle_in_transaction_timeout
+                .or(base.idle_in_transaction_timeout),
+            statement_timeout: self.statement_timeout.or(base.statement_timeout),
+            row_limit: self.row_limit.or(base.row_limit),
+            deny: self.deny.clone().or_else(|| base.deny.clone()),
+            suspended: self.suspended.or(base.suspended),
+            suspended_message: self
+                .suspended_message
+                .clone()
+                .or_else(|| base.suspended_message.clone()),
+            suspended_hint: self
+                .suspended_hint
+                .clone()
+                .or_else(|| base.suspended_hint.clone()),
+        }
+    }
+
+    /// What is wrong with this entry under `config` (a tier it names that
+    /// does not exist, an unknown deny kind, a row limit without
+    /// `[quota]`), with the key it is about; for registry rows, which are
+    /// not checked when the file is.
+    pub fn check(&self, config: &Config) -> Result<(), (&'static str, String)> {
+        if let Some(tier) = &self.tier {
+            if !config.tiers.contains_key(tier) {
+                return Err((
+                    "tier",
+                    format!("{tier:?} names no tier (known: {})", config.tier_names()),
+                ));
+            }
+        }
+        if let Some(names) = &self.deny {
+            DenySet::parse(names).map_err(|e| ("deny", e))?;
+        }
+        if let (Some(limit @ 1..), None) = (self.row_limit, &config.quota) {
+            return Err((
+                "row_limit",
+                format!("{limit} needs a [quota] table in proxy.toml"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The tier keys this tenant overrides.
     fn as_tier(&self) -> TierConfig {
         TierConfig {
@@ -419,6 +533,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Tenants read from a control-plane table; absent = the file alone.
+    pub registry: Option<RegistryConfig>,
     /// Proxy mode: how long a warm cluster connection waits for the next
     /// login of its database and role before it is closed. 0 = no warm
     /// connections.
@@ -774,6 +890,23 @@ impl Config {
                     .to_owned(),
             ));
         }
+        if let Some(registry) = &self.registry {
+            if registry.cache_ttl.is_zero() {
+                return Err(invalid(
+                    "registry.cache_ttl must be greater than zero".to_owned(),
+                ));
+            }
+            if registry.channel.is_empty() || registry.channel.len() > 63 {
+                return Err(invalid(
+                    "registry.channel must be a name of 1 to 63 bytes".to_owned(),
+                ));
+            }
+            if !registry.query.contains("$1") {
+                return Err(invalid(
+                    "registry.query must use $1 (the database name being looked up)".to_owned(),
+                ));
+            }
+        }
         if let Some(quota) = &self.quota {
             if quota.interval.is_zero() {
                 return Err(invalid(
@@ -788,9 +921,24 @@ impl Config {
         self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 
-    /// The effective limits of the tenant (database) `name`.
+    /// The effective limits of the tenant (database) `name`, from the
+    /// file alone.
     pub fn limits_for(&self, name: &str) -> Limits {
-        let tenant = self.tenants.get(name);
+        self.limits_with(name, None)
+    }
+
+    /// The effective limits of `name` with `row`'s keys (the registry's)
+    /// over its `[tenants]` entry's.
+    pub fn limits_with(&self, name: &str, row: Option<&TenantConfig>) -> Limits {
+        let merged_entry;
+        let tenant = match (row, self.tenants.get(name)) {
+            (Some(row), Some(file)) => {
+                merged_entry = row.over(file);
+                Some(&merged_entry)
+            }
+            (Some(row), None) => Some(row),
+            (None, file) => file,
+        };
         let tier_name = tenant
             .and_then(|t| t.tier.as_deref())
             .unwrap_or(&self.default_tier);
@@ -957,6 +1105,37 @@ mod tests {
         assert_eq!(other.max_connections, 2);
         assert_eq!(other.idle_timeout, Duration::from_secs(300));
         assert_eq!(other.idle_in_transaction_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_registry_row_overrides_the_files_entry_key_by_key() {
+        let config = Config::from_toml_str(&format!(
+            "{BASE}\n[tenants.hobby]\nmax_connections = 3\nidle_timeout = \"1m\"\n"
+        ))
+        .unwrap();
+        let row = TenantConfig {
+            tier: Some("standard".to_owned()),
+            idle_timeout: Some(Duration::from_secs(7)),
+            ..TenantConfig::default()
+        };
+        let limits = config.limits_with("hobby", Some(&row));
+        assert_eq!(limits.tier, "standard");
+        assert_eq!(limits.max_connections, 3, "the file's key, the row's NULL");
+        assert_eq!(limits.idle_timeout, Duration::from_secs(7));
+        let other = config.limits_with("other", Some(&row));
+        assert_eq!(
+            (other.tier.as_str(), other.max_connections),
+            ("standard", 0)
+        );
+        assert_eq!(
+            config.limits_with("hobby", None),
+            config.limits_for("hobby")
+        );
+        let bad = TenantConfig {
+            tier: Some("gold".to_owned()),
+            ..TenantConfig::default()
+        };
+        assert_eq!(bad.check(&config).unwrap_err().0, "tier");
     }
 
     #[test]

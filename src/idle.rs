@@ -42,7 +42,6 @@ pub async fn sweep(shared: Arc<Shared>) {
 /// suspended tenant, to end.
 /// Returns how many were asked.
 pub fn sweep_once(shared: &Shared) -> usize {
-    let config = shared.config();
     let now = clock_ms();
     // Limits per tenant, looked up once per pass. Sessions of one tenant
     // share its `Arc<Tenant>`, so its address is the key: no allocation per
@@ -54,7 +53,7 @@ pub fn sweep_once(shared: &Shared) -> usize {
         let (idle, in_tx, statement, suspended) = *limits
             .entry(Arc::as_ptr(&session.tenant))
             .or_insert_with(|| {
-                let l = config.limits_for(session.tenant.name());
+                let l = shared.limits_for(session.tenant.name());
                 (
                     l.idle_timeout,
                     l.idle_in_transaction_timeout,

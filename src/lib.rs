@@ -30,6 +30,7 @@ pub mod pool;
 pub mod protocol;
 pub mod pump;
 pub mod quota;
+pub mod registry;
 pub mod sandbox;
 pub mod scrape;
 pub mod server;

@@ -59,7 +59,7 @@ impl Collector for ProxyCollector {
             .into_iter()
             .filter(|t| in_series(t, now, config.metrics_series_ttl))
             .map(|t| {
-                let tier = config.limits_for(t.name()).tier;
+                let tier = shared.limits_for(t.name()).tier;
                 (t, tier)
             })
             .collect();
@@ -149,7 +149,7 @@ impl Collector for ProxyCollector {
             MetricType::Gauge,
         )?;
         for (t, _) in &tenants {
-            let limit = i64::try_from(config.limits_for(t.name()).row_limit).unwrap_or(i64::MAX);
+            let limit = i64::try_from(shared.limits_for(t.name()).row_limit).unwrap_or(i64::MAX);
             ConstGauge::new(limit).encode(m.encode_family(&[("tenant", t.name())])?)?;
         }
 

@@ -115,6 +115,7 @@ impl Proxy {
         }));
         tokio::spawn(crate::quota::auditor::run(Arc::clone(&shared)));
         tokio::spawn(keep_warm(Arc::clone(&shared)));
+        tokio::spawn(crate::registry::listen::run(Arc::clone(&shared)));
         let fleet_sync = tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared)));
         let admin = admin.map(|l| crate::admin::spawn(l, Arc::clone(&handle.shared)));
         let state_dir = shared.config().state_dir.clone();

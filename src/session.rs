@@ -238,7 +238,16 @@ impl Login<'_> {
     /// cluster connection, the relayed login and the tenant's slot.
     async fn log_in(&self, mut client: Stream, startup: &StartupMessage) -> Result<Session, Exit> {
         let tenant_name = startup.database();
-        let limits = self.config.limits_for(tenant_name);
+        let refuse_once_authenticated = match self.consult_registry(tenant_name).await {
+            Ok(later) => later,
+            Err(refusal) => {
+                return Err(Exit::Refused {
+                    stream: Some(client),
+                    refusal,
+                })
+            }
+        };
+        let limits = self.shared.limits_for(tenant_name);
         // Before anything is spent on it, the cluster above all: no
         // backend is ever started in a suspended database.
         if let Some(error) = crate::suspend::login_refusal(self.shared, tenant_name, &limits) {
@@ -271,7 +280,9 @@ impl Login<'_> {
             policy::row_limit_warning(tenant_name, t.rows.figure(), limits.row_limit, &limits.tier)
         });
         if self.config.auth.mode == AuthMode::Proxy {
-            return self.log_in_proxied(client, startup, limits, notice).await;
+            return self
+                .log_in_proxied(client, startup, limits, notice, refuse_once_authenticated)
+                .await;
         }
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
@@ -301,6 +312,7 @@ impl Login<'_> {
             cancel_keys: &self.shared.cancel_keys,
             fleet: &self.shared.fleet,
             notice,
+            refuse_once_authenticated,
         };
         let logged_in = match timeout_at(
             self.deadline,
@@ -337,6 +349,7 @@ impl Login<'_> {
         startup: &StartupMessage,
         limits: Limits,
         notice: Option<ErrorFields>,
+        refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
     ) -> Result<Session, Exit> {
         let request = proxy::Request {
             shared: self.shared,
@@ -345,6 +358,7 @@ impl Login<'_> {
             startup,
             peer: self.peer,
             notice,
+            refuse_once_authenticated,
         };
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
@@ -374,6 +388,52 @@ impl Login<'_> {
             logged_in: proxied.logged_in,
             login_duration,
             keep,
+        })
+    }
+
+    /// With `[registry]`: makes sure the tenant's row is known (asking the
+    /// registry on a cache miss), or says why the login is refused: at once
+    /// (the registry cannot be read), or once the client has authenticated
+    /// (`database "x" does not exist`, which PostgreSQL too says only to an
+    /// authenticated client).
+    async fn consult_registry(
+        &self,
+        tenant_name: &str,
+    ) -> Result<Option<(ErrorFields, &'static str)>, Refusal> {
+        use crate::config::{OnRegistryError, RegistryUnknown};
+        use crate::registry::{self, Found, Refused};
+        let Some(settings) = &self.config.registry else {
+            return Ok(None);
+        };
+        let resolved = timeout_at(
+            self.deadline,
+            self.shared
+                .registry
+                .resolve(tenant_name, self.config, &self.shared.cluster_tls()),
+        )
+        .await;
+        let detail = match resolved {
+            Ok(Ok(Found::Known)) => return Ok(None),
+            Ok(Ok(Found::Unknown)) => match settings.unknown {
+                RegistryUnknown::Default => return Ok(None),
+                RegistryUnknown::Refuse => {
+                    return Ok(Some(registry::refusal(Refused::Unknown, tenant_name)))
+                }
+            },
+            Ok(Err(e)) => match settings.on_error {
+                OnRegistryError::Open => {
+                    tracing::warn!(error = %e, "tenant registry unreadable: the file's limits apply (on_error = \"open\")");
+                    return Ok(None);
+                }
+                OnRegistryError::Closed => e.to_string(),
+            },
+            Err(_) => return Err(self.login_timeout()),
+        };
+        let (error, reason) = registry::refusal(Refused::Unavailable, tenant_name);
+        Err(Refusal {
+            error: Some(error),
+            reason,
+            detail: Some(detail),
         })
     }
 

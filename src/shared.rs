@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::verifiers::Verifiers;
 use crate::cancel::CancelKeys;
-use crate::config::{ClientTlsMode, Config};
+use crate::config::{ClientTlsMode, Config, Limits};
 use crate::fleet::Fleet;
 use crate::logins::Logins;
 use crate::metrics::Metrics;
@@ -23,6 +23,7 @@ use crate::pool::WarmPool;
 use crate::protocol::startup::PROTOCOL_3_0;
 use crate::quota::classify::Classifier;
 use crate::quota::AuditQueue;
+use crate::registry::Registry;
 use crate::sessions::Sessions;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Stage};
 use crate::suspend::Suspensions;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub verifiers: Verifiers,
     /// Proxy mode: warm cluster connections.
     pub warm: WarmPool,
+    /// Tenants read from a control-plane table (`[registry]`).
+    pub registry: Registry,
     /// How many refused logins are logged per second
     /// (`log_refusals_per_second`).
     pub refusal_log: LogBudget,
@@ -123,6 +126,7 @@ impl Shared {
             fleet,
             verifiers: Verifiers::default(),
             warm: WarmPool::default(),
+            registry: Registry::default(),
             refusal_log: LogBudget::default(),
             cluster_protocol: AtomicU32::new(PROTOCOL_3_0),
             cluster_protocol_known: std::sync::atomic::AtomicBool::new(false),
@@ -161,9 +165,23 @@ impl Shared {
         self.cluster_protocol_known.load(Ordering::Acquire)
     }
 
-    /// Changes with every reload (see [`Shared::apply_config`]).
+    /// Changes with every reload (see [`Shared::apply_config`]) and every
+    /// change of a registry row: running sessions watch it to take up new
+    /// limits. (Two counters that only grow; so does their sum.)
     pub fn config_generation(&self) -> u64 {
-        self.config_generation.load(Ordering::Acquire)
+        self.config_generation
+            .load(Ordering::Acquire)
+            .wrapping_add(self.registry.generation())
+    }
+
+    /// The limits in force for the tenant `name`: the file's, with its
+    /// registry row's keys over them when `[registry]` is configured.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        let config = self.config();
+        match config.registry {
+            Some(_) => config.limits_with(name, self.registry.cached(name).as_deref()),
+            None => config.limits_for(name),
+        }
     }
 
     pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {

@@ -243,11 +243,7 @@ impl<H> ClusterSide<H> {
         if clock.cancelled.load(Ordering::Acquire) != index {
             return None;
         }
-        let tier = self
-            .shared
-            .config()
-            .limits_for(self.control.tenant.name())
-            .tier;
+        let tier = self.shared.limits_for(self.control.tenant.name()).tier;
         Some(timeout_error(&tier, clock.limit_ms.load(Ordering::Relaxed)))
     }
 }

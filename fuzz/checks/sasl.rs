@@ -156,6 +156,7 @@ async fn relay_once(input: Input<'_>) {
         cancel_keys: &cancel_keys,
         fleet: &fleet,
         notice: None,
+        refuse_once_authenticated: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),

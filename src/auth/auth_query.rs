@@ -12,6 +12,9 @@
 //! attempt; if it timed out, they fail with it, and so does every lookup
 //! for [`RETRY_AFTER`]. Those opened for a burst are closed once idle for
 //! `server_idle_timeout`; one stays.
+//!
+//! The tenant registry (`crate::registry`) runs its lookups on a set of
+//! its own, logged in as its own role: the same rules, another `Login`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::config::{AuthConfig, ClusterConfig};
+use crate::config::ClusterConfig;
 use crate::control::{self, Login};
 
 /// The most connections `auth_query` runs on at once. Lookups are short
@@ -114,7 +117,7 @@ impl AuthQueryConnections {
     /// A place on a lookup connection, opening one if the rule above says so.
     pub async fn acquire(
         &self,
-        auth: &AuthConfig,
+        login: &Login<'_>,
         cluster: &ClusterConfig,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<OnLink, LookupError> {
@@ -130,7 +133,7 @@ impl AuthQueryConnections {
                 Next::Fail(e) => return Err(e),
                 Next::Open(growing) => {
                     let attempt = Attempt(self);
-                    let opened = open(auth, cluster, tls).await;
+                    let opened = open(login, cluster, tls).await;
                     let mut state = self.lock();
                     match opened {
                         Ok(client) => {
@@ -234,25 +237,18 @@ impl AuthQueryConnections {
     }
 }
 
-/// Logs into the cluster as `[auth] user`, within `connect_timeout`:
+/// Logs into the cluster as `login` says, within `connect_timeout`:
 /// tokio-postgres bounds the TCP connect alone, and a cluster that accepts
 /// and then says nothing would hold the attempt (and every lookup waiting
 /// for it) for ever.
 async fn open(
-    auth: &AuthConfig,
+    login: &Login<'_>,
     cluster: &ClusterConfig,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<tokio_postgres::Client, LookupError> {
-    let user = auth.user.as_deref().ok_or(LookupError::NotConfigured)?;
-    let login = Login {
-        user,
-        password: auth.password.as_deref(),
-        database: &auth.database,
-        application_name: "pgtier auth",
-    };
     tokio::time::timeout(
         cluster.connect_timeout,
-        control::connect(cluster, &login, tls),
+        control::connect(cluster, login, tls),
     )
     .await
     .map_err(|_| LookupError::TimedOut(cluster.connect_timeout))?

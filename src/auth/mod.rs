@@ -108,6 +108,11 @@ pub struct Admission<'a> {
     /// A NoticeResponse for the client just before its first ReadyForQuery
     /// (a tenant near its row limit is warned at login).
     pub notice: Option<ErrorFields>,
+    /// A refusal decided before the login but told only once the client
+    /// has authenticated, as PostgreSQL tells `database "x" does not
+    /// exist` only then (so an unauthenticated client learns nothing
+    /// about which databases exist).
+    pub refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
 }
 
 /// Runs the login from the StartupMessage to the first ReadyForQuery, which
@@ -169,6 +174,10 @@ pub async fn relay(
                 let code = body.get(..4).map(|mut b| b.get_u32()).unwrap_or(u32::MAX);
                 match code {
                     AUTH_OK => {
+                        if let Some((error, reason)) = admission.refuse_once_authenticated {
+                            let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
+                            return Err(LoginError::Refused { error, reason });
+                        }
                         let tenant = admission.tenants.get_or_insert(admission.name);
                         match admission
                             .fleet

@@ -47,6 +47,9 @@ pub struct Request<'a> {
     pub peer: IpAddr,
     /// A warning for the client before its first ReadyForQuery.
     pub notice: Option<ErrorFields>,
+    /// Told once the password has checked out (see
+    /// [`crate::auth::Admission::refuse_once_authenticated`]).
+    pub refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
 }
 
 /// A logged-in session and its cluster connection.
@@ -72,6 +75,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         startup,
         peer,
         notice,
+        refuse_once_authenticated,
     } = request;
     let role = startup.user();
     let database = startup.database();
@@ -209,6 +213,9 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     };
     shared.verifiers.succeeded(peer, role);
 
+    if let Some((error, reason)) = refuse_once_authenticated {
+        return Err(refused(error, reason));
+    }
     // The cap, before the cluster is touched.
     let tenant = shared.tenants.get_or_insert(database);
     let slot = shared

@@ -135,7 +135,13 @@ impl Verifiers {
         cluster: &ClusterConfig,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Lookup, LookupError> {
-        let on = self.connections.acquire(auth, cluster, tls).await?;
+        let login = crate::control::Login {
+            user: auth.user.as_deref().ok_or(LookupError::NotConfigured)?,
+            password: auth.password.as_deref(),
+            database: &auth.database,
+            application_name: "pgtier auth",
+        };
+        let on = self.connections.acquire(&login, cluster, tls).await?;
         // Bounded like the connection: a cluster that stops answering
         // fails lookups at once rather than holding every login in proxy
         // mode until its login_timeout. A broken connection is left

@@ -225,12 +225,11 @@ async fn apply(shared: &Shared, store: &Store, instance: &str, batch: Batch) {
 /// Reads the fleet's figure of every tenant with a session here and a row
 /// limit, so that every instance refuses (and stops refusing) alike.
 async fn adopt_rows(shared: &Shared, store: &crate::fleet::redis::Store) {
-    let config = shared.config();
     for tenant in shared.tenants.all() {
         if tenant.connections() == 0 {
             continue;
         }
-        let limit = config.limits_for(tenant.name()).row_limit;
+        let limit = shared.limits_for(tenant.name()).row_limit;
         if limit == 0 {
             continue;
         }

@@ -155,7 +155,7 @@ impl Auditor {
         let now = unix_now();
         let interval = quota.interval.as_secs().max(1);
         for tenant in self.shared.tenants.all() {
-            let limits = config.limits_for(tenant.name());
+            let limits = self.shared.limits_for(tenant.name());
             // A suspended database has no sessions to change its rows, and
             // the auditor's idle connection in it would stand in the way
             // of the DROP DATABASE that usually follows: closed, not used.
@@ -177,7 +177,7 @@ impl Auditor {
             return;
         };
         let config = self.shared.config();
-        let limit = config.limits_for(tenant.name()).row_limit;
+        let limit = self.shared.limits_for(tenant.name()).row_limit;
         let Some(quota) = config.quota.as_ref().filter(|_| limit > 0) else {
             // The limit (or the quota) went away since the request.
             tenant.rows.release();

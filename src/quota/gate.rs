@@ -179,7 +179,7 @@ impl Rules {
         let config = shared.config();
         Rules {
             generation,
-            limits: config.limits_for(tenant.name()),
+            limits: shared.limits_for(tenant.name()),
             grace_s: config
                 .quota
                 .as_ref()

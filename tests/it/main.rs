@@ -34,6 +34,7 @@ mod proxy;
 mod proxy_auth;
 mod quota;
 mod readme;
+mod registry;
 mod sandbox;
 mod suspend;
 mod threads;
