@@ -296,14 +296,16 @@ async fn a_reload_that_changes_the_storage_limit_takes_effect_in_running_session
     client
         .batch_execute(&format!(
             "CREATE TABLE big (b bytea); {}; UPDATE big SET b = b",
-            fill("big", 4)
+            fill("big", 8)
         ))
         .await
         .unwrap();
     // Lower the limit under what the database holds: the same session is
     // refused once the figure shows it.
     let size = size_of(&t.db).await;
-    let lower_mb = (size >> 20).saturating_sub(2).max(1);
+    let lower_mb = (size >> 20).saturating_sub(2);
+    // pg_size_pretty's units: 10 MB and more read in MB.
+    assert!(lower_mb >= 10, "{size} bytes");
     reload(&proxy, &path, &tenant(&format!("{lower_mb}MB"))).await;
     wait_storage(&proxy, &t.db, lower_mb << 20, true).await;
     let message = refused(&client, "UPDATE big SET b = b", "53100").await;
