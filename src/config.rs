@@ -709,16 +709,23 @@ impl Config {
                 "cluster.connect_timeout must be greater than zero".to_owned(),
             ));
         }
-        let tier_keys = self
-            .tiers
-            .iter()
-            .map(|(name, t)| {
-                let storage = t.storage_limit.map(|b| b.0);
-                (format!("tiers.{name}"), t.row_limit, storage, t.deny.as_deref())
-            });
+        let tier_keys = self.tiers.iter().map(|(name, t)| {
+            let storage = t.storage_limit.map(|b| b.0);
+            (
+                format!("tiers.{name}"),
+                t.row_limit,
+                storage,
+                t.deny.as_deref(),
+            )
+        });
         let tenant_keys = self.tenants.iter().map(|(name, t)| {
             let storage = t.storage_limit.map(|b| b.0);
-            (format!("tenants.{name}"), t.row_limit, storage, t.deny.as_deref())
+            (
+                format!("tenants.{name}"),
+                t.row_limit,
+                storage,
+                t.deny.as_deref(),
+            )
         });
         for (key, row_limit, storage_limit, deny) in tier_keys.chain(tenant_keys) {
             if let Some(names) = deny {
@@ -1028,10 +1035,14 @@ mod tests {
         assert_eq!(config.limits_for("raw").storage_limit, 1 << 20);
         assert_eq!(config.limits_for("paid").storage_limit, 0);
         assert_eq!(config.limits_for("off").storage_limit, 0);
-        let err = Config::from_toml_str(&format!("{BASE}\n[tiers.free]\nstorage_limit = \"lots\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("storage_limit") || err.contains("size"), "{err}");
+        let err =
+            Config::from_toml_str(&format!("{BASE}\n[tiers.free]\nstorage_limit = \"lots\"\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("storage_limit") || err.contains("size"),
+            "{err}"
+        );
         // Without [quota], the built-in default is off; one written is an error.
         let no_quota = "[tls]\nmode = \"disable\"\n[tiers.free]\nrow_limit = 0\n";
         let config = Config::from_toml_str(no_quota).unwrap();

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    connect, connect_keeping_notices, quota_table, scram_tenant, start_proxy_from,
-    wait_until,
+    connect, connect_keeping_notices, quota_table, scram_tenant, start_proxy_from, wait_until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,7 +70,10 @@ async fn wait_storage(proxy: &common::TestProxy, db: &str, limit: u64, over: boo
     let name = db.to_owned();
     wait_until(
         MEASURED,
-        &format!("{db} {} its storage limit", if over { "over" } else { "under" }),
+        &format!(
+            "{db} {} its storage limit",
+            if over { "over" } else { "under" }
+        ),
         move || {
             shared
                 .tenants
@@ -95,7 +97,10 @@ async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
         .unwrap();
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head and body");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
@@ -211,7 +216,8 @@ async fn over_the_storage_limit_growth_is_refused_until_truncate_frees_space() {
     assert!(
         notices.iter().any(|n| n.severity() == "WARNING"
             && n.message().contains("uses")
-            && n.message().ends_with(&format!("of the {limit_mb} MB its free tier allows"))),
+            && n.message()
+                .ends_with(&format!("of the {limit_mb} MB its free tier allows"))),
         "{notices:?}"
     );
 
@@ -219,8 +225,15 @@ async fn over_the_storage_limit_growth_is_refused_until_truncate_frees_space() {
     let admin = proxy.handle.admin_addr().expect("admin API bound");
     let view = admin_get(admin, &format!("/tenants/{}", t.db)).await;
     assert_eq!(view["storage_limit"], serde_json::json!(limit), "{view}");
-    assert!(view["storage_bytes"].as_u64().is_some_and(|b| b > limit), "{view}");
-    assert_eq!(view["over_storage_limit"], serde_json::json!(true), "{view}");
+    assert!(
+        view["storage_bytes"].as_u64().is_some_and(|b| b > limit),
+        "{view}"
+    );
+    assert_eq!(
+        view["over_storage_limit"],
+        serde_json::json!(true),
+        "{view}"
+    );
 
     // A standard tenant holding as much is not limited.
     let (standard, _conn2) = connect(proxy.addr, &paid.db, &paid.user, &paid.password)
@@ -238,12 +251,18 @@ async fn over_the_storage_limit_growth_is_refused_until_truncate_frees_space() {
     client.batch_execute("TRUNCATE big").await.unwrap();
     wait_storage(&proxy, &t.db, limit, false).await;
     client
-        .batch_execute("INSERT INTO small VALUES (7); UPDATE small SET n = 8; CREATE INDEX ON small (n)")
+        .batch_execute(
+            "INSERT INTO small VALUES (7); UPDATE small SET n = 8; CREATE INDEX ON small (n)",
+        )
         .await
         .unwrap();
     client.execute(&update, &[&1i32]).await.unwrap();
     let view = admin_get(admin, &format!("/tenants/{}", t.db)).await;
-    assert_eq!(view["over_storage_limit"], serde_json::json!(false), "{view}");
+    assert_eq!(
+        view["over_storage_limit"],
+        serde_json::json!(false),
+        "{view}"
+    );
 }
 
 /// A rolled-back transaction commits no rows, but the files it wrote stay

@@ -627,7 +627,14 @@ impl ClientGate {
         let cursors = |(name, adds_rows): &(String, bool)| {
             // A cursor's query cannot UPDATE (PostgreSQL refuses
             // data-modifying statements in DECLARE): rows or nothing.
-            (name.clone(), if *adds_rows { Writes::ALL } else { Writes::NONE })
+            (
+                name.clone(),
+                if *adds_rows {
+                    Writes::ALL
+                } else {
+                    Writes::NONE
+                },
+            )
         };
         let cursors: Vec<(String, Writes)> = if statement.fetches.is_empty() {
             Vec::new()
@@ -672,7 +679,11 @@ impl ClientGate {
 
     /// The tenant's size, if it is over its storage limit.
     fn over_storage(&self) -> Option<Refusal> {
-        if let Some(bytes) = self.tenant.rows.storage_over(self.rules.limits.storage_limit) {
+        if let Some(bytes) = self
+            .tenant
+            .rows
+            .storage_over(self.rules.limits.storage_limit)
+        {
             return Some(Refusal::StorageLimit(bytes));
         }
         // Fail closed, as for rows.
@@ -689,7 +700,11 @@ impl ClientGate {
         if statement.cursors.iter().any(|(_, adds_rows)| *adds_rows) {
             let mut names = self.link.names();
             for (cursor, adds_rows) in &statement.cursors {
-                let writes = if *adds_rows { Writes::ALL } else { Writes::NONE };
+                let writes = if *adds_rows {
+                    Writes::ALL
+                } else {
+                    Writes::NONE
+                };
                 names.assume_defined(Space::Portal, cursor, writes);
             }
         }

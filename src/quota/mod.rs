@@ -271,7 +271,11 @@ impl RowCount {
             return None;
         }
         state.over_storage = over;
-        Some(if over { Crossing::Over } else { Crossing::Under })
+        Some(if over {
+            Crossing::Over
+        } else {
+            Crossing::Under
+        })
     }
 
     /// Something may have written to the database without a commit that
@@ -572,7 +576,10 @@ mod tests {
         let now = count.measured_at();
         assert!(!count.due(now + 100, 30), "clean");
         count.touch();
-        assert!(count.due(now + 30, 30), "a rolled-back write: measured again");
+        assert!(
+            count.due(now + 30, 30),
+            "a rolled-back write: measured again"
+        );
         assert_eq!(count.set_bytes(90, 100), Some(Crossing::Under));
         assert_eq!(count.storage_over(100), None);
     }

@@ -298,13 +298,23 @@ mod tests {
     fn storage_growth_is_tracked_apart_from_rows() {
         let mut t = Tracker::default();
         // Parse u AS UPDATE …: grows storage, adds no rows.
-        t.sent(1, ParseComplete, Statement, Change::Define("u".into(), Writes::STORAGE));
+        t.sent(
+            1,
+            ParseComplete,
+            Statement,
+            Change::Define("u".into(), Writes::STORAGE),
+        );
         assert_eq!(t.writes(Statement, "u", LATER), Writes::STORAGE);
         t.confirmed(1, ParseComplete);
         assert!(!t.adds_rows(Statement, "u", LATER));
         assert!(t.writes(Statement, "u", LATER).storage);
         // Never confirmed: a growing definition is assumed, like rows.
-        t.sent(2, PrepareTag, Statement, Change::Define("g".into(), Writes::STORAGE));
+        t.sent(
+            2,
+            PrepareTag,
+            Statement,
+            Change::Define("g".into(), Writes::STORAGE),
+        );
         t.ready(2);
         assert_eq!(t.writes(Statement, "g", LATER), Writes::STORAGE);
         t.lose_track();

@@ -35,7 +35,9 @@ impl ByteSize {
     /// Units are case-insensitive; fractions and overflow are errors.
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let text = text.trim();
-        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(digits);
         let number: u64 = number
             .parse()
@@ -208,7 +210,10 @@ mod tests {
             "storage limit exceeded: database \"hobby\" uses 270 MB; the free tier allows 256 MB"
         );
         let hint = e.hint.unwrap_or_default();
-        assert!(hint.contains("TRUNCATE") && hint.contains("VACUUM FULL"), "{hint}");
+        assert!(
+            hint.contains("TRUNCATE") && hint.contains("VACUUM FULL"),
+            "{hint}"
+        );
         assert_eq!(storage_unmeasured_error("hobby", "free").code, "53100");
     }
 
@@ -240,15 +245,27 @@ mod tests {
             ("SELECT pg_catalog.LO_PUT(1, 0, 'x')", true),
             ("SELECT lo_import('/etc/passwd')", true),
             ("CALL p()", true),
-            ("MERGE INTO t USING s ON t.a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.a)", true),
+            (
+                "MERGE INTO t USING s ON t.a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.a)",
+                true,
+            ),
             // Grows without adding rows.
             ("UPDATE t SET a = a + 1", true),
             ("uPdAtE t SET a = 1", true),
             ("/* x */ UPDATE t SET a = 1", true),
-            ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", true),
+            (
+                "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
+                true,
+            ),
             ("WITH x AS (SELECT 1) UPDATE t SET a = 1", true),
-            ("DELETE FROM t WHERE a IN (SELECT a FROM (SELECT 1 AS a) s); UPDATE t SET a = 2", true),
-            ("MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN UPDATE SET a = s.a", true),
+            (
+                "DELETE FROM t WHERE a IN (SELECT a FROM (SELECT 1 AS a) s); UPDATE t SET a = 2",
+                true,
+            ),
+            (
+                "MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN UPDATE SET a = s.a",
+                true,
+            ),
             ("CREATE INDEX ON t (a)", true),
             ("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)", true),
             ("REINDEX TABLE t", true),
@@ -272,7 +289,10 @@ mod tests {
             ("WITH x AS (SELECT 1) SELECT * FROM x", false),
             ("TABLE t", false),
             ("DELETE FROM t", false),
-            ("WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d", false),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d",
+                false,
+            ),
             ("TRUNCATE t", false),
             ("DROP TABLE t", false),
             ("DROP INDEX i", false),
