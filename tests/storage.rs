@@ -85,8 +85,8 @@ async fn wait_storage(proxy: &common::TestProxy, db: &str, limit: u64, over: boo
     .await;
 }
 
-/// `GET path` on the admin API: the JSON body.
-async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
+/// `GET path` on the admin API: the body.
+async fn admin_text(addr: SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.0\r\nHost: pgtier\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -101,7 +101,23 @@ async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    body.to_owned()
+}
+
+/// `GET path` on the admin API: the JSON body.
+async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let body = admin_text(addr, path).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The value of the metric sample `name` whose labels include every one
+/// of `labels` (`tenant="x"`).
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A proxy from a configuration file at `path` (so that it can be
@@ -234,6 +250,18 @@ async fn over_the_storage_limit_growth_is_refused_until_truncate_frees_space() {
         serde_json::json!(true),
         "{view}"
     );
+    let metrics = admin_text(admin, "/metrics").await;
+    let tenant = format!("tenant=\"{}\"", t.db);
+    let bytes = sample(&metrics, "pgtier_tenant_storage_bytes", &[&tenant]);
+    assert!(bytes.is_some_and(|b| b > limit as f64), "{metrics}");
+    let configured = sample(&metrics, "pgtier_tenant_storage_limit_bytes", &[&tenant]);
+    assert_eq!(configured, Some(limit as f64), "{metrics}");
+    let refusals = sample(
+        &metrics,
+        "pgtier_statements_refused_total",
+        &[&tenant, "reason=\"storage_limit\""],
+    );
+    assert!(refusals.is_some_and(|n| n >= 10.0), "{metrics}");
 
     // A standard tenant holding as much is not limited.
     let (standard, _conn2) = connect(proxy.addr, &paid.db, &paid.user, &paid.password)
