@@ -153,7 +153,7 @@ async fn run(input: Input<'_>) {
         tier: "free",
         cancel_keys: &cancel_keys,
         fleet: &fleet,
-        notice: None,
+        notice: Vec::new(),
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),
