@@ -189,6 +189,17 @@ pub struct TenantView {
     /// Statements that add rows are refused while this is true (over the
     /// limit, or unmeasurable past the grace).
     pub over_quota: bool,
+    /// The database's size in bytes at the last measurement
+    /// (`pg_database_size`); null until measured.
+    #[serde(default)]
+    pub storage_bytes: Option<u64>,
+    /// Bytes; 0 = unlimited.
+    #[serde(default)]
+    pub storage_limit: u64,
+    /// Statements that can grow the database are refused while this is
+    /// true (over the storage limit, or unmeasurable past the grace).
+    #[serde(default)]
+    pub over_storage_limit: bool,
     /// Why the auditor cannot measure the tenant (`connect`, `permission`,
     /// `lock`, `timeout`, `other`; `unmeasured` when no measurement has
     /// finished yet), null when the last measurement worked.
@@ -219,6 +230,10 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
     let last = tenant.map(Tenant::last_activity).unwrap_or(0);
     let figure = tenant.and_then(|t| t.rows.figure());
     let suspension = crate::suspend::Status::of(shared, name, &limits);
+    let unmeasurable = |t: &Tenant| {
+        let grace = shared.config().quota.as_ref().map(|q| grace_s(q.interval));
+        grace.is_some_and(|g| t.rows.unmeasurable(unix_now(), g))
+    };
     TenantView {
         name: name.to_owned(),
         tier: limits.tier,
@@ -234,11 +249,14 @@ fn view(shared: &Shared, name: &str, tenant: Option<&Tenant>) -> TenantView {
         row_limit: limits.row_limit,
         over_quota: limits.row_limit > 0
             && (figure.is_some_and(|f| f.is_over(limits.row_limit))
-                || tenant.is_some_and(|t| {
-                    let grace = shared.config().quota.as_ref().map(|q| grace_s(q.interval));
-                    grace.is_some_and(|g| t.rows.unmeasurable(unix_now(), g))
-                })),
-        rows_unmeasurable: (limits.row_limit > 0)
+                || tenant.is_some_and(unmeasurable)),
+        storage_bytes: tenant.and_then(|t| t.rows.bytes()),
+        storage_limit: limits.storage_limit,
+        over_storage_limit: limits.storage_limit > 0
+            && tenant.is_some_and(|t| {
+                t.rows.storage_over(limits.storage_limit).is_some() || unmeasurable(t)
+            }),
+        rows_unmeasurable: (limits.row_limit > 0 || limits.storage_limit > 0)
             .then(|| {
                 tenant.and_then(|t| match t.rows.failure() {
                     Some(reason) => Some(reason.as_str().to_owned()),

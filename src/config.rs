@@ -17,6 +17,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::quota::classify::DenyKind;
+pub use crate::quota::storage::ByteSize;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "PGTIER_";
@@ -315,6 +316,11 @@ pub struct TierConfig {
     /// Rows a tenant's tables may hold together; above it, statements that
     /// add rows are refused (53400). Needs `[quota]`.
     pub row_limit: Option<u64>,
+    /// Bytes the tenant's database may take on the cluster
+    /// (`pg_database_size`; `"256MB"`, `"1GB"`; 0 = no limit); above it,
+    /// statements that can grow the database are refused (53100). Needs
+    /// `[quota]`. See `crate::quota::storage`.
+    pub storage_limit: Option<ByteSize>,
     /// Statement kinds refused (42501): `extension`, `function`, `trigger`,
     /// `role`.
     pub deny: Option<Vec<String>>,
@@ -338,6 +344,7 @@ impl TierConfig {
                 .or(base.idle_in_transaction_timeout),
             statement_timeout: self.statement_timeout.or(base.statement_timeout),
             row_limit: self.row_limit.or(base.row_limit),
+            storage_limit: self.storage_limit.or(base.storage_limit),
             deny: self.deny.clone().or_else(|| base.deny.clone()),
             suspended: self.suspended.or(base.suspended),
             suspended_message: self
@@ -365,6 +372,7 @@ pub struct TenantConfig {
     #[serde(default, with = "humantime_serde::option")]
     pub statement_timeout: Option<Duration>,
     pub row_limit: Option<u64>,
+    pub storage_limit: Option<ByteSize>,
     pub deny: Option<Vec<String>>,
     pub suspended: Option<bool>,
     pub suspended_message: Option<String>,
@@ -385,6 +393,7 @@ impl TenantConfig {
             statement_timeout: self.statement_timeout.or(base.statement_timeout),
             row_limit: self.row_limit.or(base.row_limit),
             deny: self.deny.clone().or_else(|| base.deny.clone()),
+            storage_limit: self.storage_limit.or(base.storage_limit),
             suspended: self.suspended.or(base.suspended),
             suspended_message: self
                 .suspended_message
@@ -430,6 +439,7 @@ impl TenantConfig {
             idle_in_transaction_timeout: self.idle_in_transaction_timeout,
             statement_timeout: self.statement_timeout,
             row_limit: self.row_limit,
+            storage_limit: self.storage_limit,
             deny: self.deny.clone(),
             suspended: self.suspended,
             suspended_message: self.suspended_message.clone(),
@@ -623,6 +633,12 @@ pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
                 // README's "Statement timeout".
                 statement_timeout: Some(Duration::from_secs(30)),
                 row_limit: Some(10_000),
+                // 10,000 rows of a typical application (≤ 20 kB a row with
+                // its indexes and TOAST) plus an empty database's ~7.5 MB
+                // fit with room for bloat; 10,000 rows of 1 GB each do not.
+                // Peers' free tiers: Supabase 500 MB, Neon 0.5 GB, Heroku
+                // essential-0 1 GB. See the README's "Storage limit".
+                storage_limit: Some(ByteSize(256 << 20)),
                 deny: Some(
                     DenyKind::ALL
                         .iter()
@@ -640,6 +656,7 @@ pub fn builtin_tiers() -> BTreeMap<String, TierConfig> {
                 idle_in_transaction_timeout: None,
                 statement_timeout: Some(Duration::ZERO),
                 row_limit: Some(0),
+                storage_limit: Some(ByteSize(0)),
                 deny: Some(Vec::new()),
                 ..TierConfig::default()
             },
@@ -697,6 +714,8 @@ pub struct Limits {
     pub statement_timeout: Duration,
     /// 0 = unlimited.
     pub row_limit: u64,
+    /// Bytes; 0 = unlimited.
+    pub storage_limit: u64,
     pub deny: DenySet,
     /// Suspended by the configuration (the tenant's key, else its tier's).
     pub suspended: bool,
@@ -762,7 +781,16 @@ impl Config {
     }
 
     fn validated(mut self, origin: &str) -> Result<Config, ConfigError> {
-        let builtin = builtin_tiers();
+        let mut builtin = builtin_tiers();
+        if self.quota.is_none() {
+            // Nothing can measure sizes: a built-in storage_limit is off
+            // unless the file asks for one (then it is an error below). A
+            // configuration that turned the row limit off without a
+            // [quota] stays valid.
+            for tier in builtin.values_mut() {
+                tier.storage_limit = Some(ByteSize(0));
+            }
+        }
         for (name, tier) in self.tiers.iter_mut() {
             if let Some(base) = builtin.get(name) {
                 *tier = tier.over(base);
@@ -826,14 +854,24 @@ impl Config {
                 "cluster.connect_timeout must be greater than zero".to_owned(),
             ));
         }
-        let tier_keys = self
-            .tiers
-            .iter()
-            .map(|(name, t)| (format!("tiers.{name}"), t.row_limit, t.deny.as_deref()));
-        let tenant_keys = self
-            .tenants
-            .iter()
-            .map(|(name, t)| (format!("tenants.{name}"), t.row_limit, t.deny.as_deref()));
+        let tier_keys = self.tiers.iter().map(|(name, t)| {
+            let storage = t.storage_limit.map(|b| b.0);
+            (
+                format!("tiers.{name}"),
+                t.row_limit,
+                storage,
+                t.deny.as_deref(),
+            )
+        });
+        let tenant_keys = self.tenants.iter().map(|(name, t)| {
+            let storage = t.storage_limit.map(|b| b.0);
+            (
+                format!("tenants.{name}"),
+                t.row_limit,
+                storage,
+                t.deny.as_deref(),
+            )
+        });
         let texts = self
             .tiers
             .iter()
@@ -859,9 +897,15 @@ impl Config {
                 }
             }
         }
-        for (key, row_limit, deny) in tier_keys.chain(tenant_keys) {
+        for (key, row_limit, storage_limit, deny) in tier_keys.chain(tenant_keys) {
             if let Some(names) = deny {
                 DenySet::parse(names).map_err(|e| invalid(format!("{key}.deny: {e}")))?;
+            }
+            if let (Some(limit @ 1..), None) = (storage_limit, &self.quota) {
+                return Err(invalid(format!(
+                    "{key}.storage_limit = {limit} bytes needs a [quota] table (the role pgtier measures \
+                     databases as: user, password); add one, or set storage_limit = 0"
+                )));
             }
             if let (Some(limit @ 1..), None) = (row_limit, &self.quota) {
                 return Err(invalid(format!(
@@ -957,6 +1001,7 @@ impl Config {
             idle_in_transaction_timeout: merged.idle_in_transaction_timeout.unwrap_or(idle_timeout),
             statement_timeout: merged.statement_timeout.unwrap_or_default(),
             row_limit: merged.row_limit.unwrap_or(0),
+            storage_limit: merged.storage_limit.unwrap_or_default().0,
             // Validation checked the names.
             deny: merged
                 .deny
@@ -1212,6 +1257,36 @@ mod tests {
         with_standard.default_tier = "standard".to_owned();
         let standard = with_standard.limits_for("x");
         assert_eq!((standard.row_limit, standard.deny.is_empty()), (0, true));
+    }
+
+    #[test]
+    fn storage_limit_is_a_tier_key_in_bytes_with_a_free_default() {
+        let config = Config::from_toml_str(&format!(
+            "{BASE}\n[tenants.big]\nstorage_limit = \"1GB\"\n[tenants.raw]\nstorage_limit = 1048576\n\
+             [tenants.paid]\ntier = \"standard\"\n[tenants.off]\nstorage_limit = \"0\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.limits_for("someone").storage_limit, 256 << 20);
+        assert_eq!(config.limits_for("big").storage_limit, 1 << 30);
+        assert_eq!(config.limits_for("raw").storage_limit, 1 << 20);
+        assert_eq!(config.limits_for("paid").storage_limit, 0);
+        assert_eq!(config.limits_for("off").storage_limit, 0);
+        let err =
+            Config::from_toml_str(&format!("{BASE}\n[tiers.free]\nstorage_limit = \"lots\"\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("storage_limit") || err.contains("size"),
+            "{err}"
+        );
+        // Without [quota], the built-in default is off; one written is an error.
+        let no_quota = "[tls]\nmode = \"disable\"\n[tiers.free]\nrow_limit = 0\n";
+        let config = Config::from_toml_str(no_quota).unwrap();
+        assert_eq!(config.limits_for("someone").storage_limit, 0);
+        let err = Config::from_toml_str(&format!("{no_quota}storage_limit = \"1GB\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tiers.free.storage_limit"), "{err}");
     }
 
     #[test]

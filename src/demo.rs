@@ -91,7 +91,7 @@ tier = "standard"
         cluster.port()
     );
     println!();
-    println!("Free tier (2 connections, 5 minutes idle, 10,000 rows, no extensions/functions/triggers/roles):");
+    println!("Free tier (2 connections, 5 minutes idle, 10,000 rows in 256 MB, 30 s a statement, no extensions/functions/triggers/roles):");
     println!(
         "  psql 'postgres://hobby_user:{free_password}@localhost:{}/{FREE_DB}?sslmode=verify-full&sslrootcert={ca}'",
         addr.port()

@@ -154,14 +154,44 @@ impl Collector for ProxyCollector {
         }
 
         let mut m = encoder.encode_descriptor(
+            "pgtier_tenant_storage_bytes",
+            "The tenant's database size in bytes at the last measurement (pg_database_size)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (t, _) in &tenants {
+            if let Some(bytes) = t.rows.bytes() {
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                ConstGauge::new(bytes).encode(m.encode_family(&[("tenant", t.name())])?)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "pgtier_tenant_storage_limit_bytes",
+            "The tenant's storage limit in bytes (0 = unlimited)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (t, _) in &tenants {
+            let limit =
+                i64::try_from(config.limits_for(t.name()).storage_limit).unwrap_or(i64::MAX);
+            ConstGauge::new(limit).encode(m.encode_family(&[("tenant", t.name())])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
             "pgtier_statements_refused",
-            "Statements refused: over the row limit (row_limit) or denied by the tier (policy)",
+            "Statements refused: over the row limit (row_limit), over the storage limit (storage_limit) or denied by the tier (policy)",
             None,
             MetricType::Counter,
         )?;
         for (t, _) in &tenants {
             let (row_limit, policy) = t.statements_refused();
-            for (reason, n) in [("row_limit", row_limit), ("policy", policy)] {
+            let storage_limit = t.statements_refused_storage();
+            for (reason, n) in [
+                ("row_limit", row_limit),
+                ("storage_limit", storage_limit),
+                ("policy", policy),
+            ] {
                 let labels = [("tenant", t.name()), ("reason", reason)];
                 ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }

@@ -19,7 +19,7 @@ use crate::config::{AuthMode, Config, Limits};
 use crate::pool::{self, PoolKey};
 use crate::protocol::startup::{CancelKey, StartupMessage};
 use crate::protocol::{sqlstate, ErrorFields};
-use crate::quota::{gate, policy};
+use crate::quota::{gate, policy, storage};
 use crate::sessions::KillReason;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -276,9 +276,26 @@ impl Login<'_> {
                 ),
             });
         };
-        let notice = self.shared.tenants.get(tenant_name).and_then(|t| {
-            policy::row_limit_warning(tenant_name, t.rows.figure(), limits.row_limit, &limits.tier)
-        });
+        let notice: Vec<ErrorFields> = self
+            .shared
+            .tenants
+            .get(tenant_name)
+            .map(|t| {
+                let rows = policy::row_limit_warning(
+                    tenant_name,
+                    t.rows.figure(),
+                    limits.row_limit,
+                    &limits.tier,
+                );
+                let bytes = storage::storage_limit_warning(
+                    tenant_name,
+                    t.rows.bytes(),
+                    limits.storage_limit,
+                    &limits.tier,
+                );
+                rows.into_iter().chain(bytes).collect()
+            })
+            .unwrap_or_default();
         if self.config.auth.mode == AuthMode::Proxy {
             return self
                 .log_in_proxied(client, startup, limits, notice, refuse_once_authenticated)
@@ -348,7 +365,7 @@ impl Login<'_> {
         mut client: Stream,
         startup: &StartupMessage,
         limits: Limits,
-        notice: Option<ErrorFields>,
+        notice: Vec<ErrorFields>,
         refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
     ) -> Result<Session, Exit> {
         let request = proxy::Request {
@@ -525,7 +542,10 @@ impl Session {
             keep,
         } = self;
         let tenant = Arc::clone(logged_in.slot.tenant());
-        if limits.row_limit > 0 && tenant.rows.unknown() {
+        if tenant
+            .rows
+            .unknown_for(limits.row_limit, limits.storage_limit)
+        {
             // A tenant's first login after start is when it is measured.
             tenant.rows.want_measurement();
             shared.audits.request(&tenant);

@@ -35,6 +35,7 @@ pub struct Tenant {
     /// because its tier denies what they do.
     refused_row_limit: AtomicU64,
     refused_policy: AtomicU64,
+    refused_storage_limit: AtomicU64,
 }
 
 /// The tenant is at its cap: `limit` sessions already hold slots.
@@ -58,6 +59,7 @@ impl Tenant {
             rows: RowCount::default(),
             refused_row_limit: AtomicU64::new(0),
             refused_policy: AtomicU64::new(0),
+            refused_storage_limit: AtomicU64::new(0),
         }
     }
 
@@ -66,9 +68,16 @@ impl Tenant {
         let counter = match reason {
             // Refused for the row limit, measured or not.
             "row_limit" | "unmeasured" => &self.refused_row_limit,
+            // Refused for the storage limit, measured or not.
+            "storage_limit" | "storage_unmeasured" => &self.refused_storage_limit,
             _ => &self.refused_policy,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Statements refused over the storage limit (or unmeasurable under one).
+    pub fn statements_refused_storage(&self) -> u64 {
+        self.refused_storage_limit.load(Ordering::Relaxed)
     }
 
     /// Statements refused: (over the row limit, denied by policy).

@@ -155,7 +155,7 @@ async fn relay_once(input: Input<'_>) {
         tier: "free",
         cancel_keys: &cancel_keys,
         fleet: &fleet,
-        notice: None,
+        notice: Vec::new(),
         refuse_once_authenticated: None,
     };
     let result = tokio::time::timeout(

@@ -105,9 +105,9 @@ pub struct Admission<'a> {
     pub cancel_keys: &'a Arc<CancelKeys>,
     /// Where slots are taken: this process, or the fleet's store.
     pub fleet: &'a Fleet,
-    /// A NoticeResponse for the client just before its first ReadyForQuery
-    /// (a tenant near its row limit is warned at login).
-    pub notice: Option<ErrorFields>,
+    /// NoticeResponses for the client just before its first ReadyForQuery
+    /// (a tenant near its row or storage limit is warned at login).
+    pub notice: Vec<ErrorFields>,
     /// A refusal decided before the login but told only once the client
     /// has authenticated, as PostgreSQL tells `database "x" does not
     /// exist` only then (so an unauthenticated client learns nothing
@@ -254,7 +254,7 @@ pub async fn relay(
                 cancel = Some(registration);
             }
             b'Z' => {
-                if let Some(notice) = &admission.notice {
+                for notice in &admission.notice {
                     notice.encode(&mut to_client);
                 }
                 to_client.extend_from_slice(&frame);

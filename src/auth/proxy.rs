@@ -45,8 +45,8 @@ pub struct Request<'a> {
     pub limits: &'a Limits,
     pub startup: &'a StartupMessage,
     pub peer: IpAddr,
-    /// A warning for the client before its first ReadyForQuery.
-    pub notice: Option<ErrorFields>,
+    /// Warnings for the client before its first ReadyForQuery.
+    pub notice: Vec<ErrorFields>,
     /// Told once the password has checked out (see
     /// [`crate::auth::Admission::refuse_once_authenticated`]).
     pub refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
@@ -288,7 +288,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         b'K',
         &registration.client_key.backend_key_data(),
     );
-    if let Some(notice) = &notice {
+    for notice in &notice {
         notice.encode(&mut to_client);
     }
     put_frame(&mut to_client, b'Z', b"I");

@@ -150,11 +150,13 @@ fn decode_key(text: &str) -> Option<CancelKey> {
     })
 }
 
-/// What the store holds of a tenant's rows.
+/// What the store holds of a tenant's rows and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredRows {
-    pub rows: i64,
-    pub exact: bool,
+    /// With `exact`; None when only the size is measured (no row limit).
+    pub rows: Option<(i64, bool)>,
+    /// The database's size at the last measurement.
+    pub bytes: Option<u64>,
     /// Unix seconds of the measurement the figure started from.
     pub measured_at: u64,
     /// Some instance asked for a prompt measurement.
@@ -441,23 +443,27 @@ impl Store {
         Ok(set.is_some())
     }
 
-    /// Publishes a measurement and releases the lock.
+    /// Publishes a measurement (rows with their exactness, when counted;
+    /// the size in bytes) and releases the lock.
     pub async fn publish_rows(
         &self,
         instance: &str,
         tenant: &str,
-        rows: i64,
-        exact: bool,
+        rows: Option<(i64, bool)>,
+        bytes: u64,
         measured_at: u64,
     ) -> Result<(), RedisError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(rows_key(tenant))
-            .arg("rows")
-            .arg(rows)
-            .arg("exact")
-            .arg(if exact { "1" } else { "0" })
+        let hset = pipe.cmd("HSET").arg(rows_key(tenant));
+        if let Some((rows, exact)) = rows {
+            hset.arg("rows")
+                .arg(rows)
+                .arg("exact")
+                .arg(if exact { "1" } else { "0" });
+        }
+        hset.arg("bytes")
+            .arg(bytes)
             .arg("at")
             .arg(measured_at)
             .arg("wanted")
@@ -501,16 +507,21 @@ impl Store {
                 .arg("exact")
                 .arg("at")
                 .arg("wanted")
+                .arg("bytes")
                 .query_async(&mut conn),
         )
         .await?;
         let get = |i: usize| fields.get(i).cloned().flatten();
-        let Some(rows) = get(0).and_then(|r| r.parse().ok()) else {
+        let rows = get(0)
+            .and_then(|r| r.parse().ok())
+            .map(|rows| (rows, get(1).as_deref() == Some("1")));
+        let bytes = get(4).and_then(|b| b.parse().ok());
+        if rows.is_none() && bytes.is_none() {
             return Ok(None);
-        };
+        }
         Ok(Some(StoredRows {
             rows,
-            exact: get(1).as_deref() == Some("1"),
+            bytes,
             measured_at: get(2).and_then(|a| a.parse().ok()).unwrap_or(0),
             wanted: get(3).as_deref() == Some("1"),
         }))

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::fleet::ops::{Batch, Op};
 use crate::fleet::redis::Store;
-use crate::quota::log_crossing;
+use crate::quota::{log_crossing, log_storage_crossing};
 use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::suspend::Suspension;
@@ -229,8 +229,9 @@ async fn adopt_rows(shared: &Shared, store: &crate::fleet::redis::Store) {
         if tenant.connections() == 0 {
             continue;
         }
-        let limit = shared.limits_for(tenant.name()).row_limit;
-        if limit == 0 {
+        let limits = shared.limits_for(tenant.name());
+        let (limit, storage_limit) = (limits.row_limit, limits.storage_limit);
+        if limit == 0 && storage_limit == 0 {
             continue;
         }
         let stored = store.rows(tenant.name()).await;
@@ -240,11 +241,19 @@ async fn adopt_rows(shared: &Shared, store: &crate::fleet::redis::Store) {
                 if stored.wanted {
                     tenant.rows.want_measurement();
                 }
-                let crossing =
-                    tenant
-                        .rows
-                        .adopt(stored.rows, stored.exact, stored.measured_at, limit);
-                log_crossing(&tenant, crossing, limit);
+                // The size first: adopting settles the measurement state.
+                if let Some(bytes) = stored.bytes {
+                    let crossing = tenant.rows.set_bytes(bytes, storage_limit);
+                    log_storage_crossing(&tenant, crossing, storage_limit);
+                }
+                match stored.rows {
+                    Some((rows, exact)) if limit > 0 => {
+                        let crossing = tenant.rows.adopt(rows, exact, stored.measured_at, limit);
+                        log_crossing(&tenant, crossing, limit);
+                    }
+                    _ if stored.bytes.is_some() => tenant.rows.adopt_size(stored.measured_at),
+                    _ => {}
+                }
             }
             Ok(None) => {}
             Err(_) => return,

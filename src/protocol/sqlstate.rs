@@ -49,3 +49,6 @@ pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const RESERVED_NAME: &str = "42939";
 /// `query_canceled`: a statement cancelled (a cancel request, a timeout).
 pub const QUERY_CANCELED: &str = "57014";
+/// `disk_full`: PostgreSQL's own for "could not extend file"; the storage
+/// limit's refusal.
+pub const DISK_FULL: &str = "53100";

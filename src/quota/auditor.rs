@@ -16,6 +16,10 @@
 //!   so a policy makes the count fail (and the tenant unmeasurable) rather
 //!   than read low.
 //!
+//! With the rows (or alone, for a tenant with a storage limit and no row
+//! limit) it takes the database's size, `pg_database_size`, for the
+//! storage limit ([`crate::quota::storage`]): file sizes, no table lock.
+//!
 //! A measurement that fails leaves the tenant *unmeasurable*; after a grace
 //! it counts as over its limit ([`crate::quota::RowCount::unmeasurable`]).
 //!
@@ -41,7 +45,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::control::{self, Login};
-use crate::quota::{log_crossing, Unmeasurable};
+use crate::quota::{log_crossing, log_storage_crossing, Unmeasurable};
 use crate::shared::Shared;
 use crate::shutdown::Stage;
 use crate::tenants::{unix_now, Tenant};
@@ -165,7 +169,8 @@ impl Auditor {
                 }
                 continue;
             }
-            if limits.row_limit > 0 && tenant.rows.due(now, interval) {
+            if (limits.row_limit > 0 || limits.storage_limit > 0) && tenant.rows.due(now, interval)
+            {
                 self.shared.audits.request(&tenant);
             }
         }
@@ -177,8 +182,13 @@ impl Auditor {
             return;
         };
         let config = self.shared.config();
-        let limit = self.shared.limits_for(tenant.name()).row_limit;
-        let Some(quota) = config.quota.as_ref().filter(|_| limit > 0) else {
+        let limits = self.shared.limits_for(tenant.name());
+        let (limit, storage_limit) = (limits.row_limit, limits.storage_limit);
+        let Some(quota) = config
+            .quota
+            .as_ref()
+            .filter(|_| limit > 0 || storage_limit > 0)
+        else {
             // The limit (or the quota) went away since the request.
             tenant.rows.release();
             return;
@@ -197,28 +207,41 @@ impl Auditor {
         tenant.rows.begin_measurement();
         let started = Instant::now();
         match self.count(&config, tenant.name(), limit).await {
-            Ok((rows, exactness)) => {
-                let crossing = match exactness {
-                    Exactness::Exact => tenant.rows.finish_measurement(rows, true, limit),
-                    Exactness::LowerBound => tenant.rows.finish_measurement(rows, false, limit),
-                    Exactness::Estimate => tenant.rows.finish_estimate(rows, limit),
+            Ok((counted, bytes)) => {
+                // The size first: the figures are in place before the
+                // measurement counts as finished.
+                let storage_crossing = tenant.rows.set_bytes(bytes, storage_limit);
+                let crossing = match counted {
+                    Some((rows, Exactness::Exact)) => {
+                        tenant.rows.finish_measurement(rows, true, limit)
+                    }
+                    Some((rows, Exactness::LowerBound)) => {
+                        tenant.rows.finish_measurement(rows, false, limit)
+                    }
+                    Some((rows, Exactness::Estimate)) => tenant.rows.finish_estimate(rows, limit),
+                    None => {
+                        tenant.rows.finish_size_only();
+                        None
+                    }
                 };
                 let figure = tenant.rows.figure();
-                let (rows, exact) = figure.map_or((rows, false), |f| (f.rows, f.exact));
+                let rows = figure.map(|f| (f.rows, f.exact));
                 if let Some(store) = fleet.store() {
                     let published = store
-                        .publish_rows(&fleet.instance, tenant.name(), rows, exact, unix_now())
+                        .publish_rows(&fleet.instance, tenant.name(), rows, bytes, unix_now())
                         .await;
                     fleet.noted(&published);
                 }
                 tracing::debug!(
                     tenant = tenant.name(),
-                    rows,
-                    exact,
+                    rows = rows.map(|r| r.0),
+                    exact = rows.is_some_and(|r| r.1),
+                    bytes,
                     took_ms = started.elapsed().as_millis() as u64,
-                    "rows measured"
+                    "tenant measured"
                 );
                 log_crossing(&tenant, crossing, limit);
+                log_storage_crossing(&tenant, storage_crossing, storage_limit);
             }
             Err(e) => {
                 // At most one line per tenant per interval: failed
@@ -228,7 +251,7 @@ impl Auditor {
                     user = quota.user,
                     reason = e.reason().as_str(),
                     error = %e,
-                    "could not measure the tenant's rows: statements that add rows are refused until it can be; trying again later"
+                    "could not measure the tenant: statements that add rows (or, under a storage limit, can grow the database) are refused until it can be; trying again later"
                 );
                 tenant
                     .rows
@@ -237,16 +260,24 @@ impl Auditor {
         }
     }
 
-    /// Counts `database`'s rows, stopping past `limit`: `(rows, exact)`.
+    /// Counts `database`'s rows, stopping past `limit` (`(rows, exact)`;
+    /// not counted with no row limit), and takes its size in bytes.
     async fn count(
         &self,
         config: &Config,
         database: &str,
         limit: u64,
-    ) -> Result<(i64, Exactness), AuditError> {
+    ) -> Result<(Option<(i64, Exactness)>, u64), AuditError> {
         let client = self.connection(config, database).await?;
         let deadline = config.cluster.connect_timeout + Duration::from_secs(60);
-        let counted = tokio::time::timeout(deadline, count_rows(&client, limit))
+        let measure = async {
+            let rows = match limit {
+                0 => None,
+                _ => Some(count_rows(&client, limit).await?),
+            };
+            Ok::<_, tokio_postgres::Error>((rows, database_size(&client).await?))
+        };
+        let counted = tokio::time::timeout(deadline, measure)
             .await
             .map_err(|_| AuditError::Timeout)
             .and_then(|r| r.map_err(AuditError::from));
@@ -463,6 +494,21 @@ async fn count_rows(
     }
     client.batch_execute("COMMIT").await?;
     Ok((total, exactness))
+}
+
+/// The database's size on disk as PostgreSQL reports it: every relation's
+/// files (tables, indexes, TOAST, the free space and visibility maps,
+/// temporary tables' too) and large objects. It reads file sizes and takes
+/// no table lock, so no tenant's lock can hold it off.
+async fn database_size(client: &tokio_postgres::Client) -> Result<u64, tokio_postgres::Error> {
+    let size: i64 = client
+        .query_one(
+            "SELECT pg_catalog.pg_database_size(pg_catalog.current_database())",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(u64::try_from(size).unwrap_or(0))
 }
 
 /// `name` as a quoted SQL identifier.

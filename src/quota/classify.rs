@@ -232,6 +232,50 @@ fn role_feature(verb: RoleVerb, word: RoleWord) -> Feature {
     ROLE_FEATURES[verb as usize][word as usize]
 }
 
+/// What running a statement (a prepared one, a portal) may write, as far
+/// as the quotas care: rows (the row limit) and bytes (the storage limit).
+/// Adding rows grows storage too: `rows` implies `storage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Writes {
+    pub rows: bool,
+    pub storage: bool,
+}
+
+impl Writes {
+    pub const NONE: Writes = Writes {
+        rows: false,
+        storage: false,
+    };
+    /// What an unknown statement is taken to write (fail closed).
+    pub const ALL: Writes = Writes {
+        rows: true,
+        storage: true,
+    };
+    /// Grows storage without adding rows (UPDATE, CREATE INDEX…).
+    pub const STORAGE: Writes = Writes {
+        rows: false,
+        storage: true,
+    };
+
+    pub fn any(self) -> bool {
+        self.rows || self.storage
+    }
+
+    /// Either may happen.
+    pub fn or(self, other: Writes) -> Writes {
+        Writes {
+            rows: self.rows || other.rows,
+            storage: self.storage || other.storage,
+        }
+    }
+
+    /// What matters to a tenant whose limits are `rows` and `storage` (each
+    /// true when that limit applies).
+    pub fn matters(self, rows: bool, storage: bool) -> bool {
+        (rows && self.rows) || (storage && self.storage)
+    }
+}
+
 /// What the proxy's policy and row quota need to know about one Query or
 /// Parse text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -245,6 +289,17 @@ pub struct Classification {
     /// inside or whose body cannot be checked. EXECUTE of a SQL-prepared statement is NOT
     /// decided here (see `executes`).
     pub adds_rows: bool,
+    /// Some statement can grow the database's size on disk without adding
+    /// rows (a tenant's storage limit refuses these as it does `adds_rows`):
+    /// every statement but those known to grow nothing — SELECT (without
+    /// INTO), DELETE, TRUNCATE, DROP, VACUUM, ANALYZE, SET/RESET/SHOW,
+    /// transaction control, LOCK, LISTEN/NOTIFY, EXPLAIN without ANALYZE,
+    /// COPY … TO, and the statements that only name others (PREPARE,
+    /// EXECUTE, DECLARE, FETCH, CLOSE, DEALLOCATE, DISCARD), which are
+    /// judged by what they name. UPDATE writes new row versions, CREATE
+    /// INDEX / REINDEX / CLUSTER / ALTER TABLE write new files, and any
+    /// statement the proxy does not know counts as growing (fail closed).
+    pub grows_storage: bool,
     /// Every deny-able feature used, in statement order (usually empty).
     pub features: Vec<Feature>,
     /// Row counts change in ways command tags do not tell, so the quota should
@@ -256,8 +311,8 @@ pub struct Classification {
     /// EXPLAIN ANALYZE (the tag is EXPLAIN) or inside COPY (…) TO.
     pub remeasure: bool,
     /// SQL-level `PREPARE name [(types)] AS stmt`: (name as PostgreSQL stores
-    /// it, i.e. folded unless quoted; whether its body adds rows).
-    pub prepares: Vec<(String, bool)>,
+    /// it, i.e. folded unless quoted; what its body writes).
+    pub prepares: Vec<(String, Writes)>,
     /// SQL-level `EXECUTE name` (also `CREATE TABLE … AS EXECUTE name`,
     /// `EXPLAIN ANALYZE EXECUTE`).
     pub executes: Vec<String>,
@@ -287,6 +342,20 @@ impl Classification {
         *self == Classification::default()
     }
 
+    /// Whether running the text may grow the database's size: it adds rows
+    /// or grows storage otherwise.
+    pub fn grows(&self) -> bool {
+        self.adds_rows || self.grows_storage
+    }
+
+    /// What running the text writes, as the gate tracks it per name.
+    pub fn writes(&self) -> Writes {
+        Writes {
+            rows: self.adds_rows,
+            storage: self.grows(),
+        }
+    }
+
     fn add_rows(&mut self, tag_tells: bool) {
         self.adds_rows = true;
         if !tag_tells {
@@ -298,6 +367,7 @@ impl Classification {
     /// `standard_conforming_strings`: everything either reading reports.
     pub(crate) fn union(mut self, other: Classification) -> Classification {
         self.adds_rows |= other.adds_rows;
+        self.grows_storage |= other.grows_storage;
         self.remeasure |= other.remeasure;
         self.unparsed |= other.unparsed;
         for f in other.features {
@@ -307,7 +377,7 @@ impl Classification {
         }
         for (name, adds) in other.prepares {
             match self.prepares.iter_mut().find(|(n, _)| *n == name) {
-                Some(p) => p.1 |= adds,
+                Some(p) => p.1 = p.1.or(adds),
                 None => self.prepares.push((name, adds)),
             }
         }
@@ -882,10 +952,12 @@ fn mentions_row_adding_function(text: &str, scs: bool) -> bool {
 enum Lead {
     /// SELECT, VALUES, TABLE: plain unless the word INTO appears (SELECT INTO).
     Select,
-    /// WITH: plain unless INSERT, MERGE or INTO appears.
+    /// WITH: plain unless INSERT, MERGE, UPDATE or INTO appears.
     With,
-    /// UPDATE, DELETE: cannot add rows (a WITH in front starts with WITH).
-    Modify,
+    /// DELETE: cannot add rows (a WITH in front starts with WITH).
+    Delete,
+    /// UPDATE: cannot add rows, but grows storage (new row versions).
+    Update,
     /// INSERT: adds rows; a second INSERT or a MERGE (a CTE) goes to the parser.
     Insert,
     /// EXPLAIN without ANALYZE plans and runs nothing.
@@ -912,7 +984,8 @@ fn lead_of(word: &[u8]) -> Option<Lead> {
     Some(match &*lower {
         b"select" | b"values" | b"table" => Lead::Select,
         b"with" => Lead::With,
-        b"update" | b"delete" => Lead::Modify,
+        b"update" => Lead::Update,
+        b"delete" => Lead::Delete,
         b"insert" => Lead::Insert,
         b"explain" => Lead::Explain,
         b"copy" => Lead::Copy,
@@ -988,7 +1061,7 @@ fn lexical_verdict(sql: &str, scs: bool) -> Option<(Classification, bool)> {
                 }
             }
             Lead::With => {
-                if word(b"into") || word(b"insert") || word(b"merge") {
+                if word(b"into") || word(b"insert") || word(b"merge") || word(b"update") {
                     return None;
                 }
             }
@@ -1030,7 +1103,7 @@ fn lexical_verdict(sql: &str, scs: bool) -> Option<(Classification, bool)> {
                     return None;
                 }
             }
-            Lead::Modify | Lead::Truncate | Lead::Call | Lead::Utility => {}
+            Lead::Delete | Lead::Update | Lead::Truncate | Lead::Call | Lead::Utility => {}
         }
     }
     if lexer.unterminated || depth != 0 {
@@ -1046,7 +1119,8 @@ fn finish_piece(piece: &LexPiece, out: &mut Classification) -> Option<()> {
         return Some(()); // nothing but whitespace and comments
     };
     match lead {
-        Lead::Select | Lead::With | Lead::Modify | Lead::Explain | Lead::Utility => {}
+        Lead::Select | Lead::With | Lead::Delete | Lead::Explain | Lead::Utility => {}
+        Lead::Update => out.grows_storage = true,
         Lead::Insert => out.add_rows(true),
         Lead::Copy => {
             if piece.copy_from? {
@@ -1319,6 +1393,9 @@ impl Walker {
     /// command tag the client will see (a CTE, EXPLAIN ANALYZE, COPY (…) TO).
     fn statement(&mut self, node: &NodeEnum, text: &str, nested: bool) {
         use NodeEnum as N;
+        if !storage_neutral(node) {
+            self.out.grows_storage = true;
+        }
         match node {
             N::InsertStmt(s) => {
                 self.out.add_rows(!nested);
@@ -1384,7 +1461,7 @@ impl Walker {
                 if let Some(q) = inner(&s.query) {
                     body.statement(q, text, false);
                 }
-                self.out.prepares.push((s.name.clone(), body.out.adds_rows));
+                self.out.prepares.push((s.name.clone(), body.out.writes()));
             }
             N::ExecuteStmt(s) => self.out.executes.push(s.name.clone()),
             N::FetchStmt(s) => self.out.fetches.push(s.portalname.clone()),
@@ -1413,6 +1490,7 @@ impl Walker {
                     // The statements inside, as if sent one by one, except
                     // that the tag "DO" counts none of their rows.
                     self.out.features.extend(inner.features);
+                    self.out.grows_storage |= inner.grows_storage;
                     if inner.adds_rows {
                         self.out.add_rows(false);
                     }
@@ -1533,7 +1611,7 @@ impl Walker {
         // when it is executed, not when it is prepared.
         if let N::PrepareStmt(_) = node {
             if let Some(prepared) = self.out.prepares.last_mut() {
-                prepared.1 = true;
+                prepared.1 = Writes::ALL;
             }
             return;
         }
@@ -1570,6 +1648,8 @@ impl Walker {
 
     fn select(&mut self, s: &protobuf::SelectStmt, text: &str) {
         if let Some(into) = &s.into_clause {
+            // A new table, even WITH NO DATA.
+            self.out.grows_storage = true;
             // SELECT … INTO t: a CREATE TABLE AS in disguise.
             if !into.skip_data {
                 self.out.add_rows(false);
@@ -1594,6 +1674,49 @@ impl Walker {
             }
         }
     }
+}
+
+/// Statements that grow nothing on disk by themselves: reads, removals,
+/// maintenance that frees space, settings, transaction control, and those
+/// that only name a statement or portal (judged by what they name). The
+/// statements they hold (a CTE, EXPLAIN ANALYZE's, COPY's query, a DO
+/// block's) are judged on their own. Everything else grows storage.
+fn storage_neutral(node: &NodeEnum) -> bool {
+    use NodeEnum as N;
+    matches!(
+        node,
+        N::SelectStmt(_)
+            | N::DeleteStmt(_)
+            | N::TruncateStmt(_)
+            | N::DropStmt(_)
+            | N::DropOwnedStmt(_)
+            | N::DropdbStmt(_)
+            | N::VacuumStmt(_)
+            | N::VariableSetStmt(_)
+            | N::VariableShowStmt(_)
+            | N::ConstraintsSetStmt(_)
+            | N::TransactionStmt(_)
+            | N::PrepareStmt(_)
+            | N::ExecuteStmt(_)
+            | N::DeallocateStmt(_)
+            | N::DeclareCursorStmt(_)
+            | N::FetchStmt(_)
+            | N::ClosePortalStmt(_)
+            | N::DiscardStmt(_)
+            | N::ListenStmt(_)
+            | N::UnlistenStmt(_)
+            | N::NotifyStmt(_)
+            | N::LockStmt(_)
+            | N::CheckPointStmt(_)
+            | N::ExplainStmt(_)
+            | N::PlassignStmt(_)
+            | N::DoStmt(_)
+            // COPY … FROM adds rows (judged as such); COPY … TO reads.
+            | N::CopyStmt(_)
+            // Adds rows (judged as such).
+            | N::InsertStmt(_)
+            | N::CallStmt(_)
+    )
 }
 
 /// Whether EXPLAIN's options make it run the statement (ANALYZE, unless

@@ -43,7 +43,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::quota::classify::Classification;
+use crate::quota::classify::{Classification, Writes};
 
 /// How PostgreSQL delimits characters in a client encoding, as far as the
 /// classifier needs to know.
@@ -241,7 +241,10 @@ pub fn cautious_union(verdicts: Vec<Arc<Classification>>) -> Arc<Classification>
         .fold(Classification::clone(&first), |union, v| {
             union.union(Classification::clone(&v))
         });
-    for (_, adds_rows) in union.prepares.iter_mut().chain(union.cursors.iter_mut()) {
+    for (_, writes) in union.prepares.iter_mut() {
+        *writes = Writes::ALL;
+    }
+    for (_, adds_rows) in union.cursors.iter_mut() {
         *adds_rows = true;
     }
     union.deallocates.clear();
@@ -378,7 +381,7 @@ mod tests {
     #[test]
     fn union_of_disagreeing_readings_is_cautious() {
         let a = Classification {
-            prepares: vec![("s".into(), false)],
+            prepares: vec![("s".into(), Writes::NONE)],
             deallocates: vec![Some("t".into())],
             ..Default::default()
         };
@@ -390,7 +393,7 @@ mod tests {
         assert_eq!(*same, a, "readings that agree are taken as they are");
         let union = cautious_union(vec![Arc::new(a), Arc::new(b)]);
         assert!(union.adds_rows);
-        assert_eq!(union.prepares, vec![("s".to_owned(), true)]);
+        assert_eq!(union.prepares, vec![("s".to_owned(), Writes::ALL)]);
         assert!(union.deallocates.is_empty());
     }
 

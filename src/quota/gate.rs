@@ -18,6 +18,12 @@
 //! the refused statement either), nothing is swapped and the client sees
 //! what PostgreSQL would have shown.
 //!
+//! The storage limit rides on the same machinery: a statement's
+//! [`Writes`] say whether it adds rows (the row limit) and whether it can
+//! grow the database at all (the storage limit,
+//! [`crate::quota::storage`]); the refusal is the same marker swap, with
+//! `53100` in place of the cluster's error.
+//!
 //! Which prepared statements and portals add rows is kept as the cluster
 //! confirms it ([`crate::quota::prepared`]); statement text and names are
 //! read in the session's client encoding ([`crate::quota::encoding`]).
@@ -35,11 +41,12 @@ use crate::hook::{Hook, Verdict};
 use crate::protocol::error::field_of;
 use crate::protocol::frame::{put_frame, FrameHeader, Interest};
 use crate::protocol::ErrorFields;
-use crate::quota::classify::Classification;
+use crate::quota::classify::{Classification, Writes};
 use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::functions::function_call_adds_rows;
 use crate::quota::policy::{self, Refusal, MARKER_PREFIX};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
+use crate::quota::storage;
 use crate::quota::{grace_s, log_crossing};
 use crate::shared::Shared;
 use crate::tenants::{unix_now, Tenant};
@@ -188,9 +195,15 @@ impl Rules {
     }
 
     /// Whether anything is enforced or counted for this tenant at all. A
-    /// tenant without a row limit or denied kinds pays for nothing.
+    /// tenant without a row limit, a storage limit or denied kinds pays for
+    /// nothing.
     fn active(&self) -> bool {
-        self.limits.row_limit > 0 || !self.limits.deny.is_empty()
+        self.limits.row_limit > 0 || self.limits.storage_limit > 0 || !self.limits.deny.is_empty()
+    }
+
+    /// Whether a quota in bytes or rows applies: writes are followed.
+    fn measured(&self) -> bool {
+        self.limits.row_limit > 0 || self.limits.storage_limit > 0
     }
 
     /// Reloads when the configuration changed; returns whether the rules
@@ -294,7 +307,12 @@ impl Hook for ClientGate {
             // Statements prepared while nothing was enforced were not seen.
             self.link.names().lose_track();
         }
-        if self.rules.limits.row_limit > 0 && self.tenant.rows.unknown() && !self.asked_measurement
+        let limits = &self.rules.limits;
+        if self
+            .tenant
+            .rows
+            .unknown_for(limits.row_limit, limits.storage_limit)
+            && !self.asked_measurement
         {
             // A limit that came with a reload: the tenant has not been
             // measured yet (that happens at a login under a limit).
@@ -327,7 +345,7 @@ impl Hook for ClientGate {
             b'B' | b'C' => Interest::Peek { len: NAME_PEEK },
             // Only a tenant over its limit has calls refused; a refusal
             // replaces the whole message, so it is held whole.
-            b'F' if self.rules.limits.row_limit > 0 && self.over_limit().is_some() => {
+            b'F' if self.rules.measured() && self.refusal_for(Writes::ALL).is_some() => {
                 Interest::Whole {
                     max_len: MAX_INSPECTED_STATEMENT,
                 }
@@ -413,17 +431,16 @@ impl ClientGate {
         if let Some(feature) = policy::denied_feature(&statement, self.rules.limits.deny) {
             return self.refuse(Refusal::Policy(feature), "", Shape::Extended);
         }
-        let adds_rows =
-            statement.adds_rows || self.executes_rows(&statement) || self.fetches_rows(&statement);
+        let writes = self.writes(&statement);
         self.note_cursors(&statement);
         let name = self.name(name);
         let mut names = self.link.names();
         // A SQL PREPARE in the text runs at each Execute, which the proxy
-        // does not follow: it counts at once if it adds rows.
-        for (prepared, adds) in &statement.prepares {
-            names.assume_defined(Space::Statement, prepared, *adds);
+        // does not follow: it counts at once if it writes.
+        for (prepared, writes) in &statement.prepares {
+            names.assume_defined(Space::Statement, prepared, *writes);
         }
-        let change = Change::Define(name.as_ref().into(), adds_rows);
+        let change = Change::Define(name.as_ref().into(), writes);
         names.sent(
             self.requests + 1,
             Confirmation::ParseComplete,
@@ -448,9 +465,9 @@ impl ClientGate {
         // a reserved name is refused at its Execute instead.
         let statement = self.name(statement);
         let portal = self.name(portal);
-        let adds_rows = self.name_adds_rows(Space::Statement, &statement, self.requests + 1);
+        let writes = self.name_writes(Space::Statement, &statement, self.requests + 1);
         let mut names = self.link.names();
-        let change = Change::Define(portal.as_ref().into(), adds_rows);
+        let change = Change::Define(portal.as_ref().into(), writes);
         names.sent(
             self.requests + 1,
             Confirmation::BindComplete,
@@ -472,12 +489,12 @@ impl ClientGate {
                 Shape::Extended,
             );
         }
-        if self.rules.limits.row_limit == 0 {
+        if !self.rules.measured() {
             return Verdict::Forward;
         }
         let portal = self.name(portal);
-        let adds_rows = self.name_adds_rows(Space::Portal, &portal, self.requests + 1);
-        match adds_rows.then(|| self.over_limit()).flatten() {
+        let writes = self.name_writes(Space::Portal, &portal, self.requests + 1);
+        match self.refusal_for(writes) {
             Some(refusal) => self.refuse(refusal, "", Shape::Extended),
             None => Verdict::Forward,
         }
@@ -507,8 +524,8 @@ impl ClientGate {
     }
 
     /// A fast-path function call (libpq's large-object API, `PQfn`): while
-    /// the tenant is over its limit, refused unless the function is known
-    /// to add nothing.
+    /// the tenant is over its row or storage limit, refused unless the
+    /// function is known to add nothing.
     fn on_function_call(&mut self, body: &[u8]) -> Verdict {
         // Too short to name a function: the cluster will say so.
         let Some(oid) = body.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) else {
@@ -517,7 +534,7 @@ impl ClientGate {
         if !function_call_adds_rows(oid) {
             return Verdict::Forward;
         }
-        match self.over_limit() {
+        match self.refusal_for(Writes::ALL) {
             // A FunctionCall earns its own ReadyForQuery, like a Query.
             Some(refusal) => self.refuse(refusal, "", Shape::Simple),
             None => Verdict::Forward,
@@ -597,38 +614,83 @@ impl ClientGate {
         if let Some(feature) = policy::denied_feature(statement, self.rules.limits.deny) {
             return Some(Refusal::Policy(feature));
         }
-        if self.rules.limits.row_limit > 0
-            && (statement.adds_rows
-                || self.executes_rows(statement)
-                || self.fetches_rows(statement))
-        {
-            return self.over_limit();
+        if self.rules.measured() {
+            return self.refusal_for(self.writes(statement));
         }
         None
     }
 
-    /// Whether a statement's SQL `EXECUTE`s a prepared statement that adds
-    /// rows: as the cluster has it, or as the same text prepares it.
-    fn executes_rows(&self, statement: &Classification) -> bool {
-        self.runs_rows(Space::Statement, &statement.executes, &statement.prepares)
+    /// What running a statement may write: its own text, the prepared
+    /// statements its SQL `EXECUTE`s and the portals its `FETCH`/`MOVE`
+    /// runs. Tenants without a quota never get here.
+    fn writes(&self, statement: &Classification) -> Writes {
+        let cursors = |(name, adds_rows): &(String, bool)| {
+            // A cursor's query cannot UPDATE (PostgreSQL refuses
+            // data-modifying statements in DECLARE): rows or nothing.
+            (
+                name.clone(),
+                if *adds_rows {
+                    Writes::ALL
+                } else {
+                    Writes::NONE
+                },
+            )
+        };
+        let cursors: Vec<(String, Writes)> = if statement.fetches.is_empty() {
+            Vec::new()
+        } else {
+            statement.cursors.iter().map(cursors).collect()
+        };
+        statement
+            .writes()
+            .or(self.runs(Space::Statement, &statement.executes, &statement.prepares))
+            .or(self.runs(Space::Portal, &statement.fetches, &cursors))
     }
 
-    /// Whether a statement's SQL `FETCH`/`MOVE` runs a portal that adds
-    /// rows: a cursor declared (here or in the same text) or a portal the
-    /// extended protocol bound.
-    fn fetches_rows(&self, statement: &Classification) -> bool {
-        self.runs_rows(Space::Portal, &statement.fetches, &statement.cursors)
-    }
-
-    /// Whether running any of `names` (in `space`) from the statement being
-    /// handled may add rows: as tracked, or as the same text `defines` it.
-    fn runs_rows(&self, space: Space, names: &[String], defines: &[(String, bool)]) -> bool {
-        names.iter().any(|name| {
-            self.name_adds_rows(space, name, self.requests)
-                || defines
-                    .iter()
-                    .any(|(defined, adds_rows)| defined == name && *adds_rows)
+    /// What running any of `names` (in `space`) from the statement being
+    /// handled may write: as tracked, or as the same text `defines` it.
+    fn runs(&self, space: Space, names: &[String], defines: &[(String, Writes)]) -> Writes {
+        names.iter().fold(Writes::NONE, |writes, name| {
+            let defined = defines
+                .iter()
+                .filter(|(defined, _)| defined == name)
+                .fold(Writes::NONE, |w, (_, d)| w.or(*d));
+            writes
+                .or(self.name_writes(space, name, self.requests))
+                .or(defined)
         })
+    }
+
+    /// The refusal a statement that may write `writes` gets, if the tenant
+    /// is over a limit that cares (or cannot be measured). A tenant without
+    /// a storage limit pays one comparison with zero for it.
+    fn refusal_for(&self, writes: Writes) -> Option<Refusal> {
+        let limits = &self.rules.limits;
+        if limits.row_limit > 0 && writes.rows {
+            if let Some(refusal) = self.over_limit() {
+                return Some(refusal);
+            }
+        }
+        if limits.storage_limit > 0 && writes.storage {
+            return self.over_storage();
+        }
+        None
+    }
+
+    /// The tenant's size, if it is over its storage limit.
+    fn over_storage(&self) -> Option<Refusal> {
+        if let Some(bytes) = self
+            .tenant
+            .rows
+            .storage_over(self.rules.limits.storage_limit)
+        {
+            return Some(Refusal::StorageLimit(bytes));
+        }
+        // Fail closed, as for rows.
+        self.tenant
+            .rows
+            .unmeasurable(unix_now(), self.rules.grace_s)
+            .then_some(Refusal::StorageUnmeasured)
     }
 
     /// Cursors a statement declares: one whose query adds rows counts as a
@@ -638,16 +700,24 @@ impl ClientGate {
         if statement.cursors.iter().any(|(_, adds_rows)| *adds_rows) {
             let mut names = self.link.names();
             for (cursor, adds_rows) in &statement.cursors {
-                names.assume_defined(Space::Portal, cursor, *adds_rows);
+                let writes = if *adds_rows {
+                    Writes::ALL
+                } else {
+                    Writes::NONE
+                };
+                names.assume_defined(Space::Portal, cursor, writes);
             }
         }
     }
 
-    /// Whether executing `name` (a prepared statement or portal) by a
-    /// message of `request` may add rows. A name the session cannot be sure
-    /// it read as the cluster stores it counts as adding rows.
-    fn name_adds_rows(&self, space: Space, name: &str, request: u64) -> bool {
-        !self.name_trusted(name) || self.link.names().adds_rows(space, name, request)
+    /// What executing `name` (a prepared statement or portal) by a message
+    /// of `request` may write. A name the session cannot be sure it read as
+    /// the cluster stores it counts as writing everything.
+    fn name_writes(&self, space: Space, name: &str, request: u64) -> Writes {
+        if !self.name_trusted(name) {
+            return Writes::ALL;
+        }
+        self.link.names().writes(space, name, request)
     }
 
     /// The tenant's figure, if it is over its limit.
@@ -676,6 +746,15 @@ impl ClientGate {
             }
             Refusal::ReservedName(space) => policy::reserved_name_error(space, name),
             Refusal::Unmeasured => policy::unmeasured_error(self.tenant.name(), &limits.tier),
+            Refusal::StorageLimit(bytes) => storage::storage_limit_error(
+                self.tenant.name(),
+                bytes,
+                limits.storage_limit,
+                &limits.tier,
+            ),
+            Refusal::StorageUnmeasured => {
+                storage::storage_unmeasured_error(self.tenant.name(), &limits.tier)
+            }
         };
         self.tenant.note_statement_refused(refusal.reason());
         tracing::debug!(tenant = self.tenant.name(), reason = refusal.reason(), error = %error, "statement refused");
@@ -829,8 +908,14 @@ impl ClusterGate {
         if let Some(confirmation) = Confirmation::of_tag(tag) {
             self.confirm(confirmation);
         }
-        if self.rules.limits.row_limit == 0 {
+        if !self.rules.measured() {
             return;
+        }
+        if self.rules.limits.storage_limit > 0 && frees_space(tag) {
+            // VACUUM FULL, DROP INDEX…: the size may have fallen; measure
+            // promptly so that a tenant over its limit is let back in.
+            self.wrote = true;
+            self.link.remeasure.store(true, Ordering::Relaxed);
         }
         match Tag::parse(tag) {
             Tag::Rows(n) => {
@@ -882,11 +967,16 @@ impl ClusterGate {
             // An implicit transaction ends here: committed unless it failed.
             let committed = !self.error_since_ready;
             self.settle(committed);
-            if self.link.remeasure.swap(false, Ordering::Relaxed) && self.rules.limits.row_limit > 0
-            {
+            if self.link.remeasure.swap(false, Ordering::Relaxed) && self.rules.measured() {
                 self.tenant.rows.want_measurement();
                 self.shared.audits.request(&self.tenant);
             }
+        }
+        if self.error_since_ready && self.rules.limits.storage_limit > 0 {
+            // A statement that failed may have written before it did (an
+            // INSERT of a million rows failing on the last): dead rows on
+            // disk that no commit announces.
+            self.tenant.rows.touch();
         }
         self.error_since_ready = false;
         self.copy_in = false;
@@ -897,10 +987,14 @@ impl ClusterGate {
         let delta = std::mem::take(&mut self.delta);
         let wrote = std::mem::take(&mut self.wrote);
         let limit = self.rules.limits.row_limit;
-        if committed && wrote && limit > 0 {
+        if !committed && wrote && self.rules.limits.storage_limit > 0 {
+            // Rolled back: no rows, but the files grew all the same.
+            self.tenant.rows.touch();
+        }
+        if committed && wrote && self.rules.measured() {
             let crossing = self.tenant.rows.commit(delta, limit);
             log_crossing(&self.tenant, crossing, limit);
-            if delta != 0 {
+            if delta != 0 && limit > 0 {
                 self.shared
                     .fleet
                     .send(Op::RowDelta(self.tenant.name().to_owned(), delta));
@@ -957,6 +1051,14 @@ impl Tag {
             _ => Tag::Wrote,
         }
     }
+}
+
+/// Whether a command tag is of a statement that can make the database
+/// smaller in ways row tags do not tell (TRUNCATE and DROP TABLE already
+/// ask for a measurement): VACUUM (FULL rewrites, plain VACUUM truncates
+/// empty pages at a table's end), CLUSTER, and any DROP.
+fn frees_space(tag: &str) -> bool {
+    tag == "VACUUM" || tag == "CLUSTER" || tag.starts_with("DROP ")
 }
 
 /// Splits a NUL-terminated string off the front of `bytes`.

@@ -21,6 +21,7 @@ pub mod functions;
 pub mod gate;
 pub mod policy;
 pub mod prepared;
+pub mod storage;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,9 @@ use crate::tenants::{unix_now, Tenant};
 
 /// What the proxy knows of a tenant's rows: the last measurement plus what
 /// transactions committed since then added or removed, as their command
-/// tags said.
+/// tags said; and the database's size in bytes as the same measurement
+/// found it (the storage limit, [`storage`]: no tag tells bytes, so it
+/// moves only with measurements).
 #[derive(Debug, Default)]
 pub struct RowCount {
     state: Mutex<RowState>,
@@ -116,6 +119,10 @@ struct RowState {
     unmeasured_since: u64,
     /// Why the last measurement failed, until one succeeds.
     failure: Option<Unmeasurable>,
+    /// The database's size at the last measurement (None until one).
+    bytes: Option<u64>,
+    /// Whether the tenant was over its storage limit when last looked at.
+    over_storage: bool,
 }
 
 /// A tenant's row figure at one moment.
@@ -191,7 +198,7 @@ impl RowCount {
         let mut state = self.lock();
         state.wanted = true;
         state.dirty = true;
-        if state.rows.is_none() && state.unmeasured_since == 0 {
+        if state.rows.is_none() && state.bytes.is_none() && state.unmeasured_since == 0 {
             state.unmeasured_since = unix_now();
         }
     }
@@ -226,14 +233,63 @@ impl RowCount {
             return false;
         }
         state.wanted
-            || (state.rows.is_some()
+            || ((state.rows.is_some() || state.bytes.is_some())
                 && state.dirty
                 && now.saturating_sub(self.measured_at()) >= interval_s)
     }
 
     /// Whether the tenant has never been measured.
     pub fn unknown(&self) -> bool {
-        self.lock().rows.is_none()
+        let state = self.lock();
+        state.rows.is_none() && state.bytes.is_none()
+    }
+
+    /// Whether a limit in force lacks its figure: rows with a row limit,
+    /// bytes with a storage limit (a limit that came with a reload).
+    pub fn unknown_for(&self, row_limit: u64, storage_limit: u64) -> bool {
+        let state = self.lock();
+        (row_limit > 0 && state.rows.is_none()) || (storage_limit > 0 && state.bytes.is_none())
+    }
+
+    /// The database's size in bytes at the last measurement.
+    pub fn bytes(&self) -> Option<u64> {
+        self.lock().bytes
+    }
+
+    /// The size, if it is over `limit` (0 = no limit).
+    pub fn storage_over(&self, limit: u64) -> Option<u64> {
+        self.bytes().filter(|&b| limit > 0 && b > limit)
+    }
+
+    /// A measured (or the fleet's) size. Returns the storage limit's
+    /// crossing, if any.
+    pub fn set_bytes(&self, bytes: u64, limit: u64) -> Option<Crossing> {
+        let mut state = self.lock();
+        state.bytes = Some(bytes);
+        let over = limit > 0 && bytes > limit;
+        if over == state.over_storage {
+            return None;
+        }
+        state.over_storage = over;
+        Some(if over {
+            Crossing::Over
+        } else {
+            Crossing::Under
+        })
+    }
+
+    /// Something may have written to the database without a commit that
+    /// says so (a rolled-back transaction, a statement that failed after
+    /// writing): rows are unchanged but the files may have grown, so the
+    /// tenant is measured again at the next interval.
+    pub fn touch(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// [`Self::finish_measurement`] for a measurement that took only the
+    /// size (no row limit applies): the row figure stays as it was.
+    pub fn finish_size_only(&self) {
+        self.finish(0, 0, |_, _| {});
     }
 
     /// Marks the tenant queued for measurement; false if it already is.
@@ -335,6 +391,22 @@ impl RowCount {
         crossed(&mut state, limit)
     }
 
+    /// Takes the fleet's measurement of a tenant with no row limit (its
+    /// size was taken with [`Self::set_bytes`]): the tenant counts as
+    /// measured, its row figure untouched.
+    pub fn adopt_size(&self, measured_at: u64) {
+        let mut state = self.lock();
+        if state.measuring {
+            return;
+        }
+        state.unmeasured_since = 0;
+        state.failure = None;
+        if measured_at > self.measured_at() {
+            self.measured_at.store(measured_at, Ordering::Relaxed);
+            state.wanted = false;
+        }
+    }
+
     /// The tenant needs no measuring (its limit is gone): release the queue
     /// mark.
     pub fn release(&self) {
@@ -379,6 +451,28 @@ pub fn log_crossing(tenant: &Tenant, crossing: Option<Crossing>, limit: u64) {
             rows,
             row_limit = limit,
             "tenant back under its row limit: writes accepted again"
+        ),
+    }
+}
+
+/// Logs a crossing of `tenant`'s storage limit, in either direction.
+pub fn log_storage_crossing(tenant: &Tenant, crossing: Option<Crossing>, limit: u64) {
+    let Some(crossing) = crossing else {
+        return;
+    };
+    let bytes = tenant.rows.bytes();
+    match crossing {
+        Crossing::Over => tracing::info!(
+            tenant = tenant.name(),
+            bytes,
+            storage_limit = limit,
+            "tenant over its storage limit: statements that can grow the database are refused"
+        ),
+        Crossing::Under => tracing::info!(
+            tenant = tenant.name(),
+            bytes,
+            storage_limit = limit,
+            "tenant back under its storage limit: writes accepted again"
         ),
     }
 }
@@ -461,6 +555,33 @@ mod tests {
             "a fleet figure counts"
         );
         assert_eq!(count.failure(), None);
+    }
+
+    #[test]
+    fn the_size_moves_with_measurements_and_crossings_are_reported_once() {
+        let count = RowCount::default();
+        assert!(count.unknown_for(0, 100));
+        assert!(!count.unknown_for(0, 0));
+        assert_eq!(count.storage_over(100), None);
+        count.want_measurement();
+        count.begin_measurement();
+        assert_eq!(count.set_bytes(150, 100), Some(Crossing::Over));
+        count.finish_size_only();
+        assert_eq!(count.figure(), None, "no rows counted");
+        assert!(!count.unknown_for(0, 100));
+        assert!(count.unknown_for(10, 100), "rows are still unknown");
+        assert_eq!(count.storage_over(100), Some(150));
+        assert_eq!(count.storage_over(0), None, "0 = unlimited");
+        assert_eq!(count.set_bytes(160, 100), None);
+        let now = count.measured_at();
+        assert!(!count.due(now + 100, 30), "clean");
+        count.touch();
+        assert!(
+            count.due(now + 30, 30),
+            "a rolled-back write: measured again"
+        );
+        assert_eq!(count.set_bytes(90, 100), Some(Crossing::Under));
+        assert_eq!(count.storage_over(100), None);
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub enum Refusal {
     ReservedName(Space),
     /// It may add rows and the tenant cannot be measured (fail closed).
     Unmeasured,
+    /// It can grow the database while the tenant is over its storage limit
+    /// (the size in bytes).
+    StorageLimit(u64),
+    /// It can grow the database and the tenant's size cannot be measured
+    /// (fail closed).
+    StorageUnmeasured,
 }
 
 impl Refusal {
@@ -35,6 +41,8 @@ impl Refusal {
             Refusal::RowLimit(_) => "row_limit",
             Refusal::ReservedName(_) => "reserved_name",
             Refusal::Unmeasured => "unmeasured",
+            Refusal::StorageLimit(_) => "storage_limit",
+            Refusal::StorageUnmeasured => "storage_unmeasured",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Which prepared statements and portals of a session add rows, as the
-//! *cluster* has them.
+//! Which prepared statements and portals of a session add rows or grow
+//! storage ([`Writes`]), as the *cluster* has them.
 //!
 //! A name's meaning changes only when the cluster confirms the change:
 //! ParseComplete for a Parse, BindComplete for a Bind, CloseComplete for a
@@ -28,6 +28,8 @@
 //! few map operations per Parse/Bind/Close, and only for tenants with rules.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::quota::classify::Writes;
 
 /// Statements and portals tracked per session; past this the session's
 /// tracking is unreliable and every unknown name counts as adding rows.
@@ -79,8 +81,8 @@ impl Confirmation {
 /// A change to one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The name now means a statement (or portal) that adds rows or not.
-    Define(Box<str>, bool),
+    /// The name now means a statement (or portal) that writes this.
+    Define(Box<str>, Writes),
     Remove(Box<str>),
     /// Every prepared statement (and, for DISCARD ALL, portal) is gone.
     RemoveAll,
@@ -100,8 +102,8 @@ struct InFlight {
 /// One session's names.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    statements: HashMap<Box<str>, bool>,
-    portals: HashMap<Box<str>, bool>,
+    statements: HashMap<Box<str>, Writes>,
+    portals: HashMap<Box<str>, Writes>,
     /// Names may exist that the tracker never saw defined (before the rules
     /// applied, past `MAX_TRACKED`): an unknown one then counts as adding
     /// rows.
@@ -123,8 +125,15 @@ impl Tracker {
     /// Whether executing `name` (in `space`) by a message of `request`
     /// may add rows.
     pub fn adds_rows(&self, space: Space, name: &str, request: u64) -> bool {
+        self.writes(space, name, request).rows
+    }
+
+    /// What executing `name` (in `space`) by a message of `request` may
+    /// write: pessimistically, each kind of write any possible meaning of
+    /// the name has.
+    pub fn writes(&self, space: Space, name: &str, request: u64) -> Writes {
         if self.saturated {
-            return true;
+            return Writes::ALL;
         }
         let concerns = |f: &&InFlight| {
             f.space == space
@@ -139,10 +148,14 @@ impl Tracker {
             .iter()
             .flatten()
             .filter(concerns)
-            .any(|f| f.request < request && matches!(f.change, Change::Define(_, true)));
+            .filter(|f| f.request < request)
+            .fold(Writes::NONE, |writes, f| match f.change {
+                Change::Define(_, w) => writes.or(w),
+                _ => writes,
+            });
         let mut now = match self.map(space).get(name) {
-            Some(adds) => Some(*adds || earlier_define),
-            None if earlier_define => Some(true),
+            Some(writes) => Some(writes.or(earlier_define)),
+            None if earlier_define.any() => Some(earlier_define),
             None => None,
         };
         let mut unknown = self.lost_track;
@@ -157,7 +170,7 @@ impl Tracker {
         same.sort_by_key(|f| f.seq);
         for f in same {
             match &f.change {
-                Change::Define(_, adds) => now = Some(*adds),
+                Change::Define(_, writes) => now = Some(*writes),
                 Change::Remove(_) => now = None,
                 Change::RemoveAll => {
                     now = None;
@@ -165,7 +178,7 @@ impl Tracker {
                 }
             }
         }
-        now.unwrap_or(unknown)
+        now.unwrap_or(if unknown { Writes::ALL } else { Writes::NONE })
     }
 
     /// A change the client sent, confirmed by `by` when the cluster
@@ -187,10 +200,10 @@ impl Tracker {
 
     /// A definition the cluster will carry out at a time the proxy cannot
     /// follow (a SQL PREPARE inside an extended-protocol Parse, run at each
-    /// Execute): counted at once, and for good, when it adds rows.
-    pub fn assume_defined(&mut self, space: Space, name: &str, adds_rows: bool) {
-        if adds_rows {
-            self.apply(space, Change::Define(name.into(), true));
+    /// Execute): counted at once, and for good, when it writes.
+    pub fn assume_defined(&mut self, space: Space, name: &str, writes: Writes) {
+        if writes.any() {
+            self.apply(space, Change::Define(name.into(), writes));
         }
     }
 
@@ -224,13 +237,15 @@ impl Tracker {
         }
         self.in_flight_len -= settled.len();
         for f in settled {
-            if let Change::Define(name, true) = f.change {
-                self.apply(f.space, Change::Define(name, true));
+            if let Change::Define(name, writes) = f.change {
+                if writes.any() {
+                    self.apply(f.space, Change::Define(name, writes));
+                }
             }
         }
     }
 
-    fn map(&self, space: Space) -> &HashMap<Box<str>, bool> {
+    fn map(&self, space: Space) -> &HashMap<Box<str>, Writes> {
         match space {
             Space::Statement => &self.statements,
             Space::Portal => &self.portals,
@@ -275,7 +290,35 @@ mod tests {
     const LATER: u64 = 99;
 
     fn define(name: &str, adds: bool) -> Change {
-        Change::Define(name.into(), adds)
+        let writes = if adds { Writes::ALL } else { Writes::NONE };
+        Change::Define(name.into(), writes)
+    }
+
+    #[test]
+    fn storage_growth_is_tracked_apart_from_rows() {
+        let mut t = Tracker::default();
+        // Parse u AS UPDATE …: grows storage, adds no rows.
+        t.sent(
+            1,
+            ParseComplete,
+            Statement,
+            Change::Define("u".into(), Writes::STORAGE),
+        );
+        assert_eq!(t.writes(Statement, "u", LATER), Writes::STORAGE);
+        t.confirmed(1, ParseComplete);
+        assert!(!t.adds_rows(Statement, "u", LATER));
+        assert!(t.writes(Statement, "u", LATER).storage);
+        // Never confirmed: a growing definition is assumed, like rows.
+        t.sent(
+            2,
+            PrepareTag,
+            Statement,
+            Change::Define("g".into(), Writes::STORAGE),
+        );
+        t.ready(2);
+        assert_eq!(t.writes(Statement, "g", LATER), Writes::STORAGE);
+        t.lose_track();
+        assert_eq!(t.writes(Statement, "unknown", LATER), Writes::ALL);
     }
 
     #[test]
@@ -365,7 +408,7 @@ mod tests {
     fn confirmations_of_other_requests_do_not_match() {
         let mut t = Tracker::default();
         t.sent(3, CloseComplete, Statement, Change::Remove("s".into()));
-        t.assume_defined(Statement, "s", true);
+        t.assume_defined(Statement, "s", Writes::ALL);
         // A CloseComplete while request 2 is answered is not this one.
         t.confirmed(2, CloseComplete);
         assert!(t.adds_rows(Statement, "s", LATER));

@@ -36,6 +36,7 @@ mod quota;
 mod readme;
 mod registry;
 mod sandbox;
+mod storage;
 mod suspend;
 mod threads;
 mod tls;

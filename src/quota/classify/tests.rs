@@ -31,7 +31,7 @@ fn all_features() -> Vec<Feature> {
 }
 
 /// An expectation in a few words, comma-separated: `adds`, `remeasure`,
-/// `unparsed`, `prep NAME [adds]`, `exec NAME`, `fetch NAME`, `cursor NAME`,
+/// `unparsed`, `prep NAME [adds|grows]`, `exec NAME`, `fetch NAME`, `cursor NAME`,
 /// `dealloc NAME`, `dealloc *`,
 /// or a feature's name ("CREATE EXTENSION"; "CREATE LANGUAGE" is the pair of
 /// features a parameterless CREATE LANGUAGE uses, "CREATE LANGUAGE HANDLER"
@@ -45,8 +45,9 @@ fn expect(spec: &str) -> Classification {
             ["adds"] => c.adds_rows = true,
             ["remeasure"] => c.remeasure = true,
             ["unparsed"] => c.unparsed = true,
-            ["prep", name] => c.prepares.push((name.to_string(), false)),
-            ["prep", name, "adds"] => c.prepares.push((name.to_string(), true)),
+            ["prep", name] => c.prepares.push((name.to_string(), Writes::NONE)),
+            ["prep", name, "adds"] => c.prepares.push((name.to_string(), Writes::ALL)),
+            ["prep", name, "grows"] => c.prepares.push((name.to_string(), Writes::STORAGE)),
             ["exec", name] => c.executes.push(name.to_string()),
             ["fetch", name] => c.fetches.push(name.to_string()),
             ["cursor", name] => c.cursors.push((name.to_string(), false)),
@@ -668,7 +669,11 @@ fn corpus() {
     let mut failures = Vec::new();
     for (sql, spec) in CORPUS {
         let want = expect(spec);
-        let got = classify(sql);
+        // Storage growth has its own corpus (`storage_growth`).
+        let got = Classification {
+            grows_storage: false,
+            ..classify(sql)
+        };
         if got != want {
             failures.push(format!("{sql:?}\n   want {want:?}\n   got  {got:?}"));
         }
@@ -823,11 +828,16 @@ fn cache_is_bounded_in_entries() {
 #[test]
 fn cache_is_bounded_in_bytes() {
     let classifier = Classifier::new();
+    // CREATE TABLE grows storage and nothing else.
+    let created = Classification {
+        grows_storage: true,
+        ..Classification::default()
+    };
     let filler = "x".repeat(CACHE_MAX_STATEMENT - 100);
     for i in 0..200 {
         let sql = format!("CREATE TABLE t{i} (a text DEFAULT '{filler}')");
         assert!(sql.len() <= CACHE_MAX_STATEMENT);
-        assert_eq!(*classifier.classify(&sql), Classification::default());
+        assert_eq!(*classifier.classify(&sql), created);
     }
     let bytes = classifier.cached_bytes();
     assert!(bytes <= CACHE_MAX_BYTES, "{bytes} bytes");
@@ -837,8 +847,8 @@ fn cache_is_bounded_in_bytes() {
         "y".repeat(CACHE_MAX_STATEMENT)
     );
     let before = classifier.cached_entries();
-    assert_eq!(*classifier.classify(&long), Classification::default());
-    assert_eq!(*classifier.classify(&long), Classification::default());
+    assert_eq!(*classifier.classify(&long), created);
+    assert_eq!(*classifier.classify(&long), created);
     assert!(classifier.cached_entries() <= before);
 }
 
@@ -904,7 +914,7 @@ fn is_plain() {
 fn long_identifiers_are_truncated_like_postgresql() {
     let name = "a".repeat(70);
     let got = classify(&format!("PREPARE {name} AS SELECT 1; EXECUTE {name}"));
-    assert_eq!(got.prepares, vec![("a".repeat(63), false)]);
+    assert_eq!(got.prepares, vec![("a".repeat(63), Writes::NONE)]);
     assert_eq!(got.executes, vec!["a".repeat(63)]);
 }
 

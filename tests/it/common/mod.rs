@@ -198,8 +198,9 @@ impl Drop for TestProxy {
 
 /// The configuration every test proxy starts from: client TLS `tls_mode`
 /// with [`certs`], the test [`cluster`] behind it over plaintext, free (2
-/// connections, the built-in statement policy, no row limit: tests that
-/// need one set it per tenant with a `[quota]`, see [`quota_table`]) and
+/// connections, the built-in statement policy, no row or storage limit:
+/// tests that need one set it per tenant with a `[quota]`, see
+/// [`quota_table`]) and
 /// standard (unlimited) tiers. `top_level` keys go first (TOML needs
 /// them before any table), `tables` last (e.g. `[tenants.x]`).
 pub fn config_text(top_level: &str, tls_mode: &str, tables: &str) -> String {
@@ -228,6 +229,7 @@ tls = "disable"
 max_connections = 2
 idle_timeout = "5m"
 row_limit = 0
+storage_limit = 0
 [tiers.standard]
 max_connections = 0
 {tables}

@@ -1,0 +1,342 @@
+//! The storage limit: how many bytes a tenant's database may take on the
+//! shared cluster's disk, and the words clients read about it.
+//!
+//! The size is the cluster's own figure, `pg_database_size(current_database())`,
+//! taken by the quota auditor with each measurement (it reads file sizes and
+//! takes no table lock, so no tenant can hold it off the way a lock holds off
+//! counting rows). While a tenant is over, statements that can grow the
+//! database are refused with `53100` (PostgreSQL's `disk_full`, what it
+//! answers when it cannot extend a file): every statement that adds rows
+//! (the row quota's verdict), and every statement the classifier does not
+//! know to grow nothing ([`crate::quota::classify::Classification::grows_storage`]:
+//! UPDATE, CREATE INDEX, REINDEX, CREATE TABLE, ALTER TABLE, CLUSTER, REFRESH
+//! MATERIALIZED VIEW, large-object writes, …). Reads, DELETE, TRUNCATE,
+//! DROP, VACUUM (FULL), ANALYZE, settings and transaction control always
+//! pass, so a tenant can always get back under.
+//!
+//! Sizes in the configuration are PostgreSQL's memory units, as
+//! `pg_size_bytes` reads them: `kB`, `MB`, `GB`, `TB` are powers of 1024.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::protocol::{sqlstate, ErrorFields};
+use crate::quota::policy::WARN_AT_PERCENT;
+
+/// A size in bytes as the configuration writes it: a number of bytes, or a
+/// string with a unit (`"256MB"`, `"1 GB"`, `"0"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Reads `"256MB"`, `"1 GB"`, `"512kB"`, `"1048576"`, `"1048576B"`.
+    /// Units are case-insensitive; fractions and overflow are errors.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size (e.g. \"256MB\", \"1GB\")"))?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" | "bytes" => 0,
+            "kb" => 10,
+            "mb" => 20,
+            "gb" => 30,
+            "tb" => 40,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a size unit (known: B, kB, MB, GB, TB)"
+                ))
+            }
+        };
+        number
+            .checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
+        struct Size;
+        impl Visitor<'_> for Size {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes, or a string such as \"256MB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Size)
+    }
+}
+
+/// A size as PostgreSQL's `pg_size_pretty` writes it (`270 MB`,
+/// `7580 kB`, `512 bytes`): the largest unit that keeps 10 or more of it,
+/// rounded half up.
+pub fn pretty(bytes: u64) -> String {
+    const LIMIT: u64 = 10 * 1024;
+    if bytes < LIMIT {
+        return format!("{bytes} bytes");
+    }
+    // Half units, so that the last step can round half up (pg_size_pretty's
+    // own arithmetic).
+    let mut half = bytes >> 9;
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    let mut unit = 0;
+    while half >= LIMIT * 2 - 1 && unit + 1 < UNITS.len() {
+        half >>= 10;
+        unit += 1;
+    }
+    format!("{} {}", half / 2 + half % 2, UNITS[unit])
+}
+
+/// `ERROR 53100`: the tenant's database is over its storage limit and the
+/// statement can grow it.
+pub fn storage_limit_error(database: &str, bytes: u64, limit: u64, tier: &str) -> ErrorFields {
+    ErrorFields::error(
+        sqlstate::DISK_FULL,
+        format!(
+            "storage limit exceeded: database \"{database}\" uses {}; the {tier} tier allows {}",
+            pretty(bytes),
+            pretty(limit)
+        ),
+    )
+    .with_detail(
+        "Statements that can grow the database are refused until it is back under the limit; reads, DELETE, TRUNCATE, DROP and VACUUM still work.",
+    )
+    .with_hint(HINT)
+}
+
+const HINT: &str = "TRUNCATE or DROP tables you no longer need (DELETE alone frees no space until VACUUM FULL rewrites the table), or upgrade the database's tier.";
+
+/// `ERROR 53100`: the tenant's size cannot be measured, so statements that
+/// can grow the database are refused until it can (fail closed).
+pub fn storage_unmeasured_error(database: &str, tier: &str) -> ErrorFields {
+    ErrorFields::error(
+        sqlstate::DISK_FULL,
+        format!(
+            "cannot measure database \"{database}\"'s size; statements that can grow it are refused until it can be measured"
+        ),
+    )
+    .with_detail(format!(
+        "The {tier} tier limits the space a database takes."
+    ))
+    .with_hint(
+        "Reads, DELETE, TRUNCATE, DROP and VACUUM still work. Undo anything that keeps the database from being read (CONNECT revoked, a session holding a lock), or contact the operator.",
+    )
+}
+
+/// A `WARNING` for a session that logs in at 80 % of its storage limit or
+/// more; `None` below that, with no limit, or when nothing is measured yet.
+pub fn storage_limit_warning(
+    database: &str,
+    bytes: Option<u64>,
+    limit: u64,
+    tier: &str,
+) -> Option<ErrorFields> {
+    let bytes = bytes?;
+    if limit == 0 || u128::from(bytes) * 100 < u128::from(limit) * u128::from(WARN_AT_PERCENT) {
+        return None;
+    }
+    Some(
+        ErrorFields::warning(
+            sqlstate::WARNING,
+            format!(
+                "database \"{database}\" uses {} of the {} its {tier} tier allows",
+                pretty(bytes),
+                pretty(limit)
+            ),
+        )
+        .with_hint(if bytes > limit {
+            "Statements that can grow the database are refused until it is back under the limit. TRUNCATE or DROP tables you no longer need (DELETE alone frees no space until VACUUM FULL), or upgrade the database's tier."
+        } else {
+            "Statements that can grow the database will be refused above the limit: TRUNCATE or DROP what you no longer need, or upgrade the database's tier."
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::classify::classify;
+
+    #[test]
+    fn sizes_read_like_postgresql_memory_units() {
+        assert_eq!(ByteSize::parse("256MB"), Ok(ByteSize(256 << 20)));
+        assert_eq!(ByteSize::parse("1 GB"), Ok(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("512kB"), Ok(ByteSize(512 << 10)));
+        assert_eq!(ByteSize::parse("1tb"), Ok(ByteSize(1 << 40)));
+        assert_eq!(ByteSize::parse("0"), Ok(ByteSize(0)));
+        assert_eq!(ByteSize::parse("1048576"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("100 bytes"), Ok(ByteSize(100)));
+        for bad in ["", "MB", "1.5GB", "-1MB", "12 parsecs", "99999999999TB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_print_like_pg_size_pretty() {
+        assert_eq!(pretty(512), "512 bytes");
+        assert_eq!(pretty(10 * 1024 - 1), "10239 bytes");
+        assert_eq!(pretty(10 * 1024), "10 kB");
+        assert_eq!(pretty(7_762_435), "7581 kB");
+        assert_eq!(pretty(270 << 20), "270 MB");
+        assert_eq!(pretty(256 << 20), "256 MB");
+        assert_eq!(pretty(1 << 30), "1024 MB");
+        assert_eq!(pretty(20 << 30), "20 GB");
+    }
+
+    #[test]
+    fn the_refusal_names_the_figures_and_how_to_get_back_under() {
+        let e = storage_limit_error("hobby", 270 << 20, 256 << 20, "free");
+        assert_eq!(e.code, "53100");
+        assert_eq!(
+            e.message,
+            "storage limit exceeded: database \"hobby\" uses 270 MB; the free tier allows 256 MB"
+        );
+        let hint = e.hint.unwrap_or_default();
+        assert!(
+            hint.contains("TRUNCATE") && hint.contains("VACUUM FULL"),
+            "{hint}"
+        );
+        assert_eq!(storage_unmeasured_error("hobby", "free").code, "53100");
+    }
+
+    #[test]
+    fn warned_from_80_percent() {
+        let limit = 100 << 20;
+        assert!(storage_limit_warning("d", Some(79 << 20), limit, "free").is_none());
+        let w = storage_limit_warning("d", Some(80 << 20), limit, "free").unwrap();
+        assert_eq!(
+            w.message,
+            "database \"d\" uses 80 MB of the 100 MB its free tier allows"
+        );
+        assert!(storage_limit_warning("d", Some(u64::MAX), 0, "free").is_none());
+        assert!(storage_limit_warning("d", None, limit, "free").is_none());
+    }
+
+    /// Which statements the storage limit refuses while over (`true`) and
+    /// which always pass (`false`): the classifier's verdict, rows or not.
+    #[test]
+    fn which_statements_grow_storage() {
+        let corpus: &[(&str, bool)] = &[
+            // Adds rows: grows.
+            ("INSERT INTO t VALUES (1)", true),
+            ("insert into t select * from t", true),
+            ("COPY t FROM STDIN", true),
+            ("CREATE TABLE t2 AS SELECT * FROM t", true),
+            ("SELECT * INTO t2 FROM t", true),
+            ("SELECT lo_from_bytea(0, 'x')", true),
+            ("SELECT pg_catalog.LO_PUT(1, 0, 'x')", true),
+            ("SELECT lo_import('/etc/passwd')", true),
+            ("CALL p()", true),
+            (
+                "MERGE INTO t USING s ON t.a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.a)",
+                true,
+            ),
+            // Grows without adding rows.
+            ("UPDATE t SET a = a + 1", true),
+            ("uPdAtE t SET a = 1", true),
+            ("/* x */ UPDATE t SET a = 1", true),
+            (
+                "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
+                true,
+            ),
+            ("WITH x AS (SELECT 1) UPDATE t SET a = 1", true),
+            (
+                "DELETE FROM t WHERE a IN (SELECT a FROM (SELECT 1 AS a) s); UPDATE t SET a = 2",
+                true,
+            ),
+            (
+                "MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN UPDATE SET a = s.a",
+                true,
+            ),
+            ("CREATE INDEX ON t (a)", true),
+            ("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)", true),
+            ("REINDEX TABLE t", true),
+            ("CREATE TABLE t3 (a int)", true),
+            ("CREATE TEMP TABLE t3 (a int)", true),
+            ("CREATE MATERIALIZED VIEW m AS SELECT 1", true),
+            ("CREATE MATERIALIZED VIEW m AS SELECT 1 WITH NO DATA", true),
+            ("REFRESH MATERIALIZED VIEW m", true),
+            ("ALTER TABLE t ADD COLUMN b text DEFAULT 'x'", true),
+            ("ALTER TABLE t ALTER COLUMN a TYPE bigint", true),
+            ("CLUSTER t USING i", true),
+            ("CREATE SCHEMA s CREATE TABLE u (a int)", true),
+            ("EXPLAIN ANALYZE UPDATE t SET a = 1", true),
+            ("DO $$BEGIN UPDATE t SET a = 1; END$$", true),
+            ("DO $$BEGIN DELETE FROM t; END$$", false),
+            ("COMMENT ON TABLE t IS 'x'", true),
+            ("SELEC 1", true),
+            // Always allowed: nothing grows.
+            ("SELECT * FROM t", false),
+            ("SELECT * FROM t FOR UPDATE", false),
+            ("WITH x AS (SELECT 1) SELECT * FROM x", false),
+            ("TABLE t", false),
+            ("DELETE FROM t", false),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d",
+                false,
+            ),
+            ("TRUNCATE t", false),
+            ("DROP TABLE t", false),
+            ("DROP INDEX i", false),
+            ("DROP SCHEMA s CASCADE", false),
+            ("VACUUM", false),
+            ("VACUUM FULL t", false),
+            ("VACUUM (FULL, ANALYZE) t", false),
+            ("ANALYZE t", false),
+            ("SELECT lo_unlink(16384)", false),
+            ("SET statement_timeout = 0", false),
+            ("RESET ALL", false),
+            ("SHOW work_mem", false),
+            ("BEGIN", false),
+            ("COMMIT", false),
+            ("ROLLBACK", false),
+            ("SAVEPOINT a", false),
+            ("LOCK TABLE t", false),
+            ("LISTEN c", false),
+            ("NOTIFY c", false),
+            ("EXPLAIN UPDATE t SET a = 1", false),
+            ("COPY t TO STDOUT", false),
+            ("DEALLOCATE ALL", false),
+            ("DISCARD ALL", false),
+            ("CLOSE c", false),
+            ("DECLARE c CURSOR FOR SELECT 1", false),
+        ];
+        let mut wrong = Vec::new();
+        for (sql, grows) in corpus {
+            if classify(sql).grows() != *grows {
+                wrong.push(format!("{sql:?}: want grows = {grows}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // Prepared statements carry their body's verdict, rows apart.
+        let p = classify("PREPARE u AS UPDATE t SET a = $1");
+        assert!(!p.grows(), "preparing grows nothing");
+        assert_eq!(
+            p.prepares,
+            vec![("u".to_owned(), crate::quota::classify::Writes::STORAGE)]
+        );
+        let p = classify("PREPARE i AS INSERT INTO t VALUES ($1)");
+        assert_eq!(
+            p.prepares,
+            vec![("i".to_owned(), crate::quota::classify::Writes::ALL)]
+        );
+    }
+}
