@@ -13,7 +13,10 @@
 //! [`raw_login`], which answers whatever the mode asks.
 #![allow(dead_code)] // each test binary uses its own subset
 
+// Each test binary uses its own subset (as `dead_code` above).
+#[allow(unused_imports)]
 pub use pgtier_testkit::wire::frames;
+#[allow(unused_imports)]
 pub use pgtier_testkit::wire::{
     read_message, startup_packet, startup_packet_of, Message, PROTOCOL_3_0,
 };
