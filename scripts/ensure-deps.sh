@@ -8,7 +8,7 @@
 # As root on Debian/Ubuntu it installs what is missing; otherwise it prints
 # what to install and exits 1.
 #
-# Server binaries are looked for as the sandbox (src/sandbox/install.rs)
+# Server binaries are looked for as the sandbox (sandbox/src/install.rs)
 # looks for them: $PG_BIN, `pg_config --bindir`, the newest
 # /usr/lib/postgresql/*/bin, then PATH.
 #

@@ -41,19 +41,20 @@ scripts/ensure-deps.sh --pg "$pg_list"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy --all-targets -- -D warnings"
+# --workspace: the product and its tooling crates (sandbox, testkit, bench).
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
 t=$SECONDS
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> clippy took $((SECONDS - t)) s"
 
 # Everything is compiled once here; the runs below only execute.
-echo "==> cargo test --no-run (build all test targets)"
+echo "==> cargo test --workspace --no-run (build all test targets)"
 t=$SECONDS
-cargo test --all-targets --locked --no-run
+cargo test --workspace --all-targets --locked --no-run
 echo "==> build took $((SECONDS - t)) s"
 
-echo "==> unit tests (lib, bins, benches in test mode)"
-cargo test --locked --lib --bins --benches
+echo "==> unit tests (lib, bins, benches in test mode, every crate)"
+cargo test --workspace --locked --lib --bins --benches
 
 # The integration suite is one binary (tests/it/main.rs), run with plain
 # `cargo test`: its tests share one process and so one throwaway cluster

@@ -158,7 +158,7 @@ pub fn demo(listen: std::net::SocketAddr) -> ExitCode {
 pub fn gen_cert(dir: &Path) -> ExitCode {
     let written = std::fs::create_dir_all(dir)
         .map_err(|e| e.to_string())
-        .and_then(|()| crate::sandbox::certs::Certs::generate(dir).map_err(|e| e.to_string()));
+        .and_then(|()| pgtier_sandbox::Certs::generate(dir).map_err(|e| e.to_string()));
     match written {
         Ok(certs) => {
             println!(

@@ -1,15 +1,21 @@
 //! `pgtier demo`: the newcomer's first command. A throwaway cluster with two
 //! tenant databases (one free, one standard), a self-signed certificate, and
 //! the proxy in front, with ready-to-paste `psql` URLs. Ctrl-C removes it all.
+//!
+//! The cluster and certificates come from `pgtier-sandbox`, the one crate of
+//! the workspace's tooling the product depends on. The tests and the
+//! benchmark use the same sandbox through `pgtier-testkit`; were it part of
+//! the testkit, the product would ship its test support (and the testkit
+//! could never use the product without a cycle); were it part of this
+//! library, the library would export it to them.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::sandbox::certs::Certs;
-use crate::sandbox::cluster::{Cluster, ClusterOptions, VERIFIER_QUERY};
 use crate::server::Proxy;
+use pgtier_sandbox::{Certs, Cluster, ClusterOptions, PasswordEncryption, VERIFIER_QUERY};
 
 const FREE_DB: &str = "hobby";
 const STANDARD_DB: &str = "acme_prod";
@@ -31,11 +37,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     cluster.create_tenant(STANDARD_DB, "acme_user", &standard_password)?;
     // The role the row quota counts as: it reads every table.
     let quota_password = random_password();
-    cluster.create_role(
-        QUOTA_ROLE,
-        Some(&quota_password),
-        crate::sandbox::PasswordEncryption::Scram,
-    )?;
+    cluster.create_role(QUOTA_ROLE, Some(&quota_password), PasswordEncryption::Scram)?;
     cluster.psql(
         "postgres",
         &format!("GRANT pg_read_all_data TO {QUOTA_ROLE}; ALTER ROLE {QUOTA_ROLE} BYPASSRLS"),

@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn a_tls_side_is_ready_exactly_when_a_read_would_find_something() {
         let dir = tempfile::tempdir().unwrap();
-        let certs = crate::sandbox::Certs::generate(dir.path()).unwrap();
+        let certs = pgtier_sandbox::Certs::generate(dir.path()).unwrap();
         let key = crate::tls::load_certified_key(&certs.cert_path, &certs.key_path).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
             crate::tls::CertStore::new(key),

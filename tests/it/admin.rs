@@ -518,7 +518,7 @@ async fn every_refusal_is_counted_under_its_reason() {
     c.create_role(
         &intruder,
         Some("pw-intruder"),
-        pgtier::sandbox::PasswordEncryption::Scram,
+        pgtier_testkit::sandbox::PasswordEncryption::Scram,
     )
     .and_then(|()| {
         c.psql(
@@ -834,7 +834,7 @@ async fn reload_serves_a_new_certificate_to_new_handshakes() {
         .expect("the old certificate before the reload");
 
     // A new certificate from a CA of its own.
-    let new = pgtier::sandbox::Certs::generate(&dir.path().join("new-certs")).unwrap();
+    let new = pgtier_testkit::sandbox::Certs::generate(&dir.path().join("new-certs")).unwrap();
     let renewed = text
         .replace(
             &old.cert_path.display().to_string(),

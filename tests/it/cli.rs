@@ -108,7 +108,10 @@ fn the_shipped_proxy_toml_is_valid_apart_from_its_certificate() {
     assert_eq!(config.limits_for("acme_prod").max_connections, 0);
     assert_eq!(config.limits_for("someone_else").max_connections, 2);
     assert_eq!(config.auth.mode, pgtier::config::AuthMode::Proxy);
-    assert_eq!(config.auth.auth_query, pgtier::sandbox::VERIFIER_QUERY);
+    assert_eq!(
+        config.auth.auth_query,
+        pgtier_testkit::sandbox::VERIFIER_QUERY
+    );
 }
 
 #[test]
@@ -126,7 +129,7 @@ fn check_warns_about_an_operator_api_open_to_others_without_a_token() {
     for (top, warned) in cases {
         // `check` loads the certificate too: give it a real pair.
         let dir = tempfile::tempdir().unwrap();
-        let certs = pgtier::sandbox::Certs::generate(dir.path()).unwrap();
+        let certs = pgtier_testkit::sandbox::Certs::generate(dir.path()).unwrap();
         let text = format!("{top}{base}")
             .replace("c.pem", &certs.cert_path.display().to_string())
             .replace("k.pem", &certs.key_path.display().to_string());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{connect, scram_tenant};
 use harden::ChildProxy;
-use pgtier::sandbox::RedisServer;
+use pgtier_testkit::sandbox::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a dead instance's leases outlive it in these tests.

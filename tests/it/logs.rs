@@ -168,7 +168,7 @@ async fn why_a_password_failed_is_logged_and_not_told() {
         .create_role(
             &passwordless,
             None,
-            pgtier::sandbox::PasswordEncryption::Scram,
+            pgtier_testkit::sandbox::PasswordEncryption::Scram,
         )
         .unwrap();
     let text = common::config_text("", "require", &common::auth_table("0s"));

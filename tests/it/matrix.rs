@@ -14,7 +14,7 @@ use common::{
     cluster, connect, pg_major, psql_of, psql_url, read_message as read_msg, scram_tenant,
     start_proxy,
 };
-use pgtier::sandbox::{Cluster, ClusterOptions};
+use pgtier_testkit::sandbox::{Cluster, ClusterOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_postgres::error::SqlState;
 

@@ -115,7 +115,7 @@ async fn scram_md5_and_trust_logins_pass_through_and_proxy_mode_needs_scram() {
     c.create_role(
         &md5_user,
         Some("md5-secret"),
-        pgtier::sandbox::PasswordEncryption::Md5,
+        pgtier_testkit::sandbox::PasswordEncryption::Md5,
     )
     .unwrap();
     c.psql("postgres", &format!("grant md5_users to {md5_user}"))
@@ -128,7 +128,7 @@ async fn scram_md5_and_trust_logins_pass_through_and_proxy_mode_needs_scram() {
     c.create_role(
         &trust_user,
         None,
-        pgtier::sandbox::PasswordEncryption::Scram,
+        pgtier_testkit::sandbox::PasswordEncryption::Scram,
     )
     .unwrap();
     c.psql("postgres", &format!("grant trust_users to {trust_user}"))
@@ -747,7 +747,7 @@ async fn the_whole_proxy_refuses_clients_past_max_client_connections() {
 /// mode's terms.
 #[tokio::test]
 async fn a_tls_link_to_the_cluster_with_trust_md5_and_cleartext_roles_in_each_auth_mode() {
-    use pgtier::sandbox::{Cluster, ClusterOptions, PasswordEncryption};
+    use pgtier_testkit::sandbox::{Cluster, ClusterOptions, PasswordEncryption};
     let proxy_auth = common::proxy_auth();
     let tls_cluster = tokio::task::spawn_blocking(|| {
         Cluster::start(ClusterOptions {

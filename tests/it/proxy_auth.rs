@@ -349,12 +349,16 @@ async fn guessing_is_slowed_down_without_slowing_anyone_else() {
 
 /// A cluster of its own that serves TLS (the shared test cluster does not),
 /// with a tenant and the auth role and function on it.
-fn tls_cluster() -> (pgtier::sandbox::Cluster, common::Tenant, (String, String)) {
-    let c = pgtier::sandbox::Cluster::start(pgtier::sandbox::ClusterOptions {
+fn tls_cluster() -> (
+    pgtier_testkit::sandbox::Cluster,
+    common::Tenant,
+    (String, String),
+) {
+    let c = pgtier_testkit::sandbox::Cluster::start(pgtier_testkit::sandbox::ClusterOptions {
         ssl: true,
         max_connections: 30,
         installation: common::installation(),
-        ..pgtier::sandbox::ClusterOptions::default()
+        ..pgtier_testkit::sandbox::ClusterOptions::default()
     })
     .unwrap_or_else(|e| panic!("starting a TLS cluster: {e}"));
     let t = common::Tenant {
@@ -389,7 +393,7 @@ async fn a_verify_full_tls_link_to_the_cluster_with_scram_from_three_clients() {
         + &format!(
             "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
              auth_query = \"{}\"\n",
-            pgtier::sandbox::VERIFIER_QUERY
+            pgtier_testkit::sandbox::VERIFIER_QUERY
         );
     assert!(text.contains("verify-full"), "{text}");
     let proxy = start_proxy_from(&text).await;
@@ -655,7 +659,7 @@ async fn proxy_with_auth_query(
 ) -> common::TestProxy {
     let (user, password) = common::auth_role();
     let mut tables = common::auth_table_for(user, password, "30s")
-        .replace(pgtier::sandbox::VERIFIER_QUERY, query);
+        .replace(pgtier_testkit::sandbox::VERIFIER_QUERY, query);
     for t in tenants {
         tables.push_str(&format!("[tenants.{}]\ntier = \"standard\"\n", t.db));
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cluster, md5_tenant, scram_tenant, trust_tenant, unique};
-use pgtier::sandbox::{Certs, Cluster, ClusterOptions};
+use pgtier_testkit::sandbox::{Certs, Cluster, ClusterOptions};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_postgres::error::SqlState;
@@ -114,7 +114,11 @@ async fn md5_and_trust_roles_log_in_as_configured() {
     // does for a wrong password.
     let role = unique("sbx_plain");
     cluster
-        .create_role(&role, None, pgtier::sandbox::PasswordEncryption::Scram)
+        .create_role(
+            &role,
+            None,
+            pgtier_testkit::sandbox::PasswordEncryption::Scram,
+        )
         .unwrap();
     let Err(err) = connect_direct("postgres", &role, "any-password").await else {
         panic!("a role outside the groups must not log in without its password");

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{connect, unique, wait_until};
-use pgtier::sandbox::RedisServer;
+use pgtier_testkit::sandbox::RedisServer;
 use tokio_postgres::error::SqlState;
 
 const TOKEN: &str = "suspend-token";

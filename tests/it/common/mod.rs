@@ -13,8 +13,11 @@
 //! [`raw_login`], which answers whatever the mode asks.
 #![allow(dead_code)] // each test binary uses its own subset
 
-pub mod frames;
 pub mod http;
+pub use pgtier_testkit::wire::frames;
+pub use pgtier_testkit::wire::{
+    read_message, startup_packet, startup_packet_of, Message, PROTOCOL_3_0,
+};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +27,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pgtier::auth::scram;
-use pgtier::sandbox::{Certs, Cluster, ClusterOptions, Installation, PasswordEncryption};
 use pgtier::server::{Proxy, ProxyHandle};
+use pgtier_testkit::sandbox::{Certs, Cluster, ClusterOptions, Installation, PasswordEncryption};
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -458,7 +461,7 @@ pub fn psql_binary() -> PathBuf {
 /// `scripts/ensure-deps.sh --pg 18` ran): libpq's newest client features,
 /// whatever version the cluster under test runs.
 pub fn newest_psql() -> (u32, PathBuf) {
-    pgtier::sandbox::newest_program("psql")
+    pgtier_testkit::sandbox::newest_program("psql")
         .unwrap_or_else(|| panic!("no psql found in any PostgreSQL installation"))
 }
 
@@ -627,7 +630,7 @@ pub async fn ssl_request_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStrea
     let mut tcp = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+    tcp.write_all(&pgtier_testkit::wire::SSL_REQUEST)
         .await
         .expect("SSLRequest sent");
     assert_eq!(tcp.read_u8().await.expect("an answer to SSLRequest"), b'S');
@@ -638,29 +641,6 @@ pub async fn ssl_request_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStrea
         )
         .await
         .expect("TLS handshake after SSLRequest")
-}
-
-/// A StartupMessage (protocol 3.0) with `params`.
-pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    startup_packet_of(PROTOCOL_3_0, params)
-}
-
-/// Protocol 3.0 as a StartupMessage names it.
-pub const PROTOCOL_3_0: u32 = 3 << 16;
-
-/// A StartupMessage of protocol `version` with `params`.
-pub fn startup_packet_of(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
 }
 
 /// The role proxy-side authentication looks verifiers up as, created once
@@ -697,7 +677,7 @@ pub fn auth_table_for(user: &str, password: &str, ttl: &str) -> String {
     format!(
         "[auth]\nmode = \"proxy\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
          auth_query = \"{query}\"\nauth_cache_ttl = \"{ttl}\"\n",
-        query = pgtier::sandbox::VERIFIER_QUERY
+        query = pgtier_testkit::sandbox::VERIFIER_QUERY
     )
 }
 
@@ -715,30 +695,6 @@ pub fn auth_mode() -> String {
 /// Whether this run tests proxy-side authentication (`TEST_AUTH_MODE=proxy`).
 pub fn proxy_auth() -> bool {
     auth_mode() == "proxy"
-}
-
-/// One backend message as raw-frame tests read it: its type and body.
-pub type Message = (u8, Vec<u8>);
-
-/// Reads one whole message; panics on a close, a reset or 10 s of silence.
-pub async fn read_message(s: &mut (impl AsyncRead + Unpin)) -> Message {
-    let read = async {
-        let tag = s.read_u8().await?;
-        let len = s.read_u32().await? as usize;
-        if !(4..=64 << 20).contains(&len) {
-            return Err(std::io::Error::other(format!(
-                "message {:?} of length {len}",
-                tag as char
-            )));
-        }
-        let mut body = vec![0; len - 4];
-        s.read_exact(&mut body).await?;
-        Ok::<_, std::io::Error>((tag, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the proxy answered within 10 s")
-        .unwrap_or_else(|e| panic!("reading a message: {e}"))
 }
 
 /// A password message (`p`) with `body`.

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgtier::sandbox::{Cluster, ClusterOptions};
+use pgtier_testkit::sandbox::{Cluster, ClusterOptions};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -58,7 +58,7 @@ pub fn trust_tenant_on(cluster: &Cluster, prefix: &str) -> common::Tenant {
         .create_role(
             &user,
             (!password.is_empty()).then_some(password.as_str()),
-            pgtier::sandbox::PasswordEncryption::Scram,
+            pgtier_testkit::sandbox::PasswordEncryption::Scram,
         )
         .and_then(|()| {
             cluster.psql(

@@ -1,4 +1,6 @@
-//! Client messages built by hand, for tests that speak raw frames.
+//! Client messages built by hand, for tests and benches that speak raw
+//! frames: any message as tag + length + body, and the extended-protocol
+//! messages the tests pipeline.
 
 /// One message: tag, length, body.
 pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {

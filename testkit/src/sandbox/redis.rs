@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::SandboxError;
+use pgtier_sandbox::SandboxError;
 
 /// `$1`: the server's PID, `$2`: its directory. Stops both once the owner's
 /// end of stdin closes.

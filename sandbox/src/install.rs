@@ -20,8 +20,9 @@ use super::SandboxError;
 
 /// Where `scripts/ensure-deps.sh` unpacks the pinned downloads. Fixed at
 /// compile time: the sandbox serves the tests, the demo and the benchmark
-/// harness, which all run from the repository.
-pub const DEPS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.deps");
+/// harness, which all run from the repository (this crate sits one level
+/// below its root).
+pub const DEPS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps");
 
 /// Which PostgreSQL installation to use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,5 +1,15 @@
-//! Throwaway PostgreSQL clusters and certificates for the demo, the
-//! integration tests and the benchmarks.
+//! Throwaway PostgreSQL clusters and local certificates: what `pgtier demo`
+//! and `pgtier gen-cert` stand on, and what the integration tests and the
+//! benchmark set up (through `pgtier-testkit`, which re-exports this crate).
+//!
+//! Why a crate of its own rather than part of the product or of the
+//! testkit: the product needs a throwaway cluster (for `pgtier demo`) and
+//! certificate generation (for `gen-cert`), and the testkit needs both too.
+//! If they lived in the product, the library would export 1.5k lines of
+//! tooling to the tests; if they lived in the testkit, the product would
+//! depend on its own test support. Here both depend on this crate and
+//! neither on the other's internals: product → sandbox ← testkit → product,
+//! no cycle. It needs nothing from pgtier.
 //!
 //! Everything here is synchronous (`std::process`), so it can be used from a
 //! `static OnceLock` in a test binary, from `pgtier demo` before or inside a
@@ -14,18 +24,16 @@
 //!   default) or a major version, e.g. the pinned downloads of 17 and 18
 //!   that the test matrix uses.
 //! * [`Certs`]: a private CA and a server certificate for `localhost`,
-//!   `127.0.0.1` and `::1`, as PEM files.
-//! * [`RedisServer`]: a throwaway Redis, the fleet's store in tests.
+//!   `127.0.0.1` and `::1`, as PEM files (also `pgtier gen-cert`'s output).
+#![forbid(unsafe_code)]
 
 pub mod certs;
 pub mod cluster;
 pub mod install;
-pub mod redis;
 
 pub use certs::Certs;
 pub use cluster::{Cluster, ClusterOptions, PasswordEncryption, VERIFIER_QUERY};
 pub use install::{installations, newest_program, Installation};
-pub use redis::RedisServer;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -88,7 +96,9 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
-    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    /// Wraps an I/O error with what was being done (also for the
+    /// testkit's Redis, which reports through this error type).
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
         let what = what.into();
         move |source| SandboxError::Io { what, source }
     }
