@@ -17,7 +17,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::quota::classify::DenyKind;
-pub use crate::quota::storage::ByteSize;
+pub use crate::size::ByteSize;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "PGTIER_";
@@ -892,7 +892,7 @@ impl Config {
         for (key, message, hint) in texts {
             for (field, text) in [("suspended_message", message), ("suspended_hint", hint)] {
                 if let Some(text) = text {
-                    crate::suspend::check_text(text)
+                    check_operator_text(text)
                         .map_err(|e| invalid(format!("{key}.{field}: {e}")))?;
                 }
             }
@@ -1123,6 +1123,25 @@ fn one_line(e: &impl std::fmt::Display) -> String {
         out.push_str(&format!(" (in `{source}`)"));
     }
     out
+}
+
+/// The most an operator's message or hint may hold.
+pub const MAX_OPERATOR_TEXT_BYTES: usize = 1024;
+
+/// Checks an operator's message or hint: it is sent in a NUL-terminated
+/// field of every refusal, so a NUL would cut it (or, unchecked, end the
+/// field early and corrupt the message), and its size is bounded.
+pub fn check_operator_text(text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err("must not contain a NUL character".to_owned());
+    }
+    if text.len() > MAX_OPERATOR_TEXT_BYTES {
+        return Err(format!(
+            "at most {MAX_OPERATOR_TEXT_BYTES} bytes (this one has {})",
+            text.len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

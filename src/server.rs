@@ -119,9 +119,13 @@ impl Proxy {
         let fleet_sync = tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared)));
         let admin = admin.map(|l| crate::admin::spawn(l, Arc::clone(&handle.shared)));
         let state_dir = shared.config().state_dir.clone();
-        let saver = state_dir
-            .clone()
-            .map(|dir| tokio::spawn(crate::state::save_periodically(Arc::clone(&shared), dir)));
+        let saver = state_dir.clone().map(|dir| {
+            tokio::spawn(crate::state::save_periodically(
+                Arc::clone(&shared),
+                dir,
+                |s: &Shared| (&s.tenants, &s.suspensions),
+            ))
+        });
         let threading = shared.config().threading;
         tracing::info!(
             listen = %local_addr,

@@ -26,7 +26,7 @@ use crate::quota::AuditQueue;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger, Stage};
-use crate::suspend::Suspensions;
+use crate::suspensions::Suspensions;
 use crate::tenants::{Tenant, Tenants};
 use crate::tls::{self, CertStore, TlsError};
 

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::Shared;
-use crate::suspend::{Suspension, Suspensions};
+use crate::suspensions::{Suspension, Suspensions};
 use crate::tenants::Tenants;
 
 /// One writer at a time, so that an older snapshot is never renamed over a
@@ -145,23 +144,36 @@ pub fn save(dir: &Path, tenants: &Tenants, suspensions: &Suspensions) -> std::io
 }
 
 /// Saves every [`SAVE_INTERVAL`] while something changed; runs until
-/// aborted (the proxy saves once more itself when it stops).
-pub async fn save_periodically(shared: Arc<Shared>, dir: PathBuf) {
-    let mut saved = snapshot(&shared.tenants, &shared.suspensions);
+/// aborted (the proxy saves once more itself when it stops). `parts` finds
+/// the tenants and suspensions in their `owner` (the proxy's shared state,
+/// which this module does not need to know).
+pub async fn save_periodically<S: Send + Sync + 'static>(
+    owner: Arc<S>,
+    dir: PathBuf,
+    parts: fn(&S) -> (&Tenants, &Suspensions),
+) {
+    let mut saved = {
+        let (tenants, suspensions) = parts(&owner);
+        snapshot(tenants, suspensions)
+    };
     let mut tick = tokio::time::interval(SAVE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = snapshot(&shared.tenants, &shared.suspensions);
+        let now = {
+            let (tenants, suspensions) = parts(&owner);
+            snapshot(tenants, suspensions)
+        };
         if now == saved {
             continue;
         }
         let dir = dir.clone();
-        let writing = Arc::clone(&shared);
+        let writing = Arc::clone(&owner);
         // fsync can take a while: keep it off the runtime's workers.
         match tokio::task::spawn_blocking(move || {
-            save(&dir, &writing.tenants, &writing.suspensions)
+            let (tenants, suspensions) = parts(&writing);
+            save(&dir, tenants, suspensions)
         })
         .await
         {

@@ -33,11 +33,6 @@
 //! suspension is recorded before running sessions are walked, and a
 //! session is registered before it looks, so one of the two sees the other.
 
-use std::collections::BTreeMap;
-
-use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
-
 use crate::config::Limits;
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::sessions::KillReason;
@@ -49,70 +44,14 @@ pub const DEFAULT_MESSAGE: &str = "database \"{database}\" is suspended";
 pub const DEFAULT_HINT: &str = "Contact your provider to restore it.";
 /// The metrics and log label of a refused login.
 pub const REASON: &str = "suspended";
-/// The longest message or hint accepted (bytes): it goes into every
-/// refusal, and the API must not let a token holder grow memory at will.
-pub const MAX_TEXT_BYTES: usize = 1024;
+/// Messages and hints are checked as the configuration checks them (a
+/// NUL would cut the field; a size bound keeps a token holder from growing
+/// memory at will).
+pub use crate::config::{
+    check_operator_text as check_text, MAX_OPERATOR_TEXT_BYTES as MAX_TEXT_BYTES,
+};
 
-/// A suspension made through the operator API.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Suspension {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-    /// Unix seconds when it was made.
-    #[serde(default)]
-    pub at: u64,
-}
-
-/// The API's suspensions in force on this instance, by database name.
-#[derive(Debug, Default)]
-pub struct Suspensions {
-    map: DashMap<String, Suspension>,
-}
-
-impl Suspensions {
-    pub fn get(&self, name: &str) -> Option<Suspension> {
-        self.map.get(name).map(|s| s.value().clone())
-    }
-
-    /// One map lookup, none at all while nothing is suspended.
-    pub fn contains(&self, name: &str) -> bool {
-        !self.map.is_empty() && self.map.contains_key(name)
-    }
-
-    pub fn insert(&self, name: &str, suspension: Suspension) {
-        self.map.insert(name.to_owned(), suspension);
-    }
-
-    /// Returns whether `name` was suspended.
-    pub fn remove(&self, name: &str) -> bool {
-        self.map.remove(name).is_some()
-    }
-
-    /// Makes `all` the suspensions in force (the fleet store's set).
-    pub fn replace_all(&self, all: BTreeMap<String, Suspension>) {
-        self.map.retain(|name, _| all.contains_key(name));
-        for (name, suspension) in all {
-            self.map.insert(name, suspension);
-        }
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, Suspension> {
-        self.map
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
+pub use crate::suspensions::{Suspension, Suspensions};
 
 /// Who suspended a tenant (both may have).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,22 +132,6 @@ pub fn close_sessions(shared: &Shared, name: &str) -> usize {
     n
 }
 
-/// Checks an operator's message or hint: it is sent in a NUL-terminated
-/// field of every refusal, so a NUL would cut it (or, unchecked, end the
-/// field early and corrupt the message), and its size is bounded.
-pub fn check_text(text: &str) -> Result<(), String> {
-    if text.contains('\0') {
-        return Err("must not contain a NUL character".to_owned());
-    }
-    if text.len() > MAX_TEXT_BYTES {
-        return Err(format!(
-            "at most {MAX_TEXT_BYTES} bytes (this one has {})",
-            text.len()
-        ));
-    }
-    Ok(())
-}
-
 /// Checks a database name given to the API: what the cluster could open
 /// (PostgreSQL cuts names to 63 bytes, and so does the proxy when it names
 /// the tenant, so a longer name would never match a login).
@@ -229,6 +152,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::collections::BTreeMap;
 
     fn limits(tables: &str) -> Limits {
         // The built-in free tier's row limit needs a [quota]; not here.

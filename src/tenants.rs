@@ -8,11 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use crate::quota::RowCount;
+use crate::quota::rows::RowCount;
 
 /// A database on the cluster and the proxy's running figures for it.
 #[derive(Debug)]
@@ -192,7 +191,10 @@ impl Tenant {
 #[derive(Debug)]
 pub struct Slot {
     tenant: Arc<Tenant>,
-    lease: Option<crate::fleet::Lease>,
+    /// Whatever else the slot stands for and must give back with it (the
+    /// fleet's lease); opaque here, so that the tenant knows nothing of
+    /// the fleet.
+    lease: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
 }
 
 impl Slot {
@@ -201,8 +203,8 @@ impl Slot {
     }
 
     /// This slot also holds a fleet-wide lease, given back with it.
-    pub fn with_lease(mut self, lease: crate::fleet::Lease) -> Slot {
-        self.lease = Some(lease);
+    pub fn with_lease(mut self, lease: impl std::fmt::Debug + Send + Sync + 'static) -> Slot {
+        self.lease = Some(Box::new(lease));
         self
     }
 }
@@ -258,12 +260,7 @@ impl Tenants {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
 
 #[cfg(test)]
 mod tests {
