@@ -5,6 +5,7 @@
 //! the store's failures behave as configured.
 
 use crate::common;
+use crate::common::code;
 use crate::harden;
 
 use std::net::SocketAddr;
@@ -40,12 +41,6 @@ fn three(redis: &RedisServer, tables: &str) -> [ChildProxy; 3] {
         instance(redis, "", tables),
         instance(redis, "", tables),
     ]
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 /// Waits until every instance has joined the fleet (its first heartbeat).

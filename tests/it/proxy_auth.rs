@@ -5,6 +5,7 @@
 //! cluster connections warm for the next login, reset.
 
 use crate::common;
+use crate::common::code;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,12 +56,6 @@ async fn proxy_mode(
         );
     }
     start_proxy_from(&text).await
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 async fn backend_pid(client: &tokio_postgres::Client) -> i32 {

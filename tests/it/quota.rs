@@ -3,6 +3,7 @@
 //! both protocols (tokio-postgres, psql, pg_dump/pg_restore, raw frames).
 
 use crate::common;
+use crate::common::{code, refused};
 
 use std::time::Duration;
 
@@ -22,22 +23,6 @@ async fn quota_proxy(tables: &str) -> common::TestProxy {
 /// A free tenant with its own row limit.
 fn limited(db: &str, row_limit: u64) -> String {
     format!("[tenants.{db}]\nrow_limit = {row_limit}\n")
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
-
-/// Runs `sql` and asserts it fails with `sqlstate`; returns the message.
-async fn refused(client: &tokio_postgres::Client, sql: &str, sqlstate: &str) -> String {
-    let e = client
-        .batch_execute(sql)
-        .await
-        .expect_err(&format!("{sql} should have been refused"));
-    assert_eq!(code(&e), sqlstate, "{sql}: {e:?}");
-    common::message(&e)
 }
 
 /// Waits until the proxy holds the tenant over (or under) its limit.

@@ -3,6 +3,7 @@
 //! LISTEN to it.
 
 use crate::common;
+use crate::common::code;
 
 use std::time::{Duration, Instant};
 
@@ -118,12 +119,6 @@ async fn registry_proxy(tables: &str) -> common::TestProxy {
     )
     .await;
     proxy
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 type Held = (

@@ -6,6 +6,7 @@
 //! limit follows reloads; a standard tenant is untouched.
 
 use crate::common;
+use crate::common::{code, refused};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,22 +46,6 @@ async fn size_of(db: &str) -> u64 {
 /// A limit in whole MiB, `extra` MiB above `db`'s size now.
 async fn mb_above(db: &str, extra: u64) -> u64 {
     size_of(db).await.div_ceil(1 << 20) + extra
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
-
-/// Runs `sql` and asserts it fails with `sqlstate`; returns the message.
-async fn refused(client: &tokio_postgres::Client, sql: &str, sqlstate: &str) -> String {
-    let e = client
-        .batch_execute(sql)
-        .await
-        .expect_err(&format!("{sql} should have been refused"));
-    assert_eq!(code(&e), sqlstate, "{sql}: {e:?}");
-    common::message(&e)
 }
 
 /// Waits until the proxy holds `db` over (or under) a storage limit of

@@ -930,3 +930,20 @@ pub async fn raw_session(proxy: &TestProxy, t: &Tenant) -> tokio::net::TcpStream
     raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
     s
 }
+
+/// The SQLSTATE of a failed call, or what the error was if it had none.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Runs `sql` and asserts it fails with `sqlstate`; returns the message.
+pub async fn refused(client: &tokio_postgres::Client, sql: &str, sqlstate: &str) -> String {
+    let e = client
+        .batch_execute(sql)
+        .await
+        .expect_err(&format!("{sql} should have been refused"));
+    assert_eq!(code(&e), sqlstate, "{sql}: {e:?}");
+    message(&e)
+}
