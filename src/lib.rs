@@ -29,6 +29,7 @@ pub mod pool;
 pub mod protocol;
 pub mod pump;
 pub mod quota;
+pub mod refusal;
 pub mod sandbox;
 pub mod scrape;
 pub mod server;

@@ -38,9 +38,10 @@ use crate::protocol::ErrorFields;
 use crate::quota::classify::Classification;
 use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::functions::function_call_adds_rows;
-use crate::quota::policy::{self, Refusal, MARKER_PREFIX};
+use crate::quota::policy::{self, Denial, MARKER_PREFIX};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
 use crate::quota::{grace_s, log_crossing};
+use crate::refusal::Refusal;
 use crate::shared::Shared;
 use crate::tenants::{unix_now, Tenant};
 
@@ -363,7 +364,7 @@ impl ClientGate {
             .map(|(name, _)| name.as_str())
             .find(|name| is_reserved(name.as_bytes()))
         {
-            return self.refuse(Refusal::ReservedName(Space::Statement), name, Shape::Simple);
+            return self.refuse(Denial::ReservedName(Space::Statement), name, Shape::Simple);
         }
         if let Some(refusal) = self.verdict(&statement) {
             return self.refuse(refusal, "", Shape::Simple);
@@ -404,14 +405,14 @@ impl ClientGate {
         if is_reserved(name) {
             let name = String::from_utf8_lossy(name);
             return self.refuse(
-                Refusal::ReservedName(Space::Statement),
+                Denial::ReservedName(Space::Statement),
                 &name,
                 Shape::Extended,
             );
         }
         let statement = self.classify(sql);
         if let Some(feature) = policy::denied_feature(&statement, self.rules.limits.deny) {
-            return self.refuse(Refusal::Policy(feature), "", Shape::Extended);
+            return self.refuse(Denial::Policy(feature), "", Shape::Extended);
         }
         let adds_rows =
             statement.adds_rows || self.executes_rows(&statement) || self.fetches_rows(&statement);
@@ -467,7 +468,7 @@ impl ClientGate {
         if is_reserved(portal) {
             let portal = String::from_utf8_lossy(portal);
             return self.refuse(
-                Refusal::ReservedName(Space::Portal),
+                Denial::ReservedName(Space::Portal),
                 &portal,
                 Shape::Extended,
             );
@@ -593,9 +594,9 @@ impl ClientGate {
     }
 
     /// What the tier says of a statement, policy first.
-    fn verdict(&self, statement: &Classification) -> Option<Refusal> {
+    fn verdict(&self, statement: &Classification) -> Option<Denial> {
         if let Some(feature) = policy::denied_feature(statement, self.rules.limits.deny) {
-            return Some(Refusal::Policy(feature));
+            return Some(Denial::Policy(feature));
         }
         if self.rules.limits.row_limit > 0
             && (statement.adds_rows
@@ -651,34 +652,47 @@ impl ClientGate {
     }
 
     /// The tenant's figure, if it is over its limit.
-    fn over_limit(&self) -> Option<Refusal> {
+    fn over_limit(&self) -> Option<Denial> {
         let limit = self.rules.limits.row_limit;
         if let Some(figure) = self.tenant.rows.figure().filter(|f| f.is_over(limit)) {
-            return Some(Refusal::RowLimit(figure));
+            return Some(Denial::RowLimit(figure));
         }
         // Fail closed: a tenant the auditor cannot measure (or has not yet,
         // past the grace) may be over.
         self.tenant
             .rows
             .unmeasurable(unix_now(), self.rules.grace_s)
-            .then_some(Refusal::Unmeasured)
+            .then_some(Denial::Unmeasured)
     }
 
     /// Replaces the refused message by a marker the cluster will fail, and
     /// queues the error the client is to see in its place. `name` is the
     /// reserved name a `ReservedName` refusal is about.
-    fn refuse(&mut self, refusal: Refusal, name: &str, shape: Shape) -> Verdict {
+    fn refuse(&mut self, denial: Denial, name: &str, shape: Shape) -> Verdict {
         let limits = &self.rules.limits;
-        let error = match refusal {
-            Refusal::Policy(feature) => policy::policy_error(feature, &limits.tier),
-            Refusal::RowLimit(figure) => {
-                policy::row_limit_error(self.tenant.name(), figure, limits.row_limit, &limits.tier)
-            }
-            Refusal::ReservedName(space) => policy::reserved_name_error(space, name),
-            Refusal::Unmeasured => policy::unmeasured_error(self.tenant.name(), &limits.tier),
+        let database = || self.tenant.name().to_owned();
+        let tier = limits.tier.clone();
+        let refusal = match denial {
+            Denial::Policy(feature) => Refusal::Policy { feature, tier },
+            Denial::RowLimit(figure) => Refusal::RowLimit {
+                database: database(),
+                figure,
+                limit: limits.row_limit,
+                tier,
+            },
+            Denial::ReservedName(space) => Refusal::ReservedName {
+                space,
+                name: name.to_owned(),
+            },
+            Denial::Unmeasured => Refusal::Unmeasured {
+                database: database(),
+                tier,
+            },
         };
-        self.tenant.note_statement_refused(refusal.reason());
-        tracing::debug!(tenant = self.tenant.name(), reason = refusal.reason(), error = %error, "statement refused");
+        let error = refusal.render();
+        let reason = refusal.reason();
+        self.tenant.note_statement_refused(reason);
+        tracing::debug!(tenant = self.tenant.name(), reason = reason.as_str(), error = %error, "statement refused");
         // A fresh, unguessable name each time: a tenant who reads a marker
         // in pg_stat_activity learns nothing about the next one.
         let marker = format!("{MARKER_PREFIX}{:032x}", rand::random::<u128>());
