@@ -265,7 +265,7 @@ fn reads_as(message: &str, pattern: &str) -> bool {
 
 #[test]
 fn every_kind_of_refusal_has_an_example() {
-    let mut seen = vec![false; KINDS];
+    let mut seen = [false; KINDS];
     for example in all_examples() {
         seen[kind_index(&example)] = true;
     }
