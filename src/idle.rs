@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::refusal::RefusalReason;
 use crate::sessions::{clock_ms, KillReason, TxStatus};
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -82,7 +83,7 @@ pub fn sweep_once(shared: &Shared) -> usize {
             session.kill(KillReason::IdleTimeout);
             shared
                 .metrics
-                .rejected(Some(&session.tenant), "idle_timeout");
+                .rejected(Some(&session.tenant), RefusalReason::IdleTimeout);
             expired += 1;
         }
     });

@@ -31,6 +31,7 @@ pub mod pool;
 pub mod protocol;
 pub mod pump;
 pub mod quota;
+pub mod refusal;
 pub mod registry;
 pub mod scrape;
 pub mod server;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::refusal::RefusalReason;
 use crate::tenants::Tenant;
 
 /// Buckets for login durations: TLS + SCRAM on a loaded machine takes
@@ -56,12 +57,12 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a refused connection or login under `reason`.
-    pub fn rejected(&self, tenant: Option<&Tenant>, reason: &'static str) {
+    pub fn rejected(&self, tenant: Option<&Tenant>, reason: RefusalReason) {
         match tenant {
             Some(t) => t.note_rejected(reason),
             None => {
                 if let Ok(mut map) = self.unattributed_rejections.lock() {
-                    *map.entry(reason).or_default() += 1;
+                    *map.entry(reason.as_str()).or_default() += 1;
                 }
             }
         }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use crate::hook::{Hook, NoHook, Verdict};
 use crate::ping::{self, PingWatch, Watched};
 use crate::protocol::frame::{FrameError, Interest, Scanner, Step};
-use crate::protocol::{sqlstate, ErrorFields};
+use crate::refusal::Refusal;
 use crate::sessions::{KillReason, SessionControl};
 use crate::stream::{ReadSide, Stream, WriteSide};
 
@@ -215,8 +215,8 @@ pub async fn run(
         && control.settled();
     let goodbye = async {
         let last_word = match &end {
-            PumpEnd::Killed(reason) => control.announce_once().then(|| kill_message(*reason)),
-            PumpEnd::ClientProtocol(e) => Some(protocol_error_message(e)),
+            PumpEnd::Killed(reason) => control.announce_once().then(|| reason.refusal().render()),
+            PumpEnd::ClientProtocol(e) => Some(Refusal::Message(e.clone()).render()),
             _ => None,
         };
         if let Some(error) = last_word {
@@ -244,39 +244,6 @@ pub async fn run(
             to_client: down.bytes,
         },
         cluster: keep.then_some(cluster),
-    }
-}
-
-/// The FATAL a client receives when the proxy ends its session.
-pub fn kill_message(reason: KillReason) -> ErrorFields {
-    match reason {
-        KillReason::IdleTimeout => ErrorFields::fatal(
-            sqlstate::IDLE_SESSION_TIMEOUT,
-            "terminating connection due to idle-session timeout",
-        ),
-        KillReason::AdminDisconnect | KillReason::Shutdown | KillReason::Suspended => {
-            ErrorFields::fatal(
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection due to administrator command",
-            )
-        }
-    }
-}
-
-/// The FATAL a client receives when its own bytes end the session: a
-/// message too long for the proxy to inspect (PostgreSQL's
-/// `program_limit_exceeded`), or bytes that are no message at all.
-pub fn protocol_error_message(e: &FrameError) -> ErrorFields {
-    match e {
-        FrameError::TooLong { tag, len, max } => ErrorFields::fatal(
-            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            format!(
-                "message type {tag:?} of {len} bytes is longer than the proxy inspects ({max} bytes)"
-            ),
-        ),
-        FrameError::BadLength { .. } => {
-            ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())
-        }
     }
 }
 

@@ -18,8 +18,9 @@ use crate::auth::{self, proxy, Admission, LoggedIn, LoginError};
 use crate::config::{AuthMode, Config, Limits};
 use crate::pool::{self, PoolKey};
 use crate::protocol::startup::{CancelKey, StartupMessage};
-use crate::protocol::{sqlstate, ErrorFields};
+use crate::protocol::ErrorFields;
 use crate::quota::{gate, policy, storage};
+use crate::refusal::{Refusal, RefusalReason};
 use crate::sessions::KillReason;
 use crate::shared::Shared;
 use crate::shutdown::Stage;
@@ -46,25 +47,37 @@ fn pending_bound(configured: usize, cap: u32) -> usize {
     }
 }
 
-/// Why the proxy refuses a connection or a login: what the client is told
-/// and the label the metrics and the log use.
+/// How the proxy turned a connection or a login away: what the client is
+/// told, the label the metrics and the log use, and what the log alone
+/// reads.
 #[derive(Debug)]
-pub struct Refusal {
-    /// The FATAL for the client; `None` when someone (the cluster) has
-    /// already told it.
-    pub error: Option<ErrorFields>,
-    /// Metrics label (`max_connections`, `tls_required`, `login_timeout`, …).
-    pub reason: &'static str,
+struct TurnedAway {
+    /// What the client is told; `None` when someone (the cluster) has
+    /// already told it, or nobody is left to tell.
+    refusal: Option<Refusal>,
+    /// The label: the refusal's own, or why nothing was said.
+    reason: RefusalReason,
     /// For the log line alone, like PostgreSQL's server-log DETAIL (why a
     /// password failed): the client is not told.
-    pub detail: Option<String>,
+    detail: Option<String>,
 }
 
-impl Refusal {
-    pub fn new(error: ErrorFields, reason: &'static str) -> Self {
-        Refusal {
-            error: Some(error),
+impl TurnedAway {
+    /// Nothing said by the proxy: counted and logged as `reason`.
+    fn silent(reason: RefusalReason) -> Self {
+        TurnedAway {
+            refusal: None,
             reason,
+            detail: None,
+        }
+    }
+}
+
+impl From<Refusal> for TurnedAway {
+    fn from(refusal: Refusal) -> Self {
+        TurnedAway {
+            reason: refusal.reason(),
+            refusal: Some(refusal),
             detail: None,
         }
     }
@@ -79,7 +92,7 @@ enum Exit {
     /// left to tell it on), logs and counts.
     Refused {
         stream: Option<Stream>,
-        refusal: Refusal,
+        refusal: TurnedAway,
     },
     /// Nobody to tell: the client went away, the TLS handshake failed, …
     Lost(String),
@@ -138,17 +151,10 @@ async fn log_in(
     // Counted as logging in until the session starts or the connection
     // ends; past the bound, refused before anything else is spent on it.
     let Some(pending) = shared.logins.begin(config.max_pending_logins) else {
-        let refusal = Refusal::new(
-            ErrorFields::fatal(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients logging in already",
-            )
-            .with_hint(format!(
-                "The proxy takes {} logins at once (max_pending_logins); try again shortly.",
-                config.max_pending_logins
-            )),
-            "max_pending_logins",
-        );
+        let refusal = Refusal::TooManyLoggingIn {
+            max: config.max_pending_logins,
+        }
+        .into();
         let stream = Some(Stream::Plain(tcp));
         return (None, Some((None, Exit::Refused { stream, refusal })));
     };
@@ -178,25 +184,17 @@ impl Login<'_> {
         .await
         {
             Ok(Ok(opening)) => opening,
-            Ok(Err(HandshakeError::Refused {
-                stream,
-                error,
-                reason,
-            })) => {
+            Ok(Err(HandshakeError::Refused { stream, refusal })) => {
                 return Err(Exit::Refused {
                     stream: Some(*stream),
-                    refusal: Refusal::new(error, reason),
+                    refusal: refusal.into(),
                 })
             }
             Ok(Err(e)) => return Err(Exit::Lost(e.to_string())),
             Err(_) => {
                 return Err(Exit::Refused {
                     stream: None,
-                    refusal: Refusal {
-                        error: None,
-                        reason: "login_timeout",
-                        detail: None,
-                    },
+                    refusal: TurnedAway::silent(RefusalReason::LoginTimeout),
                 })
             }
         };
@@ -222,13 +220,7 @@ impl Login<'_> {
         if cap > 0 && self.shared.open_connections() > cap {
             return Err(Exit::Refused {
                 stream: Some(client),
-                refusal: Refusal::new(
-                    ErrorFields::fatal(
-                        sqlstate::TOO_MANY_CONNECTIONS,
-                        "sorry, too many clients already",
-                    ),
-                    "max_client_connections",
-                ),
+                refusal: Refusal::TooManyClients.into(),
             });
         }
         Ok((client, startup))
@@ -250,10 +242,10 @@ impl Login<'_> {
         let limits = self.shared.limits_for(tenant_name);
         // Before anything is spent on it, the cluster above all: no
         // backend is ever started in a suspended database.
-        if let Some(error) = crate::suspend::login_refusal(self.shared, tenant_name, &limits) {
+        if let Some(refusal) = crate::suspend::login_refusal(self.shared, tenant_name, &limits) {
             return Err(Exit::Refused {
                 stream: Some(client),
-                refusal: Refusal::new(error, crate::suspend::REASON),
+                refusal: refusal.into(),
             });
         }
         let max = pending_bound(
@@ -263,17 +255,11 @@ impl Login<'_> {
         let Some(_tenant_login) = self.shared.logins.begin_for(tenant_name, max) else {
             return Err(Exit::Refused {
                 stream: Some(client),
-                refusal: Refusal::new(
-                    ErrorFields::fatal(
-                        sqlstate::TOO_MANY_CONNECTIONS,
-                        format!("too many logins in progress for database \"{tenant_name}\""),
-                    )
-                    .with_hint(format!(
-                        "At most {max} logins of this database may be in progress at once; \
-                         try again shortly."
-                    )),
-                    "max_pending_logins_per_tenant",
-                ),
+                refusal: Refusal::TooManyTenantLogins {
+                    database: tenant_name.to_owned(),
+                    max,
+                }
+                .into(),
             });
         };
         let notice: Vec<ErrorFields> = self
@@ -286,13 +272,15 @@ impl Login<'_> {
                     t.rows.figure(),
                     limits.row_limit,
                     &limits.tier,
-                );
+                )
+                .map(|warning| warning.render());
                 let bytes = storage::storage_limit_warning(
                     tenant_name,
                     t.rows.bytes(),
                     limits.storage_limit,
                     &limits.tier,
-                );
+                )
+                .map(|warning| warning.render());
                 rows.into_iter().chain(bytes).collect()
             })
             .unwrap_or_default();
@@ -303,7 +291,7 @@ impl Login<'_> {
         }
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
-            refusal,
+            refusal: refusal.into(),
         };
         let mut cluster = match timeout_at(
             self.deadline,
@@ -316,7 +304,7 @@ impl Login<'_> {
                 // The cause (with the cluster's internal address) goes to
                 // the log, not to the client.
                 tracing::warn!(error = %e, "cluster unreachable");
-                return Err(refused(client, cluster_unreachable()));
+                return Err(refused(client, Refusal::ClusterUnreachable));
             }
             Err(_) => return Err(refused(client, self.login_timeout())),
         };
@@ -366,7 +354,7 @@ impl Login<'_> {
         startup: &StartupMessage,
         limits: Limits,
         notice: Vec<ErrorFields>,
-        refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
+        refuse_once_authenticated: Option<Refusal>,
     ) -> Result<Session, Exit> {
         let request = proxy::Request {
             shared: self.shared,
@@ -379,7 +367,7 @@ impl Login<'_> {
         };
         let refused = |client: Stream, refusal: Refusal| Exit::Refused {
             stream: Some(client),
-            refusal,
+            refusal: refusal.into(),
         };
         let proxied = match timeout_at(self.deadline, proxy::log_in(&mut client, request)).await {
             Ok(Ok(proxied)) => proxied,
@@ -413,10 +401,7 @@ impl Login<'_> {
     /// (the registry cannot be read), or once the client has authenticated
     /// (`database "x" does not exist`, which PostgreSQL too says only to an
     /// authenticated client).
-    async fn consult_registry(
-        &self,
-        tenant_name: &str,
-    ) -> Result<Option<(ErrorFields, &'static str)>, Refusal> {
+    async fn consult_registry(&self, tenant_name: &str) -> Result<Option<Refusal>, TurnedAway> {
         use crate::config::{OnRegistryError, RegistryUnknown};
         use crate::registry::{self, Found, Refused};
         let Some(settings) = &self.config.registry else {
@@ -444,27 +429,20 @@ impl Login<'_> {
                 }
                 OnRegistryError::Closed => e.to_string(),
             },
-            Err(_) => return Err(self.login_timeout()),
+            Err(_) => return Err(self.login_timeout().into()),
         };
-        let (error, reason) = registry::refusal(Refused::Unavailable, tenant_name);
-        Err(Refusal {
-            error: Some(error),
-            reason,
+        let refusal = registry::refusal(Refused::Unavailable, tenant_name);
+        Err(TurnedAway {
+            reason: refusal.reason(),
+            refusal: Some(refusal),
             detail: Some(detail),
         })
     }
 
     fn login_timeout(&self) -> Refusal {
-        Refusal::new(
-            ErrorFields::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "login did not complete within login_timeout ({})",
-                    humantime::format_duration(self.config.login_timeout)
-                ),
-            ),
-            "login_timeout",
-        )
+        Refusal::LoginTimeout {
+            limit: self.config.login_timeout,
+        }
     }
 }
 
@@ -473,19 +451,13 @@ impl Login<'_> {
 /// the client), or lost.
 fn login_failed(client: Stream, e: LoginError) -> Exit {
     let refusal = match e {
-        LoginError::Refused { error, reason } => Refusal::new(error, reason),
-        LoginError::PasswordFailed { error, why } => Refusal {
-            error: Some(error),
-            reason: "wrong_password",
-            detail: why,
+        LoginError::Refused { refusal, detail } => TurnedAway {
+            detail,
+            ..refusal.into()
         },
         LoginError::ClusterRefused(code) => {
             tracing::debug!(sqlstate = %code, "login refused by the cluster");
-            Refusal {
-                error: None,
-                reason: "cluster_refused",
-                detail: None,
-            }
+            TurnedAway::silent(RefusalReason::ClusterRefused)
         }
         e => return Exit::Lost(e.to_string()),
     };
@@ -493,17 +465,6 @@ fn login_failed(client: Stream, e: LoginError) -> Exit {
         stream: Some(client),
         refusal,
     }
-}
-
-fn cluster_unreachable() -> Refusal {
-    Refusal::new(
-        ErrorFields::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            "could not connect to the database cluster",
-        )
-        .with_hint("The database service is unavailable; try again shortly."),
-        "cluster_unreachable",
-    )
 }
 
 /// What a cluster connection needs to be kept warm after its session.
@@ -673,22 +634,23 @@ async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
             tracing::debug!(detail, "connection closed before a session started");
         }
         Exit::Refused { stream, refusal } => {
+            let said = refusal.refusal.as_ref().map(Refusal::render);
             let limit = shared.config().log_refusals_per_second;
             if let Some(unlogged) = shared.refusal_log.admit(limit) {
                 // How many refusals before this one went unlogged, if any.
                 let unlogged = (unlogged > 0).then_some(unlogged);
-                let error = refusal.error.as_ref().map(ToString::to_string);
+                let error = said.as_ref().map(ToString::to_string);
                 match startup {
                     Some(startup) => tracing::info!(
                         user = startup.user(),
-                        reason = refusal.reason,
+                        reason = refusal.reason.as_str(),
                         error,
                         detail = refusal.detail,
                         unlogged,
                         "login refused"
                     ),
                     None => tracing::info!(
-                        reason = refusal.reason,
+                        reason = refusal.reason.as_str(),
                         error,
                         unlogged,
                         "connection refused"
@@ -701,7 +663,7 @@ async fn finish(shared: &Shared, startup: Option<&StartupMessage>, exit: Exit) {
             let tenant = startup.and_then(|startup| shared.tenants.get(startup.database()));
             shared.metrics.rejected(tenant.as_deref(), refusal.reason);
             if let Some(stream) = stream {
-                goodbye(stream, refusal.error.as_ref()).await;
+                goodbye(stream, said.as_ref()).await;
             }
         }
     }

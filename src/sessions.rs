@@ -407,6 +407,19 @@ impl Sessions {
     }
 }
 
+impl KillReason {
+    /// What a session the proxy ends for this reason hears.
+    pub fn refusal(self) -> crate::refusal::Refusal {
+        use crate::refusal::Refusal;
+        match self {
+            KillReason::IdleTimeout => Refusal::IdleTimeout,
+            KillReason::AdminDisconnect => Refusal::AdminDisconnect,
+            KillReason::Shutdown => Refusal::Shutdown,
+            KillReason::Suspended => Refusal::SuspendedWhileConnected,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

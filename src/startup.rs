@@ -11,9 +11,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientTlsMode;
-use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, CancelKey, StartupError, StartupMessage, StartupPacket};
-use crate::protocol::ErrorFields;
+use crate::refusal::Refusal;
 use crate::stream::Stream;
 use crate::tls::ALPN_POSTGRESQL;
 
@@ -41,13 +40,12 @@ pub enum HandshakeError {
     /// The TLS handshake failed; there is no channel to send an error on.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
-    /// The proxy refuses; `error` is to be sent on `stream` before closing.
-    #[error("{error}")]
+    /// The proxy refuses; `refusal` is to be said on `stream` before
+    /// closing.
+    #[error("{}", .refusal.render())]
     Refused {
         stream: Box<Stream>,
-        error: ErrorFields,
-        /// Metrics label (`tls_required`, `bad_startup`, …).
-        reason: &'static str,
+        refusal: Refusal,
     },
 }
 
@@ -86,7 +84,7 @@ pub async fn handshake(
         let len = stream.read_u32().await?;
         let len = match startup::check_length(len) {
             Ok(len) => len,
-            Err(e) => return Err(refuse(stream, e)),
+            Err(e) => return Err(refuse(stream, Refusal::Startup(e))),
         };
         body.clear();
         body.resize(len - 4, 0);
@@ -106,16 +104,7 @@ pub async fn handshake(
                         tcp.write_all(b"N").await?;
                         Stream::Plain(tcp)
                     }
-                    (tls, _) => {
-                        return Err(HandshakeError::Refused {
-                            stream: Box::new(tls),
-                            error: ErrorFields::fatal(
-                                sqlstate::PROTOCOL_VIOLATION,
-                                "SSLRequest received on an encrypted connection",
-                            ),
-                            reason: "bad_startup",
-                        })
-                    }
+                    (tls, _) => return Err(refuse(tls, Refusal::SslRequestOnTls)),
                 };
             }
             Ok(StartupPacket::GssEncRequest) => {
@@ -124,15 +113,7 @@ pub async fn handshake(
             Ok(StartupPacket::Cancel(key)) => return Ok(Opening::Cancel { stream, key }),
             Ok(StartupPacket::Startup(startup)) => {
                 if mode == ClientTlsMode::Require && !stream.is_tls() {
-                    return Err(HandshakeError::Refused {
-                        stream: Box::new(stream),
-                        error: ErrorFields::fatal(
-                            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                            "SSL connection is required",
-                        )
-                        .with_hint("Connect with sslmode=require (or verify-full)."),
-                        reason: "tls_required",
-                    });
+                    return Err(refuse(stream, Refusal::TlsRequired));
                 }
                 return Ok(Opening::Session { stream, startup });
             }
@@ -144,23 +125,16 @@ pub async fn handshake(
                     StartupError::BadCancel.to_string(),
                 )))
             }
-            Err(e) => return Err(refuse(stream, e)),
+            Err(e) => return Err(refuse(stream, Refusal::Startup(e))),
         }
     }
 }
 
-/// Refuses a startup packet with PostgreSQL's own SQLSTATE and message
-/// (and the proxy's own for what PostgreSQL would accept but the proxy
-/// cannot read unambiguously: a parameter given twice, a name cut inside a
-/// character).
-fn refuse(stream: Stream, e: StartupError) -> HandshakeError {
-    let mut error = ErrorFields::fatal(e.sqlstate(), e.to_string());
-    if let Some(hint) = e.hint() {
-        error = error.with_hint(hint);
-    }
+/// Refuses the connection: `refusal` is said on `stream` (a startup packet
+/// gets PostgreSQL's own SQLSTATE and message, see [`Refusal::Startup`]).
+fn refuse(stream: Stream, refusal: Refusal) -> HandshakeError {
     HandshakeError::Refused {
         stream: Box::new(stream),
-        error,
-        reason: e.reason(),
+        refusal,
     }
 }

@@ -55,6 +55,7 @@ use crate::protocol::error::sqlstate_of;
 use crate::protocol::frame::{FrameHeader, Interest};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::pump::{Hook, Verdict};
+use crate::refusal::{Refusal, RefusalReason};
 use crate::sessions::{clock_ms, SessionControl};
 use crate::shared::Shared;
 
@@ -99,7 +100,7 @@ pub fn check(shared: &Shared, session: &Arc<SessionControl>, limit: Duration, no
     clock.cancelled.store(index, Ordering::Release);
     shared
         .metrics
-        .rejected(Some(&session.tenant), "statement_timeout");
+        .rejected(Some(&session.tenant), RefusalReason::StatementTimeout);
     let config = shared.config();
     let tls = shared.cluster_tls();
     let session = Arc::clone(session);
@@ -151,24 +152,6 @@ async fn send_cancel(
     .await;
     let _ = stream.shutdown().await;
     true
-}
-
-/// The 57014 the client gets instead of the cluster's "canceling statement
-/// due to user request", for a request the proxy cancelled.
-pub fn timeout_error(tier: &str, limit_ms: u64) -> ErrorFields {
-    let limit = if limit_ms.is_multiple_of(1000) {
-        format!("{} s", limit_ms / 1000)
-    } else {
-        format!("{limit_ms} ms")
-    };
-    ErrorFields::error(
-        sqlstate::QUERY_CANCELED,
-        format!("canceling statement due to statement timeout: the {tier} tier allows {limit}"),
-    )
-    .with_hint(format!(
-        "Statements on the {tier} tier may run for {limit} at most: make this one faster \
-         (an index, smaller batches), or upgrade to a tier that allows longer statements."
-    ))
 }
 
 /// Client → cluster, around the session's own hook: the end of a COPY's
@@ -244,7 +227,13 @@ impl<H> ClusterSide<H> {
             return None;
         }
         let tier = self.shared.limits_for(self.control.tenant.name()).tier;
-        Some(timeout_error(&tier, clock.limit_ms.load(Ordering::Relaxed)))
+        // The 57014 the client gets instead of the cluster's "canceling
+        // statement due to user request".
+        let refusal = Refusal::StatementTimeout {
+            tier,
+            limit_ms: clock.limit_ms.load(Ordering::Relaxed),
+        };
+        Some(refusal.render())
     }
 }
 
@@ -292,25 +281,5 @@ impl<H: Hook> Hook for ClusterSide<H> {
             Some(error) => Verdict::Replace(error.to_bytes()),
             None => verdict,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_message_names_the_tier_and_its_limit() {
-        let error = timeout_error("free", 30_000);
-        let text = error.to_string();
-        assert!(
-            text.contains(
-                "canceling statement due to statement timeout: the free tier allows 30 s"
-            ),
-            "{text}"
-        );
-        assert!(timeout_error("hobby", 1500)
-            .to_string()
-            .contains("the hobby tier allows 1500 ms"));
     }
 }

@@ -34,7 +34,7 @@
 //! session is registered before it looks, so one of the two sees the other.
 
 use crate::config::Limits;
-use crate::protocol::{sqlstate, ErrorFields};
+use crate::refusal::Refusal;
 use crate::sessions::KillReason;
 use crate::shared::Shared;
 
@@ -93,7 +93,7 @@ pub fn is_suspended(shared: &Shared, name: &str, limits: &Limits) -> bool {
 }
 
 /// The refusal of a login to `name`, if it is suspended.
-pub fn login_refusal(shared: &Shared, name: &str, limits: &Limits) -> Option<ErrorFields> {
+pub fn login_refusal(shared: &Shared, name: &str, limits: &Limits) -> Option<Refusal> {
     if !is_suspended(shared, name, limits) {
         return None;
     }
@@ -102,7 +102,7 @@ pub fn login_refusal(shared: &Shared, name: &str, limits: &Limits) -> Option<Err
 
 /// The one place the refusal is built: FATAL 55000 with the API's message
 /// and hint if it gave them, else the configuration's, else the defaults.
-pub fn refusal(name: &str, limits: &Limits, api: Option<&Suspension>) -> ErrorFields {
+pub fn refusal(name: &str, limits: &Limits, api: Option<&Suspension>) -> Refusal {
     let message = api
         .and_then(|s| s.message.as_deref())
         .or(limits.suspended_message.as_deref())
@@ -111,14 +111,9 @@ pub fn refusal(name: &str, limits: &Limits, api: Option<&Suspension>) -> ErrorFi
         .and_then(|s| s.hint.as_deref())
         .or(limits.suspended_hint.as_deref())
         .unwrap_or(DEFAULT_HINT);
-    let error = ErrorFields::fatal(
-        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-        message.replace("{database}", name),
-    );
-    if hint.is_empty() {
-        error
-    } else {
-        error.with_hint(hint.replace("{database}", name))
+    Refusal::Suspended {
+        message: message.replace("{database}", name),
+        hint: (!hint.is_empty()).then(|| hint.replace("{database}", name)),
     }
 }
 
@@ -169,7 +164,7 @@ mod tests {
     fn tier_and_tenant_keys_combine_and_the_message_names_the_database() {
         let free = limits("[tiers.free]\nsuspended = true\nsuspended_message = \"database \\\"{database}\\\" is suspended for inactivity\"\n");
         assert!(free.suspended);
-        let e = refusal("x", &free, None);
+        let e = refusal("x", &free, None).render();
         assert_eq!(e.code, "55000");
         assert_eq!(e.message, "database \"x\" is suspended for inactivity");
         assert_eq!(e.hint.as_deref(), Some(DEFAULT_HINT));
@@ -182,9 +177,9 @@ mod tests {
             hint: Some(String::new()),
             at: 1,
         };
-        let e = refusal("x", &free, Some(&api));
+        let e = refusal("x", &free, Some(&api)).render();
         assert_eq!((e.message.as_str(), e.hint), ("closed", None));
-        let e = refusal("y", &limits(""), None);
+        let e = refusal("y", &limits(""), None).render();
         assert_eq!(e.message, "database \"y\" is suspended");
     }
 

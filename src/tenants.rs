@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 
 use crate::quota::rows::RowCount;
+use crate::refusal::RefusalReason;
 
 /// A database on the cluster and the proxy's running figures for it.
 #[derive(Debug)]
@@ -63,12 +64,14 @@ impl Tenant {
     }
 
     /// Counts a refused statement by reason (`row_limit` or `policy`).
-    pub fn note_statement_refused(&self, reason: &'static str) {
+    pub fn note_statement_refused(&self, reason: RefusalReason) {
         let counter = match reason {
             // Refused for the row limit, measured or not.
-            "row_limit" | "unmeasured" => &self.refused_row_limit,
+            RefusalReason::RowLimit | RefusalReason::Unmeasured => &self.refused_row_limit,
             // Refused for the storage limit, measured or not.
-            "storage_limit" | "storage_unmeasured" => &self.refused_storage_limit,
+            RefusalReason::StorageLimit | RefusalReason::StorageUnmeasured => {
+                &self.refused_storage_limit
+            }
             _ => &self.refused_policy,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -105,10 +108,10 @@ impl Tenant {
     }
 
     /// Counts a refused login or connection, by reason.
-    pub fn note_rejected(&self, reason: &'static str) {
+    pub fn note_rejected(&self, reason: RefusalReason) {
         self.rejected_total.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut map) = self.rejected_by_reason.lock() {
-            *map.entry(reason).or_default() += 1;
+            *map.entry(reason.as_str()).or_default() += 1;
         }
     }
 

@@ -28,7 +28,8 @@ use crate::fleet::Fleet;
 use crate::protocol::error::sqlstate_of;
 use crate::protocol::frame::{put_frame, FrameHeader};
 use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL_3_2};
-use crate::protocol::{sqlstate, ErrorFields};
+use crate::protocol::ErrorFields;
+use crate::refusal::Refusal;
 use crate::stream::Stream;
 use crate::tenants::{Slot, Tenants};
 
@@ -70,20 +71,15 @@ pub enum LoginError {
     /// ErrorResponse has been relayed to the client.
     #[error("cluster refused the login with SQLSTATE {0}")]
     ClusterRefused(String),
-    /// The proxy refuses; `error` is still to be sent to the client.
-    #[error("{error}")]
+    /// The proxy refuses; `refusal` is still to be said to the client.
+    /// `detail` goes to the log alone, as PostgreSQL's DETAIL does (why a
+    /// password failed: "Role \"x\" does not exist."): the client hears
+    /// only that the password failed, so it cannot tell a missing role
+    /// from a wrong password.
+    #[error("{}", .refusal.render())]
     Refused {
-        error: ErrorFields,
-        reason: &'static str,
-    },
-    /// Proxy mode found the password wrong. `why` goes to the log alone,
-    /// as PostgreSQL's DETAIL does ("Role \"x\" does not exist."): the
-    /// client hears only that the password failed, so it cannot tell a
-    /// missing role from a wrong password.
-    #[error("{error}")]
-    PasswordFailed {
-        error: ErrorFields,
-        why: Option<String>,
+        refusal: Refusal,
+        detail: Option<String>,
     },
     #[error("client went away during login")]
     ClientGone,
@@ -91,6 +87,15 @@ pub enum LoginError {
     ClusterIo(io::Error),
     #[error("client connection failed during login: {0}")]
     ClientIo(io::Error),
+}
+
+impl From<Refusal> for LoginError {
+    fn from(refusal: Refusal) -> Self {
+        LoginError::Refused {
+            refusal,
+            detail: None,
+        }
+    }
 }
 
 /// What the relay needs to know about the tenant. The tenant is looked up
@@ -112,7 +117,7 @@ pub struct Admission<'a> {
     /// has authenticated, as PostgreSQL tells `database "x" does not
     /// exist` only then (so an unauthenticated client learns nothing
     /// about which databases exist).
-    pub refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
+    pub refuse_once_authenticated: Option<crate::refusal::Refusal>,
 }
 
 /// Runs the login from the StartupMessage to the first ReadyForQuery, which
@@ -174,9 +179,9 @@ pub async fn relay(
                 let code = body.get(..4).map(|mut b| b.get_u32()).unwrap_or(u32::MAX);
                 match code {
                     AUTH_OK => {
-                        if let Some((error, reason)) = admission.refuse_once_authenticated {
+                        if let Some(refusal) = admission.refuse_once_authenticated {
                             let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
-                            return Err(LoginError::Refused { error, reason });
+                            return Err(refusal.into());
                         }
                         let tenant = admission.tenants.get_or_insert(admission.name);
                         match admission
@@ -185,24 +190,16 @@ pub async fn relay(
                             .await
                         {
                             Ok(taken) => slot = Some(taken),
-                            Err(refusal) => {
+                            Err(refused) => {
                                 let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
-                                let (error, reason) = refusal.error(admission.name, admission.tier);
-                                return Err(LoginError::Refused { error, reason });
+                                return Err(refused.refusal(admission.name, admission.tier).into());
                             }
                         }
                         to_client.extend_from_slice(&frame);
                     }
                     AUTH_SASL => {
-                        let rewritten = without_scram_plus(body).ok_or_else(|| {
-                            LoginError::Refused {
-                                error: ErrorFields::fatal(
-                                    sqlstate::FEATURE_NOT_SUPPORTED,
-                                    "the database cluster offers only SCRAM-SHA-256-PLUS, which cannot pass through the proxy",
-                                ),
-                                reason: "auth_unsupported",
-                            }
-                        })?;
+                        let rewritten = without_scram_plus(body)
+                            .ok_or_else(|| LoginError::from(Refusal::OnlyScramPlus))?;
                         to_client.extend_from_slice(&rewritten);
                         answer_from_client(client, cluster, &mut to_client, &mut from_client)
                             .await?;
@@ -215,15 +212,7 @@ pub async fn relay(
                     AUTH_SASL_FINAL => to_client.extend_from_slice(&frame),
                     other => {
                         let _ = cluster.write_all(&[b'X', 0, 0, 0, 4]).await;
-                        return Err(LoginError::Refused {
-                            error: ErrorFields::fatal(
-                                sqlstate::FEATURE_NOT_SUPPORTED,
-                                format!(
-                                    "authentication method {other} is not supported by the proxy"
-                                ),
-                            ),
-                            reason: "auth_unsupported",
-                        });
+                        return Err(Refusal::AuthMethodUnsupported { code: other }.into());
                     }
                 }
             }
@@ -231,13 +220,7 @@ pub async fn relay(
                 // No PostgreSQL sends another: relayed, it would leave the
                 // client a key nothing can cancel with.
                 let Some(cluster_key) = CancelKey::from_backend_key_data(body) else {
-                    return Err(LoginError::Refused {
-                        error: ErrorFields::fatal(
-                            sqlstate::PROTOCOL_VIOLATION,
-                            "the database cluster sent a malformed BackendKeyData",
-                        ),
-                        reason: "cluster_error",
-                    });
+                    return Err(Refusal::MalformedBackendKeyData.into());
                 };
                 let secret_len = if negotiated >= PROTOCOL_3_2 {
                     LONG_SECRET
@@ -259,13 +242,7 @@ pub async fn relay(
                 }
                 to_client.extend_from_slice(&frame);
                 let Some(slot) = slot else {
-                    return Err(LoginError::Refused {
-                        error: ErrorFields::fatal(
-                            sqlstate::CONNECTION_FAILURE,
-                            "the database cluster became ready before authenticating the client",
-                        ),
-                        reason: "cluster_error",
-                    });
+                    return Err(Refusal::ReadyBeforeAuthentication.into());
                 };
                 return Ok(LoggedIn {
                     slot,
@@ -306,26 +283,14 @@ async fn answer_from_client(
         }
         Err(ReadError::Io(e)) => return Err(LoginError::ClientIo(e)),
         Err(ReadError::Protocol(message)) => {
-            return Err(LoginError::Refused {
-                error: ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, message),
-                reason: "bad_startup",
-            })
+            return Err(Refusal::BadLoginMessage { message }.into())
         }
     };
     if header.tag == b'X' {
         return Err(LoginError::ClientGone);
     }
     if header.tag != b'p' {
-        return Err(LoginError::Refused {
-            error: ErrorFields::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "expected password response, got message type {}",
-                    header.tag
-                ),
-            ),
-            reason: "bad_startup",
-        });
+        return Err(Refusal::ExpectedPasswordResponse { tag: header.tag }.into());
     }
     let frame = from_client.split_to(header.frame_len);
     cluster
@@ -360,13 +325,9 @@ async fn cluster_frame(
             frame = read_frame(cluster, from_cluster) => {
                 return frame.map_err(|e| match e {
                     ReadError::Io(e) => LoginError::ClusterIo(e),
-                    ReadError::Protocol(message) => LoginError::Refused {
-                        error: ErrorFields::fatal(
-                            sqlstate::CONNECTION_FAILURE,
-                            format!("the database cluster sent an invalid message: {message}"),
-                        ),
-                        reason: "cluster_error",
-                    },
+                    ReadError::Protocol(message) => {
+                        Refusal::ClusterInvalidMessage { message }.into()
+                    }
                 });
             }
             read = client.read_buf(from_client), if from_client.len() < MAX_LOGIN_FRAME => {

@@ -28,6 +28,7 @@ use crate::protocol::error::sqlstate_of;
 use crate::protocol::frame::put_frame;
 use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL_3_2};
 use crate::protocol::{sqlstate, ErrorFields};
+use crate::refusal::Refusal;
 use crate::shared::Shared;
 use crate::stream::Stream;
 
@@ -49,7 +50,7 @@ pub struct Request<'a> {
     pub notice: Vec<ErrorFields>,
     /// Told once the password has checked out (see
     /// [`crate::auth::Admission::refuse_once_authenticated`]).
-    pub refuse_once_authenticated: Option<(ErrorFields, &'static str)>,
+    pub refuse_once_authenticated: Option<crate::refusal::Refusal>,
 }
 
 /// A logged-in session and its cluster connection.
@@ -117,21 +118,11 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         // A cluster starting up or shutting down refuses the lookup with
         // its own 57P03, which says more than "unavailable" and tells the
         // client it is worth retrying: pass it on, as passthrough would.
-        if let Some(starting) = e.cannot_connect_now() {
-            return refused(
-                ErrorFields::fatal(sqlstate::CANNOT_CONNECT_NOW, starting),
-                "cluster_refused",
-            );
+        if let Some(message) = e.cannot_connect_now() {
+            return LoginError::from(Refusal::ClusterStartingUp { message });
         }
         tracing::warn!(error = %e, "cannot look up the role's password verifier");
-        refused(
-            ErrorFields::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                "could not check the password now",
-            )
-            .with_hint("The database service is unavailable; try again shortly."),
-            "auth_unavailable",
-        )
+        Refusal::VerifierUnavailable.into()
     })?;
     // Without a usable verifier: an exchange against one nothing matches,
     // so the answer does not tell whether the role exists; why it failed
@@ -177,11 +168,11 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     flush_to(client, &mut to_client).await?;
 
     let initial = password_message(client, &mut from_client).await?;
-    let (mechanism, data) = sasl_initial(&initial)
-        .ok_or_else(|| protocol_error("malformed SASLInitialResponse message"))?;
+    let (mechanism, data) =
+        sasl_initial(&initial).ok_or_else(|| LoginError::from(Refusal::MalformedSaslInitial))?;
     let server_first = exchange
         .client_first(mechanism, data)
-        .map_err(scram_refusal)?;
+        .map_err(|e| scram_refusal(e, role))?;
     let mut continue_ = BytesMut::new();
     continue_.put_u32(AUTH_SASL_CONTINUE);
     continue_.put_slice(server_first.as_bytes());
@@ -195,26 +186,21 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
             let delay = shared.verifiers.failed(peer, role);
             shared.metrics.auth_failed(!delay.is_zero());
             tokio::time::sleep(delay).await;
-            let error = ErrorFields::fatal(
-                sqlstate::INVALID_PASSWORD,
-                format!("password authentication failed for user \"{role}\""),
-            );
-            let error = if unusable {
-                error.with_hint(
-                    "pgtier's proxy authentication needs the role's password stored as SCRAM-SHA-256 \
-                     (set password_encryption = 'scram-sha-256' and set the password again).",
-                )
-            } else {
-                error
+            let refusal = Refusal::PasswordFailed {
+                user: role.to_owned(),
+                scram_needed: unusable,
             };
-            return Err(LoginError::PasswordFailed { error, why });
+            return Err(LoginError::Refused {
+                refusal,
+                detail: why,
+            });
         }
-        (Err(e), _) => return Err(scram_refusal(e)),
+        (Err(e), _) => return Err(scram_refusal(e, role)),
     };
     shared.verifiers.succeeded(peer, role);
 
-    if let Some((error, reason)) = refuse_once_authenticated {
-        return Err(refused(error, reason));
+    if let Some(refusal) = refuse_once_authenticated {
+        return Err(refusal.into());
     }
     // The cap, before the cluster is touched.
     let tenant = shared.tenants.get_or_insert(database);
@@ -222,10 +208,7 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
         .fleet
         .take_slot(&tenant, limits.max_connections)
         .await
-        .map_err(|refusal| {
-            let (error, reason) = refusal.error(database, &limits.tier);
-            refused(error, reason)
-        })?;
+        .map_err(|refused| LoginError::from(refused.refusal(database, &limits.tier)))?;
 
     let pool_key = PoolKey::new(startup, protocol);
     let (backend, warm) = match shared.warm.take(&pool_key, config.server_idle_timeout) {
@@ -315,33 +298,21 @@ pub async fn log_in(client: &mut Stream, request: Request<'_>) -> Result<Session
     })
 }
 
-fn refused(error: ErrorFields, reason: &'static str) -> LoginError {
-    LoginError::Refused { error, reason }
-}
-
-fn protocol_error(message: &str) -> LoginError {
-    refused(
-        ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, message),
-        "bad_startup",
-    )
-}
-
 /// How a failed exchange reads to the client, in PostgreSQL's words.
-fn scram_refusal(e: ScramError) -> LoginError {
-    match e {
-        ScramError::Proof => refused(
-            ErrorFields::fatal(sqlstate::INVALID_PASSWORD, "password authentication failed"),
-            "wrong_password",
-        ),
-        ScramError::Mechanism(_) => refused(
-            ErrorFields::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "client selected an invalid SASL authentication mechanism",
-            ),
-            "bad_startup",
-        ),
-        other => protocol_error(&other.to_string()),
-    }
+fn scram_refusal(e: ScramError, role: &str) -> LoginError {
+    let refusal = match e {
+        // Only `client_final` checks a proof, and its caller handles a
+        // wrong one (with the delay); here for completeness.
+        ScramError::Proof => Refusal::PasswordFailed {
+            user: role.to_owned(),
+            scram_needed: false,
+        },
+        ScramError::Mechanism(_) => Refusal::InvalidSaslMechanism,
+        other => Refusal::BadLoginMessage {
+            message: other.to_string(),
+        },
+    };
+    refusal.into()
 }
 
 /// Awaits `work` (a wait on the cluster) while reading the client: a
@@ -379,7 +350,9 @@ async fn password_message(
             return Err(LoginError::ClientGone)
         }
         Err(ReadError::Io(e)) => return Err(LoginError::ClientIo(e)),
-        Err(ReadError::Protocol(message)) => return Err(protocol_error(&message)),
+        Err(ReadError::Protocol(message)) => {
+            return Err(Refusal::BadLoginMessage { message }.into())
+        }
     };
     let mut frame = from_client.split_to(header.frame_len);
     match header.tag {
@@ -388,10 +361,7 @@ async fn password_message(
             Ok(frame)
         }
         b'X' => Err(LoginError::ClientGone),
-        other => Err(protocol_error(&format!(
-            "expected SASL response, got message type {}",
-            other as char
-        ))),
+        other => Err(Refusal::ExpectedSaslResponse { tag: other }.into()),
     }
 }
 
@@ -436,14 +406,7 @@ async fn fresh_backend(
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "cluster unreachable");
-            refused(
-                ErrorFields::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "could not connect to the database cluster",
-                )
-                .with_hint("The database service is unavailable; try again shortly."),
-                "cluster_unreachable",
-            )
+            LoginError::from(Refusal::ClusterUnreachable)
         })?;
     cluster
         .write_all(&startup.encode(protocol))
@@ -462,15 +425,8 @@ async fn fresh_backend(
     let mut exchange: Option<ClientExchange> = None;
     let mut parameters = BytesMut::new();
     let mut key = None;
-    let cluster_error = |message: String| {
-        refused(
-            ErrorFields::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("the database cluster sent an invalid message: {message}"),
-            ),
-            "cluster_error",
-        )
-    };
+    let cluster_error =
+        |message: String| LoginError::from(Refusal::ClusterInvalidMessage { message });
     loop {
         let header = read_frame(&mut cluster, &mut buf)
             .await
@@ -575,14 +531,10 @@ fn cannot_answer(what: &str) -> LoginError {
         "the cluster asks pgtier for {what}, which auth.mode = \"proxy\" cannot answer: \
          use scram-sha-256 (or trust) in the cluster's pg_hba.conf for connections from pgtier"
     );
-    refused(
-        ErrorFields::fatal(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("the database cluster asks for {what}, which the proxy cannot answer"),
-        )
-        .with_hint("The service is misconfigured; contact its operator."),
-        "auth_unsupported",
-    )
+    Refusal::CannotAnswerAuth {
+        what: what.to_owned(),
+    }
+    .into()
 }
 
 /// Learns the newest protocol the cluster speaks: a StartupMessage for 3.2

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{FleetConfig, FleetStore, OnStoreError};
 use crate::protocol::startup::CancelKey;
-use crate::protocol::{sqlstate, ErrorFields};
+use crate::refusal::Refusal;
 use crate::tenants::{AtCapacity, Slot, Tenant};
 
 pub use ops::{Op, OpsQueue};
@@ -55,29 +55,15 @@ pub enum SlotRefusal {
 }
 
 impl SlotRefusal {
-    /// What the client is told, and the metrics label.
-    pub fn error(self, database: &str, tier: &str) -> (ErrorFields, &'static str) {
+    /// What the client is told.
+    pub fn refusal(self, database: &str, tier: &str) -> Refusal {
         match self {
-            SlotRefusal::AtCapacity(AtCapacity { limit }) => (
-                ErrorFields::fatal(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    format!(
-                        "too many connections for database \"{database}\": the {tier} tier allows {limit}"
-                    ),
-                )
-                .with_hint(
-                    "Close an idle connection (check your pool size) or upgrade the database's tier.",
-                ),
-                "max_connections",
-            ),
-            SlotRefusal::StoreUnavailable => (
-                ErrorFields::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    "could not check the database's connection limit",
-                )
-                .with_hint("The database service is unavailable; try again shortly."),
-                "fleet_unavailable",
-            ),
+            SlotRefusal::AtCapacity(AtCapacity { limit }) => Refusal::ConnectionCap {
+                database: database.to_owned(),
+                tier: tier.to_owned(),
+                limit,
+            },
+            SlotRefusal::StoreUnavailable => Refusal::FleetUnavailable,
         }
     }
 }

@@ -17,7 +17,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Severity::Warning => "WARNING",
             Severity::Error => "ERROR",

@@ -12,7 +12,7 @@ use thiserror::Error;
 pub const HEADER_LEN: usize = 5;
 
 /// Something in a frame header that cannot be a PostgreSQL message.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("invalid message length {len} for message type {tag:?}")]
     BadLength { tag: char, len: u32 },

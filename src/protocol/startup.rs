@@ -5,8 +5,6 @@
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
-use crate::protocol::sqlstate;
-
 /// PostgreSQL's own limit on a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 /// The length field plus the code.
@@ -30,7 +28,7 @@ pub const MAX_CANCEL_SECRET: usize = 256;
 pub const MAX_NAME_BYTES: usize = 63;
 
 /// Why a startup packet is refused.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum StartupError {
     #[error("invalid length of startup packet")]
     BadLength,
@@ -61,51 +59,6 @@ pub enum StartupError {
     /// at all and speaks commands the proxy does not read.
     #[error("replication connections are not supported through this proxy")]
     Replication,
-}
-
-impl StartupError {
-    /// The SQLSTATE PostgreSQL's own server answers this with, so that a
-    /// client cannot tell the proxy's refusal from the cluster's: a missing
-    /// user name is an authorization problem (`28000`), an unsupported
-    /// protocol version `0A000`, anything malformed `08P01`.
-    pub fn sqlstate(&self) -> &'static str {
-        match self {
-            StartupError::NoUser => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            StartupError::UnsupportedVersion { .. } | StartupError::Replication => {
-                sqlstate::FEATURE_NOT_SUPPORTED
-            }
-            StartupError::BadLength
-            | StartupError::MissingTerminator
-            | StartupError::NotUtf8
-            | StartupError::BadCancel
-            | StartupError::DuplicateParameter(_)
-            | StartupError::NameCutInCharacter { .. } => sqlstate::PROTOCOL_VIOLATION,
-        }
-    }
-
-    /// The metrics and log label of the refusal: the attempts to make the
-    /// proxy and the cluster read different names have their own, so that
-    /// they stand out from clients that are merely broken.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            StartupError::DuplicateParameter(_) => "duplicate_parameter",
-            StartupError::NameCutInCharacter { .. } => "name_cut_in_character",
-            StartupError::Replication => "replication",
-            _ => "bad_startup",
-        }
-    }
-
-    /// A hint for the client, where one helps.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
-            StartupError::DuplicateParameter(_) => Some("Send each startup parameter once."),
-            StartupError::NameCutInCharacter { .. } => Some(
-                "PostgreSQL keeps the first 63 bytes of a database or user name; \
-                 use the name as the database stores it.",
-            ),
-            _ => None,
-        }
-    }
 }
 
 /// A cancel key: the backend's process ID and a secret. The secret is four
@@ -352,6 +305,17 @@ fn truncate_name(name: &mut String, what: &'static str) -> Result<(), StartupErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refusal::Refusal;
+
+    /// The SQLSTATE the client is refused with.
+    fn code(e: &StartupError) -> &'static str {
+        Refusal::Startup(e.clone()).render().code
+    }
+
+    /// The refusal's metrics label.
+    fn label(e: &StartupError) -> &'static str {
+        Refusal::Startup(e.clone()).reason().as_str()
+    }
 
     fn startup_body(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
         let mut body = version.to_be_bytes().to_vec();
@@ -411,12 +375,12 @@ mod tests {
             Err(StartupError::NoUser)
         );
         // As PostgreSQL: no user name is 28000, not a protocol violation.
-        assert_eq!(StartupError::NoUser.sqlstate(), "28000");
+        assert_eq!(code(&StartupError::NoUser), "28000");
         assert_eq!(
-            StartupError::UnsupportedVersion { major: 2, minor: 0 }.sqlstate(),
+            code(&StartupError::UnsupportedVersion { major: 2, minor: 0 }),
             "0A000"
         );
-        assert_eq!(StartupError::BadLength.sqlstate(), "08P01");
+        assert_eq!(code(&StartupError::BadLength), "08P01");
         assert_eq!(
             decode(&startup_body(2 << 16, &[("user", "x")])),
             Err(StartupError::UnsupportedVersion { major: 2, minor: 0 })
@@ -503,8 +467,8 @@ mod tests {
             dup("_pq_.x")
         );
         let err = decode_startup(&[("user", "u"), ("user", "v")]).unwrap_err();
-        assert_eq!(err.sqlstate(), "08P01");
-        assert_eq!(err.reason(), "duplicate_parameter");
+        assert_eq!(code(&err), "08P01");
+        assert_eq!(label(&err), "duplicate_parameter");
         assert_eq!(
             err.to_string(),
             "invalid startup packet layout: parameter \"user\" given twice"
@@ -591,8 +555,8 @@ mod tests {
                     if cut_inside {
                         let err = got.unwrap_err();
                         assert_eq!(err, StartupError::NameCutInCharacter { what: key });
-                        assert_eq!(err.sqlstate(), "08P01");
-                        assert_eq!(err.reason(), "name_cut_in_character");
+                        assert_eq!(code(&err), "08P01");
+                        assert_eq!(label(&err), "name_cut_in_character");
                     } else {
                         let msg = got.unwrap();
                         let value = msg.param(key).unwrap();
@@ -614,8 +578,8 @@ mod tests {
         for value in ["true", "database", "false", "0", ""] {
             let err = decode_startup(&[("user", "u"), ("replication", value)]).unwrap_err();
             assert_eq!(err, StartupError::Replication);
-            assert_eq!(err.sqlstate(), "0A000");
-            assert_eq!(err.reason(), "replication");
+            assert_eq!(code(&err), "0A000");
+            assert_eq!(label(&err), "replication");
         }
     }
 

@@ -44,10 +44,10 @@ use crate::protocol::ErrorFields;
 use crate::quota::classify::{Classification, Writes};
 use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::functions::function_call_adds_rows;
-use crate::quota::policy::{self, Refusal, MARKER_PREFIX};
+use crate::quota::policy::{self, Denial, MARKER_PREFIX};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
-use crate::quota::storage;
 use crate::quota::{grace_s, log_crossing};
+use crate::refusal::Refusal;
 use crate::shared::Shared;
 use crate::tenants::{unix_now, Tenant};
 
@@ -381,7 +381,7 @@ impl ClientGate {
             .map(|(name, _)| name.as_str())
             .find(|name| is_reserved(name.as_bytes()))
         {
-            return self.refuse(Refusal::ReservedName(Space::Statement), name, Shape::Simple);
+            return self.refuse(Denial::ReservedName(Space::Statement), name, Shape::Simple);
         }
         if let Some(refusal) = self.verdict(&statement) {
             return self.refuse(refusal, "", Shape::Simple);
@@ -422,14 +422,14 @@ impl ClientGate {
         if is_reserved(name) {
             let name = String::from_utf8_lossy(name);
             return self.refuse(
-                Refusal::ReservedName(Space::Statement),
+                Denial::ReservedName(Space::Statement),
                 &name,
                 Shape::Extended,
             );
         }
         let statement = self.classify(sql);
         if let Some(feature) = policy::denied_feature(&statement, self.rules.limits.deny) {
-            return self.refuse(Refusal::Policy(feature), "", Shape::Extended);
+            return self.refuse(Denial::Policy(feature), "", Shape::Extended);
         }
         let writes = self.writes(&statement);
         self.note_cursors(&statement);
@@ -484,7 +484,7 @@ impl ClientGate {
         if is_reserved(portal) {
             let portal = String::from_utf8_lossy(portal);
             return self.refuse(
-                Refusal::ReservedName(Space::Portal),
+                Denial::ReservedName(Space::Portal),
                 &portal,
                 Shape::Extended,
             );
@@ -610,9 +610,9 @@ impl ClientGate {
     }
 
     /// What the tier says of a statement, policy first.
-    fn verdict(&self, statement: &Classification) -> Option<Refusal> {
+    fn verdict(&self, statement: &Classification) -> Option<Denial> {
         if let Some(feature) = policy::denied_feature(statement, self.rules.limits.deny) {
-            return Some(Refusal::Policy(feature));
+            return Some(Denial::Policy(feature));
         }
         if self.rules.measured() {
             return self.refusal_for(self.writes(statement));
@@ -664,7 +664,7 @@ impl ClientGate {
     /// The refusal a statement that may write `writes` gets, if the tenant
     /// is over a limit that cares (or cannot be measured). A tenant without
     /// a storage limit pays one comparison with zero for it.
-    fn refusal_for(&self, writes: Writes) -> Option<Refusal> {
+    fn refusal_for(&self, writes: Writes) -> Option<Denial> {
         let limits = &self.rules.limits;
         if limits.row_limit > 0 && writes.rows {
             if let Some(refusal) = self.over_limit() {
@@ -678,19 +678,19 @@ impl ClientGate {
     }
 
     /// The tenant's size, if it is over its storage limit.
-    fn over_storage(&self) -> Option<Refusal> {
+    fn over_storage(&self) -> Option<Denial> {
         if let Some(bytes) = self
             .tenant
             .rows
             .storage_over(self.rules.limits.storage_limit)
         {
-            return Some(Refusal::StorageLimit(bytes));
+            return Some(Denial::StorageLimit(bytes));
         }
         // Fail closed, as for rows.
         self.tenant
             .rows
             .unmeasurable(unix_now(), self.rules.grace_s)
-            .then_some(Refusal::StorageUnmeasured)
+            .then_some(Denial::StorageUnmeasured)
     }
 
     /// Cursors a statement declares: one whose query adds rows counts as a
@@ -721,43 +721,57 @@ impl ClientGate {
     }
 
     /// The tenant's figure, if it is over its limit.
-    fn over_limit(&self) -> Option<Refusal> {
+    fn over_limit(&self) -> Option<Denial> {
         let limit = self.rules.limits.row_limit;
         if let Some(figure) = self.tenant.rows.figure().filter(|f| f.is_over(limit)) {
-            return Some(Refusal::RowLimit(figure));
+            return Some(Denial::RowLimit(figure));
         }
         // Fail closed: a tenant the auditor cannot measure (or has not yet,
         // past the grace) may be over.
         self.tenant
             .rows
             .unmeasurable(unix_now(), self.rules.grace_s)
-            .then_some(Refusal::Unmeasured)
+            .then_some(Denial::Unmeasured)
     }
 
     /// Replaces the refused message by a marker the cluster will fail, and
     /// queues the error the client is to see in its place. `name` is the
     /// reserved name a `ReservedName` refusal is about.
-    fn refuse(&mut self, refusal: Refusal, name: &str, shape: Shape) -> Verdict {
+    fn refuse(&mut self, denial: Denial, name: &str, shape: Shape) -> Verdict {
         let limits = &self.rules.limits;
-        let error = match refusal {
-            Refusal::Policy(feature) => policy::policy_error(feature, &limits.tier),
-            Refusal::RowLimit(figure) => {
-                policy::row_limit_error(self.tenant.name(), figure, limits.row_limit, &limits.tier)
-            }
-            Refusal::ReservedName(space) => policy::reserved_name_error(space, name),
-            Refusal::Unmeasured => policy::unmeasured_error(self.tenant.name(), &limits.tier),
-            Refusal::StorageLimit(bytes) => storage::storage_limit_error(
-                self.tenant.name(),
+        let database = || self.tenant.name().to_owned();
+        let tier = limits.tier.clone();
+        let refusal = match denial {
+            Denial::Policy(feature) => Refusal::Policy { feature, tier },
+            Denial::RowLimit(figure) => Refusal::RowLimit {
+                database: database(),
+                figure,
+                limit: limits.row_limit,
+                tier,
+            },
+            Denial::ReservedName(space) => Refusal::ReservedName {
+                space,
+                name: name.to_owned(),
+            },
+            Denial::Unmeasured => Refusal::Unmeasured {
+                database: database(),
+                tier,
+            },
+            Denial::StorageLimit(bytes) => Refusal::StorageLimit {
+                database: database(),
                 bytes,
-                limits.storage_limit,
-                &limits.tier,
-            ),
-            Refusal::StorageUnmeasured => {
-                storage::storage_unmeasured_error(self.tenant.name(), &limits.tier)
-            }
+                limit: limits.storage_limit,
+                tier,
+            },
+            Denial::StorageUnmeasured => Refusal::StorageUnmeasured {
+                database: database(),
+                tier,
+            },
         };
-        self.tenant.note_statement_refused(refusal.reason());
-        tracing::debug!(tenant = self.tenant.name(), reason = refusal.reason(), error = %error, "statement refused");
+        let error = refusal.render();
+        let reason = refusal.reason();
+        self.tenant.note_statement_refused(reason);
+        tracing::debug!(tenant = self.tenant.name(), reason = reason.as_str(), error = %error, "statement refused");
         // A fresh, unguessable name each time: a tenant who reads a marker
         // in pg_stat_activity learns nothing about the next one.
         let marker = format!("{MARKER_PREFIX}{:032x}", rand::random::<u128>());

@@ -24,6 +24,7 @@ pub mod prepared;
 pub mod rows;
 pub mod storage;
 
+pub use crate::size::thousands;
 pub use rows::{grace_s, Crossing, Figure, RowCount, Unmeasurable};
 
 use std::sync::Arc;
@@ -96,22 +97,6 @@ impl AuditQueue {
             tenant.rows.release();
         }
     }
-}
-
-/// `12345` → `12,345`, as the quota's messages write numbers.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]

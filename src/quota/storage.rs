@@ -17,45 +17,9 @@
 //! Sizes in the configuration are PostgreSQL's memory units, as
 //! `pg_size_bytes` reads them: `kB`, `MB`, `GB`, `TB` are powers of 1024.
 
-use crate::protocol::{sqlstate, ErrorFields};
 use crate::quota::policy::WARN_AT_PERCENT;
+use crate::refusal::Refusal;
 pub use crate::size::{pretty, ByteSize};
-
-/// `ERROR 53100`: the tenant's database is over its storage limit and the
-/// statement can grow it.
-pub fn storage_limit_error(database: &str, bytes: u64, limit: u64, tier: &str) -> ErrorFields {
-    ErrorFields::error(
-        sqlstate::DISK_FULL,
-        format!(
-            "storage limit exceeded: database \"{database}\" uses {}; the {tier} tier allows {}",
-            pretty(bytes),
-            pretty(limit)
-        ),
-    )
-    .with_detail(
-        "Statements that can grow the database are refused until it is back under the limit; reads, DELETE, TRUNCATE, DROP and VACUUM still work.",
-    )
-    .with_hint(HINT)
-}
-
-const HINT: &str = "TRUNCATE or DROP tables you no longer need (DELETE alone frees no space until VACUUM FULL rewrites the table), or upgrade the database's tier.";
-
-/// `ERROR 53100`: the tenant's size cannot be measured, so statements that
-/// can grow the database are refused until it can (fail closed).
-pub fn storage_unmeasured_error(database: &str, tier: &str) -> ErrorFields {
-    ErrorFields::error(
-        sqlstate::DISK_FULL,
-        format!(
-            "cannot measure database \"{database}\"'s size; statements that can grow it are refused until it can be measured"
-        ),
-    )
-    .with_detail(format!(
-        "The {tier} tier limits the space a database takes."
-    ))
-    .with_hint(
-        "Reads, DELETE, TRUNCATE, DROP and VACUUM still work. Undo anything that keeps the database from being read (CONNECT revoked, a session holding a lock), or contact the operator.",
-    )
-}
 
 /// A `WARNING` for a session that logs in at 80 % of its storage limit or
 /// more; `None` below that, with no limit, or when nothing is measured yet.
@@ -64,26 +28,17 @@ pub fn storage_limit_warning(
     bytes: Option<u64>,
     limit: u64,
     tier: &str,
-) -> Option<ErrorFields> {
+) -> Option<Refusal> {
     let bytes = bytes?;
     if limit == 0 || u128::from(bytes) * 100 < u128::from(limit) * u128::from(WARN_AT_PERCENT) {
         return None;
     }
-    Some(
-        ErrorFields::warning(
-            sqlstate::WARNING,
-            format!(
-                "database \"{database}\" uses {} of the {} its {tier} tier allows",
-                pretty(bytes),
-                pretty(limit)
-            ),
-        )
-        .with_hint(if bytes > limit {
-            "Statements that can grow the database are refused until it is back under the limit. TRUNCATE or DROP tables you no longer need (DELETE alone frees no space until VACUUM FULL), or upgrade the database's tier."
-        } else {
-            "Statements that can grow the database will be refused above the limit: TRUNCATE or DROP what you no longer need, or upgrade the database's tier."
-        }),
-    )
+    Some(Refusal::StorageLimitWarning {
+        database: database.to_owned(),
+        bytes,
+        limit,
+        tier: tier.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -119,7 +74,13 @@ mod tests {
 
     #[test]
     fn the_refusal_names_the_figures_and_how_to_get_back_under() {
-        let e = storage_limit_error("hobby", 270 << 20, 256 << 20, "free");
+        let e = Refusal::StorageLimit {
+            database: "hobby".to_owned(),
+            bytes: 270 << 20,
+            limit: 256 << 20,
+            tier: "free".to_owned(),
+        }
+        .render();
         assert_eq!(e.code, "53100");
         assert_eq!(
             e.message,
@@ -130,14 +91,20 @@ mod tests {
             hint.contains("TRUNCATE") && hint.contains("VACUUM FULL"),
             "{hint}"
         );
-        assert_eq!(storage_unmeasured_error("hobby", "free").code, "53100");
+        let unmeasured = Refusal::StorageUnmeasured {
+            database: "hobby".to_owned(),
+            tier: "free".to_owned(),
+        };
+        assert_eq!(unmeasured.render().code, "53100");
     }
 
     #[test]
     fn warned_from_80_percent() {
         let limit = 100 << 20;
         assert!(storage_limit_warning("d", Some(79 << 20), limit, "free").is_none());
-        let w = storage_limit_warning("d", Some(80 << 20), limit, "free").unwrap();
+        let w = storage_limit_warning("d", Some(80 << 20), limit, "free")
+            .unwrap()
+            .render();
         assert_eq!(
             w.message,
             "database \"d\" uses 80 MB of the 100 MB its free tier allows"

@@ -32,7 +32,7 @@ use dashmap::DashMap;
 use crate::auth::auth_query::AuthQueryConnections;
 use crate::config::{Config, RegistryConfig, TenantConfig};
 use crate::control::Login;
-use crate::protocol::{sqlstate, ErrorFields};
+use crate::refusal::Refusal;
 
 /// Databases the registry said it does not know, kept at most: made-up
 /// names cannot grow the cache without bound (past it, each such login
@@ -93,28 +93,13 @@ pub enum Refused {
     Unavailable,
 }
 
-/// The client's FATAL and the metrics label, for every refusal this module
-/// decides (one place, as PostgreSQL words them).
-pub fn refusal(why: Refused, database: &str) -> (ErrorFields, &'static str) {
+/// What the client is told for every refusal this module decides (the
+/// words are the catalog's, `crate::refusal`).
+pub fn refusal(why: Refused, database: &str) -> Refusal {
+    let database = database.to_owned();
     match why {
-        // PostgreSQL's own words for a database that does not exist.
-        Refused::Unknown => (
-            ErrorFields::fatal(
-                sqlstate::INVALID_CATALOG_NAME,
-                format!("database \"{database}\" does not exist"),
-            ),
-            "registry_unknown",
-        ),
-        // 57P03 (cannot_connect_now) is what PostgreSQL says while it
-        // cannot admit anyone yet; clients and poolers retry on it.
-        Refused::Unavailable => (
-            ErrorFields::fatal(
-                sqlstate::CANNOT_CONNECT_NOW,
-                format!("cannot admit database \"{database}\" now: its plan cannot be looked up"),
-            )
-            .with_hint("The service's tenant registry is not answering; try again shortly."),
-            "registry_unavailable",
-        ),
+        Refused::Unknown => Refusal::UnknownDatabase { database },
+        Refused::Unavailable => Refusal::RegistryUnavailable { database },
     }
 }
 
