@@ -490,7 +490,7 @@ async fn suspend(
     };
     for (field, text) in [("message", &body.message), ("hint", &body.hint)] {
         if let Some(text) = text {
-            if let Err(e) = crate::suspend::check_text(text) {
+            if let Err(e) = crate::config::check_operator_text(text) {
                 return error(StatusCode::BAD_REQUEST, format!("{field}: {e}"));
             }
         }

@@ -105,3 +105,44 @@ pub fn thousands(n: i64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_postgresql_memory_units() {
+        assert_eq!(ByteSize::parse("256MB"), Ok(ByteSize(256 << 20)));
+        assert_eq!(ByteSize::parse("1 GB"), Ok(ByteSize(1 << 30)));
+        assert_eq!(ByteSize::parse("512kB"), Ok(ByteSize(512 << 10)));
+        assert_eq!(ByteSize::parse("1tb"), Ok(ByteSize(1 << 40)));
+        assert_eq!(ByteSize::parse("0"), Ok(ByteSize(0)));
+        assert_eq!(ByteSize::parse("1048576"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("100 bytes"), Ok(ByteSize(100)));
+        for bad in ["", "MB", "1.5GB", "-1MB", "12 parsecs", "99999999999TB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_print_like_pg_size_pretty() {
+        assert_eq!(pretty(512), "512 bytes");
+        assert_eq!(pretty(10 * 1024 - 1), "10239 bytes");
+        assert_eq!(pretty(10 * 1024), "10 kB");
+        assert_eq!(pretty(7_762_435), "7581 kB");
+        assert_eq!(pretty(270 << 20), "270 MB");
+        assert_eq!(pretty(256 << 20), "256 MB");
+        assert_eq!(pretty(1 << 30), "1024 MB");
+        assert_eq!(pretty(20 << 30), "20 GB");
+    }
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(10212), "10,212");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(-4000), "-4,000");
+    }
+}

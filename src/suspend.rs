@@ -42,14 +42,6 @@ use crate::shared::Shared;
 /// `{database}` is replaced by the database's name.
 pub const DEFAULT_MESSAGE: &str = "database \"{database}\" is suspended";
 pub const DEFAULT_HINT: &str = "Contact your provider to restore it.";
-/// The metrics and log label of a refused login.
-pub const REASON: &str = "suspended";
-/// Messages and hints are checked as the configuration checks them (a
-/// NUL would cut the field; a size bound keeps a token holder from growing
-/// memory at will).
-pub use crate::config::{
-    check_operator_text as check_text, MAX_OPERATOR_TEXT_BYTES as MAX_TEXT_BYTES,
-};
 
 pub use crate::suspensions::{Suspension, Suspensions};
 
@@ -146,7 +138,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{check_operator_text, Config, MAX_OPERATOR_TEXT_BYTES};
     use std::collections::BTreeMap;
 
     fn limits(tables: &str) -> Limits {
@@ -185,9 +177,9 @@ mod tests {
 
     #[test]
     fn texts_and_names_are_bounded_and_nul_free() {
-        assert!(check_text("ok").is_ok());
-        assert!(check_text("a\0b").is_err());
-        assert!(check_text(&"x".repeat(MAX_TEXT_BYTES + 1)).is_err());
+        assert!(check_operator_text("ok").is_ok());
+        assert!(check_operator_text("a\0b").is_err());
+        assert!(check_operator_text(&"x".repeat(MAX_OPERATOR_TEXT_BYTES + 1)).is_err());
         let err = Config::from_toml_str(
             "[tls]\nmode = \"disable\"\n[tenants.x]\nsuspended_hint = \"a\\u0000b\"\n",
         )

@@ -44,10 +44,11 @@ use crate::protocol::ErrorFields;
 use crate::quota::classify::{Classification, Writes};
 use crate::quota::encoding::{self, Reading, Stepping};
 use crate::quota::functions::function_call_adds_rows;
-use crate::quota::policy::{self, Denial, MARKER_PREFIX};
+use crate::quota::policy::{self, Denial};
 use crate::quota::prepared::{Change, Confirmation, Space, Tracker};
 use crate::quota::{grace_s, log_crossing};
 use crate::refusal::Refusal;
+use crate::refusal::MARKER_PREFIX;
 use crate::shared::Shared;
 use crate::tenants::{unix_now, Tenant};
 

@@ -24,7 +24,6 @@ pub mod prepared;
 pub mod rows;
 pub mod storage;
 
-pub use crate::size::thousands;
 pub use rows::{grace_s, Crossing, Figure, RowCount, Unmeasurable};
 
 use std::sync::Arc;
@@ -167,16 +166,6 @@ mod tests {
         );
         assert_eq!(count.set_bytes(90, 100), Some(Crossing::Under));
         assert_eq!(count.storage_over(100), None);
-    }
-
-    #[test]
-    fn numbers_get_thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(10212), "10,212");
-        assert_eq!(thousands(1234567), "1,234,567");
-        assert_eq!(thousands(-4000), "-4,000");
     }
 
     #[test]

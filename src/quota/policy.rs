@@ -8,8 +8,6 @@ use crate::quota::prepared::Space;
 use crate::quota::Figure;
 use crate::refusal::Refusal;
 
-pub use crate::refusal::MARKER_PREFIX;
-
 /// Why a statement is refused (the gate turns it into a [`Refusal`] with
 /// the names and figures its message needs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
