@@ -6,29 +6,9 @@
 //! seed replay in the test suite (`tests/it/fuzz_seeds.rs`), so the two
 //! check one definition.
 
-use crate::walks::{Direction, Rule};
-use arbitrary::Arbitrary;
+use crate::walks::{check_bytes, Direction};
 
-#[derive(Debug, Arbitrary)]
-struct Input {
-    /// `None`: no hook; else the largest frame taken whole, and how much
-    /// of a frame is peeked at.
-    hook: Option<(u16, u16)>,
-    /// Where reads end (offsets into the stream).
-    cuts: Vec<u16>,
-    stream: Vec<u8>,
-}
-
-/// One input, as the fuzz target runs it: the bytes read as an
-/// [`Input`] the way libFuzzer's `fuzz_target!` reads them.
+/// One input, as the fuzz target runs it (see `walks::check_bytes`).
 pub fn run(data: &[u8]) {
-    let Ok(input) = Input::arbitrary_take_rest(arbitrary::Unstructured::new(data)) else {
-        return;
-    };
-    let rule = match input.hook {
-        None => Rule::PASS_ALL,
-        Some((whole_max, peek_len)) => Rule::mixed(usize::from(whole_max), usize::from(peek_len)),
-    };
-    let cuts: Vec<usize> = input.cuts.iter().map(|&c| usize::from(c)).collect();
-    crate::walks::check(Direction::FromCluster, rule, &input.stream, &cuts);
+    check_bytes(Direction::FromCluster, data);
 }

@@ -333,3 +333,31 @@ pub fn check(direction: Direction, rule: Rule, stream: &[u8], cuts: &[usize]) {
         );
     }
 }
+
+/// A fuzz input for a frame walk, as the `frames_*` targets read their
+/// bytes (libFuzzer's `arbitrary` reading): a stream, where its reads end,
+/// and the hook.
+#[derive(Debug, arbitrary::Arbitrary)]
+struct WalkInput {
+    /// `None`: no hook; else the largest frame taken whole, and how much
+    /// of a frame is peeked at.
+    hook: Option<(u16, u16)>,
+    /// Where reads end (offsets into the stream).
+    cuts: Vec<u16>,
+    stream: Vec<u8>,
+}
+
+/// [`check`] on `data` read as a [`WalkInput`] (the fuzz targets' one
+/// body, for both directions).
+pub fn check_bytes(direction: Direction, data: &[u8]) {
+    use arbitrary::Arbitrary;
+    let Ok(input) = WalkInput::arbitrary_take_rest(arbitrary::Unstructured::new(data)) else {
+        return;
+    };
+    let rule = match input.hook {
+        None => Rule::PASS_ALL,
+        Some((whole_max, peek_len)) => Rule::mixed(usize::from(whole_max), usize::from(peek_len)),
+    };
+    let cuts: Vec<usize> = input.cuts.iter().map(|&c| usize::from(c)).collect();
+    check(direction, rule, &input.stream, &cuts);
+}
