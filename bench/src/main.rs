@@ -10,9 +10,10 @@
 //!   against the verifier auth_query returns, keeps warm cluster
 //!   connections, the defaults);
 //! - **pgtier rules**: pass-through, with the select-only tenants under the
-//!   free tier's rules (row quota of 10,000 with its auditor, the four
-//!   denied statement kinds), the connection cap lifted so that they can
-//!   still run 20 clients.
+//!   free tier's rules (row quota of 10,000 with its auditor, the 30 s
+//!   statement time limit, the 256 MB storage limit, the four denied
+//!   statement kinds), the connection cap lifted so that they can still run
+//!   20 clients.
 //!
 //! The same workloads run against each, interleaved within every round
 //! (direct, PgBouncer, pgtier, …) so that drift on a shared machine hits

@@ -116,6 +116,8 @@ impl Proxy {
                      max_connections = 2\n\
                      idle_timeout = \"5m\"\n\
                      row_limit = 10000\n\
+                     statement_timeout = \"30s\"\n\
+                     storage_limit = \"256MB\"\n\
                      deny = [\"extension\", \"function\", \"trigger\", \"role\"]\n"
                 )?;
             }
