@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the statement classifier (`quota::classify`): what the
+//! Micro-benchmarks of the statement classifier (`rules::classify`): what the
 //! per-session hook will pay for each Query or Parse text.
 //!
 //! Three groups, one statement set:
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use pgtier::quota::classify::{classify_lexical, classify_parsed, Classifier};
+use pgtier::rules::classify::{classify_lexical, classify_parsed, Classifier};
 
 /// (name, SQL) of the statements measured.
 fn statements() -> Vec<(&'static str, String)> {

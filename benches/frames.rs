@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgtier::protocol::frame::{put_frame, Scanner};
-use pgtier::pump::{walk_from_client, walk_from_cluster, NoHook, Splices};
+use pgtier::session::pump::{walk_from_client, walk_from_cluster, NoHook, Splices};
 
 /// A typical `SELECT` result: RowDescription, `rows` DataRows of a few
 /// columns, CommandComplete, ReadyForQuery.

@@ -87,13 +87,13 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if !matches!(command, Command::Run) {
         // `run` logs in the format its configuration names.
-        pgtier::app::init_logging(pgtier::config::LogFormat::Text);
+        pgtier::cli::init_logging(pgtier::config::LogFormat::Text);
     }
     match command {
-        Command::Run => pgtier::app::run(&cli.config),
-        Command::Check => pgtier::app::check(&cli.config),
-        Command::GenCert { dir } => pgtier::app::gen_cert(&dir),
-        Command::Demo { listen } => pgtier::app::demo(listen),
+        Command::Run => pgtier::cli::run(&cli.config),
+        Command::Check => pgtier::cli::check(&cli.config),
+        Command::GenCert { dir } => pgtier::cli::gen_cert(&dir),
+        Command::Demo { listen } => pgtier::cli::demo(listen),
         Command::Man { dir } => man(dir.as_deref()),
         Command::Inactive {
             inactive_for,
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             token,
             state_dir,
             json,
-        } => pgtier::inactive::command(pgtier::inactive::Args {
+        } => pgtier::cli::inactive::command(pgtier::cli::inactive::Args {
             inactive_for,
             admin,
             token,

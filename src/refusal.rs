@@ -19,12 +19,12 @@
 
 use std::time::Duration;
 
+use crate::limits::rows::Figure;
 use crate::protocol::frame::FrameError;
 use crate::protocol::startup::StartupError;
 use crate::protocol::{sqlstate, ErrorFields};
-use crate::quota::classify::Feature;
-use crate::quota::prepared::Space;
-use crate::quota::rows::Figure;
+use crate::rules::classify::Feature;
+use crate::rules::prepared::Space;
 use crate::size::{pretty, thousands};
 
 /// The hint of every refusal that is the service's trouble, not the

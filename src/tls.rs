@@ -100,7 +100,7 @@ impl CertStore {
 fn end_point_binding(key: &CertifiedKey) -> Option<Vec<u8>> {
     key.cert
         .first()
-        .and_then(|cert| crate::auth::scram::tls_server_end_point(cert.as_ref()))
+        .and_then(|cert| crate::login::scram::tls_server_end_point(cert.as_ref()))
 }
 
 impl ResolvesServerCert for CertStore {

@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use pgtier::quota::classify::{classify, classify_lexical, Classifier};
+use pgtier::rules::classify::{classify, classify_lexical, Classifier};
 
 fn classifier() -> &'static Classifier {
     static CLASSIFIER: OnceLock<Classifier> = OnceLock::new();

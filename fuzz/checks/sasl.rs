@@ -1,4 +1,4 @@
-//! The login relay (`pgtier::auth::relay`), where the proxy reads the
+//! The login relay (`pgtier::login::relay`), where the proxy reads the
 //! cluster's authentication messages: AuthenticationSASL's mechanism list
 //! (rewritten without SCRAM-SHA-256-PLUS), SASLContinue/SASLFinal and the
 //! client's SASL answers passed through, NegotiateProtocolVersion, and
@@ -20,14 +20,14 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use pgtier::auth::{relay, Admission};
-use pgtier::cancel::CancelKeys;
+use pgtier::backend::cancel::CancelKeys;
 use pgtier::config::FleetConfig;
-use pgtier::fleet::Fleet;
+use pgtier::limits::fleet::Fleet;
+use pgtier::limits::tenants::Tenants;
+use pgtier::login::{relay, Admission};
 use pgtier::protocol::frame::FrameHeader;
 use pgtier::protocol::startup::{StartupMessage, MAX_CANCEL_SECRET};
 use pgtier::stream::Stream;
-use pgtier::tenants::Tenants;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 

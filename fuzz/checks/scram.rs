@@ -9,7 +9,7 @@
 //! check one definition.
 
 use arbitrary::Arbitrary;
-use pgtier::auth::scram::{
+use pgtier::login::scram::{
     client_key, tls_server_end_point, ClientExchange, ServerExchange, Verifier, SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
 };

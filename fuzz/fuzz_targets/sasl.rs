@@ -1,4 +1,4 @@
-//! The login relay (`pgtier::auth::relay`), where the proxy reads the
+//! The login relay (`pgtier::login::relay`), where the proxy reads the
 //! cluster's authentication messages: AuthenticationSASL's mechanism list
 //! (rewritten without SCRAM-SHA-256-PLUS), SASLContinue/SASLFinal and the
 //! client's SASL answers passed through, NegotiateProtocolVersion, and

@@ -14,7 +14,7 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `object_not_in_prerequisite_state`: PostgreSQL's refusal of a login to
 /// a database closed to connections (`datallowconn = false`), and the
-/// proxy's for a suspended one (see `crate::suspend` for why not 57P03).
+/// proxy's for a suspended one (see `crate::limits::suspend` for why not 57P03).
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// `invalid_authorization_specification`: plaintext where TLS is required.
 pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";

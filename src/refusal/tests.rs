@@ -2,7 +2,7 @@
 //! renders a row of it, and every row is rendered by a variant.
 
 use super::*;
-use crate::quota::classify::DenyKind;
+use crate::rules::classify::DenyKind;
 
 /// Lists every kind of refusal once, as patterns: `kind_index` numbers them
 /// and `KINDS` counts them. The `match` in `kind_index` has no wildcard,

@@ -426,7 +426,7 @@ async fn last_activity_survives_a_restart() {
         .unwrap()
         .unwrap();
     assert!(
-        state.path().join(pgtier::state::FILE_NAME).exists(),
+        state.path().join(pgtier::ops::state::FILE_NAME).exists(),
         "state written at shutdown"
     );
 

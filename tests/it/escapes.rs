@@ -281,7 +281,7 @@ async fn a_function_call_that_may_add_rows_is_refused_over_the_limit() {
 }
 
 /// The proxy's tenant `db`.
-fn tenant(proxy: &common::TestProxy, db: &str) -> std::sync::Arc<pgtier::tenants::Tenant> {
+fn tenant(proxy: &common::TestProxy, db: &str) -> std::sync::Arc<pgtier::limits::tenants::Tenant> {
     proxy
         .handle
         .shared()
@@ -414,7 +414,7 @@ async fn a_tenant_hiding_rows_behind_row_level_security_cannot_be_measured_and_i
     .await;
     assert_eq!(
         tenant(&proxy, &t.db).rows.failure(),
-        Some(pgtier::quota::Unmeasurable::Permission)
+        Some(pgtier::rules::Unmeasurable::Permission)
     );
     let shared = proxy.handle.shared().clone();
     let db = t.db.clone();
@@ -422,7 +422,7 @@ async fn a_tenant_hiding_rows_behind_row_level_security_cannot_be_measured_and_i
         shared
             .tenants
             .get(&db)
-            .is_some_and(|t| t.rows.unmeasurable(pgtier::tenants::unix_now(), 3))
+            .is_some_and(|t| t.rows.unmeasurable(pgtier::limits::tenants::unix_now(), 3))
     })
     .await;
     let (code, message) = error_message(&mut s, &query("INSERT INTO t VALUES (0)")).await;
@@ -458,8 +458,8 @@ async fn revoking_the_auditors_connect_blinds_nothing() {
         "refused for want of a measurement",
         move || {
             shared.tenants.get(&db).is_some_and(|t| {
-                t.rows.failure() == Some(pgtier::quota::Unmeasurable::Connect)
-                    && t.rows.unmeasurable(pgtier::tenants::unix_now(), 3)
+                t.rows.failure() == Some(pgtier::rules::Unmeasurable::Connect)
+                    && t.rows.unmeasurable(pgtier::limits::tenants::unix_now(), 3)
             })
         },
     )

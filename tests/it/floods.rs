@@ -326,7 +326,7 @@ async fn a_free_tenant_holds_at_most_its_cap_plus_eight_logins_in_progress() {
 async fn an_oversized_statement_written_whole_hears_54000() {
     let t = common::scram_tenant("oversized");
     let proxy = start_proxy_with("", "").await;
-    let over = pgtier::quota::gate::MAX_INSPECTED_STATEMENT + (1 << 20);
+    let over = pgtier::rules::gate::MAX_INSPECTED_STATEMENT + (1 << 20);
     let mut message = vec![b'Q'];
     message.extend(((over + 4) as u32).to_be_bytes());
     message.extend(std::iter::repeat_n(b' ', over - 9));
@@ -336,7 +336,7 @@ async fn an_oversized_statement_written_whole_hears_54000() {
     let expected = format!(
         "message type 'Q' of {} bytes is longer than the proxy inspects ({} bytes)",
         over + 5,
-        pgtier::quota::gate::MAX_INSPECTED_STATEMENT
+        pgtier::rules::gate::MAX_INSPECTED_STATEMENT
     );
     async fn write_then_read(
         s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),

@@ -10,7 +10,7 @@ use crate::walks;
 
 use bytes::BytesMut;
 use pgtier::protocol::frame::{put_frame, Scanner};
-use pgtier::pump::{walk_from_cluster, NoHook, Splices};
+use pgtier::session::pump::{walk_from_cluster, NoHook, Splices};
 use proptest::prelude::*;
 use walks::{Direction, Rule};
 

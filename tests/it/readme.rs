@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use pgtier::config::Config;
-use pgtier::quota::classify::DenyKind;
+use pgtier::rules::classify::DenyKind;
 
 /// The rows of the table under "Running it for real": (key cell, default
 /// cell), backticks kept.

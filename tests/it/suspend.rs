@@ -413,7 +413,7 @@ async fn pgtier_inactive_lists_the_quiet_and_not_the_just_active() {
     })
     .await;
     wait_until(Duration::from_secs(10), "the state file written", || {
-        std::fs::read_to_string(pgtier::state::path_in(state.path()))
+        std::fs::read_to_string(pgtier::ops::state::path_in(state.path()))
             .is_ok_and(|s| s.contains(&t.db))
     })
     .await;

@@ -77,11 +77,10 @@ async fn standard_on_two_threads(t: &common::Tenant) -> common::TestProxy {
 
 /// An operator's disconnect of `t`'s sessions; how many it reached.
 fn disconnect(proxy: &common::TestProxy, t: &common::Tenant) -> usize {
-    proxy
-        .handle
-        .shared()
-        .sessions
-        .kill_where(Some(&t.db), pgtier::sessions::KillReason::AdminDisconnect)
+    proxy.handle.shared().sessions.kill_where(
+        Some(&t.db),
+        pgtier::session::live::KillReason::AdminDisconnect,
+    )
 }
 
 #[tokio::test]

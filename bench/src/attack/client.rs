@@ -40,7 +40,7 @@ pub(super) struct Client {
     port: u16,
     many_sources: bool,
     /// ClientKey per (password, salt, iterations): see the module doc.
-    keys: Mutex<HashMap<KeyCacheKey, pgtier::auth::scram::Key>>,
+    keys: Mutex<HashMap<KeyCacheKey, pgtier::login::scram::Key>>,
 }
 
 /// The next source address, across runs: 127.1.x.y, 64,516 of them, so
@@ -91,7 +91,7 @@ impl Client {
         if let Some(k) = lock(&self.keys).get(&key) {
             return *k;
         }
-        let k = pgtier::auth::scram::client_key(password, salt, iterations);
+        let k = pgtier::login::scram::client_key(password, salt, iterations);
         lock(&self.keys).insert(key, k);
         k
     }

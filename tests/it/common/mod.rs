@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pgtier::auth::scram;
-use pgtier::server::{Proxy, ProxyHandle};
+use pgtier::login::scram;
+use pgtier::runtime::server::{Proxy, ProxyHandle};
 use pgtier_testkit::sandbox::{Certs, Cluster, ClusterOptions, Installation, PasswordEncryption};
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -190,7 +190,7 @@ pub fn trust_tenant(prefix: &str) -> Tenant {
 pub struct TestProxy {
     pub handle: ProxyHandle,
     pub addr: SocketAddr,
-    pub task: JoinHandle<Result<(), pgtier::server::ProxyError>>,
+    pub task: JoinHandle<Result<(), pgtier::runtime::server::ProxyError>>,
 }
 
 impl Drop for TestProxy {

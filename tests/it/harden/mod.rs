@@ -319,7 +319,7 @@ pub fn backends_in(cluster: &Cluster, db: &str) -> usize {
 /// but the warm ones `shared` keeps for the next login (proxy mode keeps
 /// some cleanly closed sessions' backends: those are the pool's, not
 /// leaked). Panics with the counts otherwise.
-pub async fn wait_only_warm_backends(shared: &pgtier::shared::Shared, db: &str) {
+pub async fn wait_only_warm_backends(shared: &pgtier::runtime::shared::Shared, db: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let name = db.to_owned();

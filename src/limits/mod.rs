@@ -1,0 +1,12 @@
+//! Each tenant's limits and what counts against them: tenants and their
+//! connection slots, row and size figures, bounds on logins in progress,
+//! suspension, the fleet's shared store, and tenants read from the control
+//! plane's registry.
+
+pub mod fleet;
+pub mod logins;
+pub mod registry;
+pub mod rows;
+pub mod suspend;
+pub mod suspensions;
+pub mod tenants;
