@@ -854,8 +854,8 @@ async fn a_cancel_reaches_another_instance_after_a_store_restart() {
 const MEASURED: Duration = Duration::from_secs(20);
 
 /// Three instances with their admin API and the auditor measuring every
-/// second, `t` a free tenant with a storage limit 3 MB above its fresh
-/// size (as in storage.rs): the instances, their admin ports, the limit
+/// second, `t` a free tenant (one session per instance allowed) with a
+/// storage limit 3 MB above its fresh size (as in storage.rs): the instances, their admin ports, the limit
 /// in MB.
 async fn storage_fleet(
     redis: &RedisServer,
@@ -863,7 +863,7 @@ async fn storage_fleet(
 ) -> ([ChildProxy; 3], [u16; 3], u64) {
     let limit_mb = crate::storage::mb_above(&t.db, 3).await;
     let tables = format!(
-        "{}[tenants.{}]\nstorage_limit = \"{limit_mb}MB\"\n",
+        "{}[tenants.{}]\nmax_connections = 3\nstorage_limit = \"{limit_mb}MB\"\n",
         common::quota_table("1s"),
         t.db
     );
