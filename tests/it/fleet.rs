@@ -841,3 +841,313 @@ async fn a_cancel_reaches_another_instance_after_a_store_restart() {
         assert_ne!(tag, b'Z', "the query ended without being cancelled");
     }
 }
+
+// ---- The storage limit across instances (issue 24) -------------------------
+//
+// One instance measures a tenant's size (under the store's measurement
+// lock) and publishes it in the store's rows hash (`bytes`); the others
+// adopt it each second and refuse (or stop refusing) alike.
+
+/// How long a figure may take to show: the auditor measures a written
+/// tenant a `[quota] interval` (1 s here) after the write, instances read
+/// the store each second, and the machine may be loaded.
+const MEASURED: Duration = Duration::from_secs(20);
+
+/// Three instances with their admin API and the auditor measuring every
+/// second, `t` a free tenant (one session per instance allowed) with a
+/// storage limit 3 MB above its fresh size (as in storage.rs): the instances, their admin ports, the limit
+/// in MB.
+async fn storage_fleet(
+    redis: &RedisServer,
+    t: &common::Tenant,
+) -> ([ChildProxy; 3], [u16; 3], u64) {
+    let limit_mb = crate::storage::mb_above(&t.db, 3).await;
+    let tables = format!(
+        "{}[tenants.{}]\nmax_connections = 3\nstorage_limit = \"{limit_mb}MB\"\n",
+        common::quota_table("1s"),
+        t.db
+    );
+    let ports = [free_port(), free_port(), free_port()];
+    let admin = |port: u16| format!("admin_listen = \"127.0.0.1:{port}\"");
+    let proxies = [
+        instance(redis, &admin(ports[0]), &tables),
+        instance(redis, &admin(ports[1]), &tables),
+        instance(redis, &admin(ports[2]), &tables),
+    ];
+    (proxies, ports, limit_mb)
+}
+
+/// `/tenants/<db>` of the instance whose admin API is on `port`.
+async fn tenant_view(port: u16, db: &str) -> serde_json::Value {
+    let body = http_get(port, &format!("/tenants/{db}")).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Waits until the view of `db` on the instance at `port` satisfies
+/// `holds`; that view.
+async fn wait_view(
+    port: u16,
+    db: &str,
+    what: &str,
+    holds: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + MEASURED;
+    loop {
+        let view = tenant_view(port, db).await;
+        if holds(&view) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the instance on admin port {port}, after {MEASURED:?}: not {what}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The size the store holds for `db` (its rows hash's `bytes`).
+async fn stored_bytes(conn: &mut redis::aio::MultiplexedConnection, db: &str) -> Option<u64> {
+    redis::cmd("HGET")
+        .arg(format!("pgtier:rows:{db}"))
+        .arg("bytes")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until no instance holds the store's measurement lock of `db`.
+async fn no_measurement_running(conn: &mut redis::aio::MultiplexedConnection, db: &str) {
+    let deadline = Instant::now() + MEASURED;
+    loop {
+        let held: bool = redis::cmd("EXISTS")
+            .arg(format!("pgtier:measuring:{db}"))
+            .query_async(conn)
+            .await
+            .unwrap();
+        if !held {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{db} measured for {MEASURED:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until no instance has measured `db` for two seconds (two ticks
+/// of every auditor: an instance whose login measurement the lock turned
+/// away may still take its own before it adopts the store's); the
+/// cluster's time at which that quiet began.
+async fn quiet(store: &mut redis::aio::MultiplexedConnection, db: &str) -> String {
+    let deadline = Instant::now() + MEASURED;
+    loop {
+        no_measurement_running(store, db).await;
+        let since = cluster_now().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if auditors_measured(db, Some(&since)).await == 0 {
+            return since;
+        }
+        assert!(Instant::now() < deadline, "{db} measured again and again");
+    }
+}
+
+/// The cluster's clock now, as text (for comparing with
+/// `pg_stat_activity`'s times).
+async fn cluster_now() -> String {
+    common::superuser_client()
+        .await
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The auditor connections (one per instance that measured: each keeps
+/// its connection to the database for the next measurement) whose last
+/// size measurement of `db` ended after `since` (all of them with `None`).
+async fn auditors_measured(db: &str, since: Option<&str>) -> i64 {
+    common::superuser_client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'pgtier quota' AND query LIKE '%pg_database_size%' \
+             AND ($2::text IS NULL OR state_change > $2::text::timestamptz)",
+            &[&db, &since],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `client`'s growing statement is refused with 53100 and the free tier's
+/// message for `limit_mb`.
+async fn refused_for_storage(
+    client: &tokio_postgres::Client,
+    db: &str,
+    limit_mb: u64,
+    which: &str,
+) {
+    let e = client
+        .batch_execute("INSERT INTO small VALUES (2)")
+        .await
+        .expect_err(&format!("instance {which} let a growing statement through"));
+    assert_eq!(code(&e), "53100", "instance {which}: {e:?}");
+    let message = common::message(&e);
+    assert!(
+        message.starts_with(&format!("storage limit exceeded: database \"{db}\" uses "))
+            && message.ends_with(&format!("MB; the free tier allows {limit_mb} MB")),
+        "instance {which}: {message}"
+    );
+}
+
+/// Waits until every client's growing statement is accepted again (each
+/// refusal meanwhile a 53100).
+async fn accepted_again(clients: &[Session], which: &[&str]) {
+    for ((client, _), which) in clients.iter().zip(which) {
+        let deadline = Instant::now() + MEASURED;
+        while let Err(e) = client.batch_execute("INSERT INTO small VALUES (3)").await {
+            assert_eq!(code(&e), "53100", "instance {which}: {e:?}");
+            assert!(
+                Instant::now() < deadline,
+                "instance {which} still refuses {MEASURED:?} after the TRUNCATE"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Logs `t` in through each instance, waits until each has a size figure
+/// under the limit (measured at its login, or adopted) and no measurement
+/// runs; then fills the database past the limit through A. The sessions,
+/// and the cluster's time just before the fill.
+async fn filled_through_a(
+    proxies: &[ChildProxy; 3],
+    ports: [u16; 3],
+    t: &common::Tenant,
+    limit: u64,
+    store: &mut redis::aio::MultiplexedConnection,
+) -> (Vec<Session>, String) {
+    let mut clients = Vec::new();
+    for p in proxies {
+        clients.push(connect(p.addr, &t.db, &t.user, &t.password).await.unwrap());
+    }
+    for port in ports {
+        wait_view(port, &t.db, "measured under the limit", |v| {
+            v["storage_bytes"].as_u64().is_some_and(|b| b <= limit)
+                && v["over_storage_limit"] == serde_json::json!(false)
+        })
+        .await;
+    }
+    let before_fill = quiet(store, &t.db).await;
+    clients[0]
+        .0
+        .batch_execute(&format!(
+            "CREATE TABLE big (b bytea); CREATE TABLE small (n int); {}",
+            crate::storage::fill("big", 6)
+        ))
+        .await
+        .unwrap();
+    (clients, before_fill)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_storage_limit_is_refused_on_every_instance() {
+    let redis = RedisServer::start().unwrap();
+    let t = scram_tenant("fleet_storage");
+    let (proxies, ports, limit_mb) = storage_fleet(&redis, &t).await;
+    let limit = limit_mb << 20;
+    let [a, b, c] = &proxies;
+    joined(&[a, b, c]).await;
+    let mut store = store_conn(&redis).await;
+    let (clients, before_fill) = filled_through_a(&proxies, ports, &t, limit, &mut store).await;
+    // A measures what it wrote; B and C, which wrote nothing, take A's
+    // figure from the store.
+    let over = |v: &serde_json::Value| {
+        v["storage_bytes"].as_u64().is_some_and(|b| b > limit)
+            && v["over_storage_limit"] == serde_json::json!(true)
+    };
+    wait_view(ports[0], &t.db, "over its limit on A", over).await;
+    no_measurement_running(&mut store, &t.db).await;
+    let stored = stored_bytes(&mut store, &t.db)
+        .await
+        .expect("the store's rows hash holds the size");
+    let views = [
+        wait_view(ports[1], &t.db, "over its limit on B", over).await,
+        wait_view(ports[2], &t.db, "over its limit on C", over).await,
+    ];
+    // Measured once: of the instances' auditors, one took the size since
+    // the fill (B and C kept theirs from their logins, or never measured).
+    let measured = auditors_measured(&t.db, Some(&before_fill)).await;
+    eprintln!(
+        "auditor connections in {}: {} in all, {measured} measured since the fill",
+        t.db,
+        auditors_measured(&t.db, None).await
+    );
+    assert_eq!(measured, 1, "instances that measured the fill");
+    // The figure B and C show is the one in the store, which is the
+    // database's size (within what the cluster moves on its own since).
+    let size = crate::storage::size_of(&t.db).await;
+    assert!(
+        stored > limit && stored.abs_diff(size) <= 1 << 20,
+        "the store holds {stored} bytes, pg_database_size says {size}"
+    );
+    for (view, which) in views.iter().zip(["B", "C"]) {
+        assert_eq!(
+            view["storage_bytes"].as_u64(),
+            Some(stored),
+            "instance {which}: {view}"
+        );
+        assert_eq!(view["storage_limit"], serde_json::json!(limit), "{view}");
+    }
+    // B and C (which the tenant never wrote through) refuse, and A.
+    for ((client, _), which) in clients.iter().zip(["A", "B", "C"]).rev() {
+        refused_for_storage(client, &t.db, limit_mb, which).await;
+    }
+    // TRUNCATE through C frees the space: all three accept again.
+    clients[2].0.batch_execute("TRUNCATE big").await.unwrap();
+    accepted_again(&clients, &["A", "B", "C"]).await;
+    let after = stored_bytes(&mut store, &t.db).await;
+    assert!(
+        after.is_some_and(|b| b <= limit),
+        "the store holds {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_limit_holds_across_a_store_restart() {
+    let mut redis = RedisServer::start().unwrap();
+    let t = scram_tenant("fleet_storage_restart");
+    let (proxies, ports, limit_mb) = storage_fleet(&redis, &t).await;
+    let limit = limit_mb << 20;
+    let [a, b, c] = &proxies;
+    joined(&[a, b, c]).await;
+    let mut store = store_conn(&redis).await;
+    let (clients, _) = filled_through_a(&proxies, ports, &t, limit, &mut store).await;
+    for (port, which) in ports.iter().zip(["A", "B", "C"]) {
+        wait_view(*port, &t.db, &format!("over its limit on {which}"), |v| {
+            v["over_storage_limit"] == serde_json::json!(true)
+        })
+        .await;
+    }
+    // The store restarts empty: no figure, no lock. Once every instance
+    // reaches it again (its heartbeat re-asserted its session), each still
+    // refuses.
+    redis.restart().unwrap();
+    store_count_reaches(&redis, &t.db, 3).await;
+    let mut store = store_conn(&redis).await;
+    eprintln!(
+        "after the restart the store holds {:?} bytes of {}",
+        stored_bytes(&mut store, &t.db).await,
+        t.db
+    );
+    for ((client, _), which) in clients.iter().zip(["A", "B", "C"]) {
+        refused_for_storage(client, &t.db, limit_mb, which).await;
+    }
+    // The new store carries figures again: TRUNCATE through C, and all
+    // three accept.
+    clients[2].0.batch_execute("TRUNCATE big").await.unwrap();
+    accepted_again(&clients, &["A", "B", "C"]).await;
+    let after = stored_bytes(&mut store, &t.db).await;
+    assert!(
+        after.is_some_and(|b| b <= limit),
+        "the store holds {after:?}"
+    );
+}

@@ -23,7 +23,7 @@ const MEASURED: Duration = Duration::from_secs(20);
 
 /// About `mb` MiB of data that does not compress (TOAST would shrink
 /// anything repetitive), in rows of ~320 kB.
-fn fill(table: &str, mb: u32) -> String {
+pub(crate) fn fill(table: &str, mb: u32) -> String {
     // Each md5 is 16 random-looking bytes; 20,000 of them are 320 kB.
     let rows = mb * 1024 / 320 + 1;
     format!(
@@ -33,7 +33,7 @@ fn fill(table: &str, mb: u32) -> String {
 }
 
 /// The size of `db` as the cluster reports it, asked behind the proxy.
-async fn size_of(db: &str) -> u64 {
+pub(crate) async fn size_of(db: &str) -> u64 {
     let su = common::superuser_client().await;
     let size: i64 = su
         .query_one("SELECT pg_database_size($1::text::name)", &[&db])
@@ -44,7 +44,7 @@ async fn size_of(db: &str) -> u64 {
 }
 
 /// A limit in whole MiB, `extra` MiB above `db`'s size now.
-async fn mb_above(db: &str, extra: u64) -> u64 {
+pub(crate) async fn mb_above(db: &str, extra: u64) -> u64 {
     size_of(db).await.div_ceil(1 << 20) + extra
 }
 
