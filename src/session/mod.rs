@@ -3,9 +3,9 @@
 //! (the live-session table, the idle sweep, keep-alive pings, the
 //! statement clock).
 
-pub mod hook;
-pub mod idle;
+pub(crate) mod hook;
+pub(crate) mod idle;
 pub mod live;
-pub mod ping;
+pub(crate) mod ping;
 pub mod pump;
-pub mod statement_time;
+pub(crate) mod statement_time;
