@@ -3,9 +3,10 @@
 //! (the live-session table, the idle sweep, keep-alive pings, the
 //! statement clock).
 
-pub(crate) mod hook;
+pub mod hook;
 pub(crate) mod idle;
 pub mod live;
 pub(crate) mod ping;
 pub mod pump;
 pub(crate) mod statement_time;
+pub mod walk;
