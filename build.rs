@@ -29,9 +29,14 @@ fn main() {
     // Run again when HEAD moves: HEAD itself (a checkout) and the branch it
     // names (a commit), wherever this checkout or worktree keeps them.
     if commit.is_some() {
+        // Only files that exist: cargo counts a missing one as changed on
+        // every build (a repository with no packed refs yet has no
+        // `packed-refs`), and would rebuild the crate each time.
         for path in ["HEAD", "packed-refs"] {
             if let Some(file) = git(&["rev-parse", "--git-path", path]) {
-                println!("cargo:rerun-if-changed={file}");
+                if std::path::Path::new(&file).exists() {
+                    println!("cargo:rerun-if-changed={file}");
+                }
             }
         }
         if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {

@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pump's hot path: the pump's own frame walks
-//! (`pump::walk_from_client`, `pump::walk_from_cluster`) without sockets, so that a
+//! (`walk::walk_from_client`, `walk::walk_from_cluster`) without sockets, so that a
 //! change to the framing shows up as MB/s here before it shows up (diluted by
 //! TLS and PostgreSQL) in the end-to-end harness.
 //!
@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgtier::protocol::frame::{put_frame, Scanner};
-use pgtier::session::pump::{walk_from_client, walk_from_cluster, NoHook, Splices};
+use pgtier::session::hook::NoHook;
+use pgtier::session::walk::{walk_from_client, walk_from_cluster, Splices};
 
 /// A typical `SELECT` result: RowDescription, `rows` DataRows of a few
 /// columns, CommandComplete, ReadyForQuery.
@@ -74,7 +75,7 @@ fn prepared_pipeline(n: usize) -> Vec<u8> {
     out.to_vec()
 }
 
-/// cluster→client: the pump's own walk (`pump::walk_from_cluster`) over the
+/// cluster→client: the pump's own walk (`walk::walk_from_cluster`) over the
 /// stream cut into reads of `read_size`. Returns ReadyForQuery count.
 fn walk_downstream(stream: &[u8], read_size: usize) -> u64 {
     let mut scanner = Scanner::default();
@@ -94,7 +95,7 @@ fn walk_downstream(stream: &[u8], read_size: usize) -> u64 {
     readies
 }
 
-/// client→cluster: the pump's own walk (`pump::walk_from_client`), headers
+/// client→cluster: the pump's own walk (`walk::walk_from_client`), headers
 /// only. Returns the count of requests that each earn a ReadyForQuery.
 fn walk_upstream(stream: &[u8], read_size: usize) -> u64 {
     let mut scanner = Scanner::default();

@@ -16,17 +16,17 @@
 
 pub mod backend;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod limits;
 pub mod login;
 pub mod ops;
 pub mod protocol;
-pub mod refusal;
+pub(crate) mod refusal;
 pub mod rules;
 pub mod runtime;
 pub mod session;
-pub mod size;
+pub(crate) mod size;
 pub mod stream;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! The client→cluster frame walk (`pgtier::session::pump::walk_from_client`): any
+//! The client→cluster frame walk (`pgtier::session::walk::walk_from_client`): any
 //! bytes a logged-in client sends, split into reads anywhere, with no hook
 //! and with a hook that takes some frames whole and peeks at others. The
 //! walk never reaches past its buffer, and split, unsplit and the

@@ -1,4 +1,4 @@
-//! The cluster→client frame walk (`pgtier::session::pump::walk_from_cluster`), as
+//! The cluster→client frame walk (`pgtier::session::walk::walk_from_cluster`), as
 //! `frames_from_client` does for the other direction, with the
 //! ReadyForQuery messages the pump reads itself counted and compared.
 #![no_main]

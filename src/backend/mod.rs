@@ -3,6 +3,6 @@
 //! proxy's own control connections (auditor, auth_query, registry).
 
 pub mod cancel;
-pub mod connect;
-pub mod control;
-pub mod warm;
+pub(crate) mod connect;
+pub(crate) mod control;
+pub(crate) mod warm;

@@ -3,7 +3,7 @@
 
 mod demo;
 pub mod inactive;
-pub mod signals;
+pub(crate) mod signals;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -4,9 +4,9 @@
 //! plane's registry.
 
 pub mod fleet;
-pub mod logins;
-pub mod registry;
-pub mod rows;
-pub mod suspend;
-pub mod suspensions;
+pub(crate) mod logins;
+pub(crate) mod registry;
+pub(crate) mod rows;
+pub(crate) mod suspend;
+pub(crate) mod suspensions;
 pub mod tenants;

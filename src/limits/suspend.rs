@@ -43,7 +43,7 @@ use crate::session::live::KillReason;
 pub const DEFAULT_MESSAGE: &str = "database \"{database}\" is suspended";
 pub const DEFAULT_HINT: &str = "Contact your provider to restore it.";
 
-pub use crate::limits::suspensions::{Suspension, Suspensions};
+pub use crate::limits::suspensions::Suspension;
 
 /// Who suspended a tenant (both may have).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,6 +139,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::{check_operator_text, Config, MAX_OPERATOR_TEXT_BYTES};
+    use crate::limits::suspensions::Suspensions;
     use std::collections::BTreeMap;
 
     fn limits(tables: &str) -> Limits {

@@ -231,10 +231,6 @@ impl AuthQueryConnections {
     pub fn len(&self) -> usize {
         self.lock().links.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Logs into the cluster as `login` says, within `connect_timeout`:

@@ -9,10 +9,10 @@
 //! proxy, so it cannot bind to the cluster's channel), and BackendKeyData
 //! gets the proxy's own secret (see [`crate::backend::cancel`]).
 
-pub mod auth_query;
-pub mod proxy;
+pub(crate) mod auth_query;
+pub(crate) mod proxy;
 pub mod scram;
-pub mod verifiers;
+pub(crate) mod verifiers;
 
 use std::io;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 
 pub mod error;
 pub mod frame;
-pub mod sqlstate;
+pub(crate) mod sqlstate;
 pub mod startup;
 
 pub use error::ErrorFields;

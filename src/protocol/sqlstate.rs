@@ -34,12 +34,6 @@ pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// `warning`: the class of the proxy's own warnings (a tenant near its row
 /// limit).
 pub const WARNING: &str = "01000";
-/// `invalid_sql_statement_name`: what the cluster answers for the marker
-/// statement the proxy substitutes for a refused simple query.
-pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
-/// `invalid_cursor_name`: what the cluster answers for the marker portal the
-/// proxy substitutes for a refused extended-protocol message.
-pub const INVALID_CURSOR_NAME: &str = "34000";
 /// `invalid_password`: a wrong password (proxy-side authentication).
 pub const INVALID_PASSWORD: &str = "28P01";
 /// `invalid_catalog_name`: the database does not exist.

@@ -77,14 +77,6 @@ impl Stepping {
         Stepping::Gb18030,
     ];
 
-    /// Whether a multibyte character can contain an ASCII byte.
-    pub fn ascii_unsafe(self) -> bool {
-        matches!(
-            self,
-            Stepping::Sjis | Stepping::DoubleByte | Stepping::Gb18030
-        )
-    }
-
     /// The length of the character `bytes` starts with, as PostgreSQL's
     /// `pg_encoding_mblen` says (it may run past the end of `bytes`: a
     /// truncated character). `bytes` must not be empty.

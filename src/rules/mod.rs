@@ -14,14 +14,14 @@
 //!   from command tags between measurements;
 //! - [`rows`]: what the proxy knows of one tenant's rows and size.
 
-pub mod auditor;
+pub(crate) mod auditor;
 pub mod classify;
-pub mod encoding;
-pub mod functions;
+pub(crate) mod encoding;
+pub(crate) mod functions;
 pub mod gate;
-pub mod policy;
-pub mod prepared;
-pub mod storage;
+pub(crate) mod policy;
+pub(crate) mod prepared;
+pub(crate) mod storage;
 
 pub use crate::limits::rows::{grace_s, Crossing, Figure, RowCount, Unmeasurable};
 

@@ -123,8 +123,9 @@ impl Tracker {
     }
 
     /// Whether executing `name` (in `space`) by a message of `request`
-    /// may add rows.
-    pub fn adds_rows(&self, space: Space, name: &str, request: u64) -> bool {
+    /// may add rows (the tests' shorthand for [`Tracker::writes`]).
+    #[cfg(test)]
+    fn adds_rows(&self, space: Space, name: &str, request: u64) -> bool {
         self.writes(space, name, request).rows
     }
 

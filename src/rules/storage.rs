@@ -19,7 +19,6 @@
 
 use crate::refusal::Refusal;
 use crate::rules::policy::WARN_AT_PERCENT;
-pub use crate::size::{pretty, ByteSize};
 
 /// A `WARNING` for a session that logs in at 80 % of its storage limit or
 /// more; `None` below that, with no limit, or when nothing is measured yet.

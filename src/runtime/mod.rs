@@ -7,7 +7,7 @@
 //! - [`shutdown`]: the stop signal as a small reusable type;
 //! - [`notify`]: sd_notify (READY, RELOADING, STOPPING).
 
-pub mod notify;
+pub(crate) mod notify;
 pub mod server;
 pub mod shared;
-pub mod shutdown;
+pub(crate) mod shutdown;

@@ -4,8 +4,9 @@
 //! statement clock).
 
 pub mod hook;
-pub mod idle;
+pub(crate) mod idle;
 pub mod live;
-pub mod ping;
+pub(crate) mod ping;
 pub mod pump;
-pub mod statement_time;
+pub(crate) mod statement_time;
+pub mod walk;

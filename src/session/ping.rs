@@ -330,7 +330,8 @@ pub fn empty_sql(sql: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::protocol::frame::put_frame;
-    use crate::session::pump::{walk_from_client, NoHook, Splices};
+    use crate::session::hook::NoHook;
+    use crate::session::walk::{walk_from_client, Splices};
     use bytes::{Buf, BytesMut};
 
     /// Walks `stream` fed in `chunk`-byte reads as the pump does and says,

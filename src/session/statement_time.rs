@@ -56,8 +56,8 @@ use crate::protocol::frame::{FrameHeader, Interest};
 use crate::protocol::{sqlstate, ErrorFields};
 use crate::refusal::{Refusal, RefusalReason};
 use crate::runtime::shared::Shared;
+use crate::session::hook::{Hook, Verdict};
 use crate::session::live::{clock_ms, SessionControl};
-use crate::session::pump::{Hook, Verdict};
 
 /// The cluster's ErrorResponse for a cancelled statement is small; a
 /// larger one is passed on untouched.

@@ -10,7 +10,8 @@ use crate::walks;
 
 use bytes::BytesMut;
 use pgtier::protocol::frame::{put_frame, Scanner};
-use pgtier::session::pump::{walk_from_cluster, NoHook, Splices};
+use pgtier::session::hook::NoHook;
+use pgtier::session::walk::{walk_from_cluster, Splices};
 use proptest::prelude::*;
 use walks::{Direction, Rule};
 

@@ -8,7 +8,8 @@
 #![allow(dead_code)] // each includer uses its own subset
 
 use pgtier::protocol::frame::{FrameError, FrameHeader, Interest, Scanner, HEADER_LEN};
-use pgtier::session::pump::{walk_from_client, walk_from_cluster, Hook, Splices, Verdict};
+use pgtier::session::hook::{Hook, Verdict};
+use pgtier::session::walk::{walk_from_client, walk_from_cluster, Splices};
 
 /// Which direction's walk runs: they differ in what the pump itself looks
 /// at (requests from the client, ReadyForQuery from the cluster).
