@@ -227,8 +227,8 @@ pub struct Classification {
     /// CREATE TABLE … AS, SELECT … INTO, MERGE with a WHEN NOT MATCHED … INSERT
     /// action, CREATE MATERIALIZED VIEW, REFRESH MATERIALIZED VIEW (all but the
     /// `WITH NO DATA` forms, which leave the relation empty), CALL, a call of
-    /// a [`ROW_ADDING_FUNCTIONS`](super::ROW_ADDING_FUNCTIONS) function, a DO block with any of these
-    /// inside or whose body cannot be checked. EXECUTE of a SQL-prepared statement is NOT
+    /// a [`ROW_ADDING_FUNCTIONS`](super::ROW_ADDING_FUNCTIONS) function, a DO
+    /// block with any of these inside or whose body cannot be checked. EXECUTE of a SQL-prepared statement is NOT
     /// decided here (see `executes`).
     pub adds_rows: bool,
     /// Some statement can grow the database's size on disk without adding

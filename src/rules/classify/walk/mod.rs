@@ -296,7 +296,8 @@ impl Walker {
     }
 
     /// The statement names a function that adds rows no command tag counts
-    /// (see [`ROW_ADDING_FUNCTIONS`](super::ROW_ADDING_FUNCTIONS)). Statements that run now add rows;
+    /// (see [`ROW_ADDING_FUNCTIONS`](super::ROW_ADDING_FUNCTIONS)).
+    /// Statements that run now add rows;
     /// statements that store the call for later (a view, a default, a
     /// check, a policy, an operator, a cursor) hide it from every statement
     /// that later runs it, so storing it is a feature of its own.
