@@ -2,6 +2,9 @@
 //! [`classify`], the shared [`Classifier`] (cold and cached), and, where the
 //! lexical pass answers, against the parser's verdict.
 
+use std::sync::Arc;
+
+use super::verdict::*;
 use super::*;
 
 /// Every feature the classifier can report, for the expectations below.

@@ -24,9 +24,21 @@
 //! compiled tree does not show that expression). A FETCH or MOVE adds rows
 //! (its cursor may be a portal opened outside the block on any query).
 
+use std::panic;
+
+use pg_query::{protobuf, NodeEnum, ParserOptions};
 use serde_json::Value;
 
-use super::*;
+use super::walk;
+use crate::rules::classify::lexer::{
+    ident_of, lexes_differently_without_scs, word_is, Ident, Lexer, Tok,
+};
+use crate::rules::classify::parse::{inner, parse_with};
+use crate::rules::classify::unparsed::unparsed;
+use crate::rules::classify::verdict::{
+    Classification, Feature, DO, DO_DYNAMIC, DO_LANGUAGE, DO_PREPARED,
+};
+use crate::rules::classify::{classify_lexical, classify_parsed_at};
 
 /// DO blocks inside DO blocks inside … : each level parses its body again.
 const MAX_DEPTH: u8 = 4;
