@@ -35,8 +35,6 @@ use tokio::task::JoinHandle;
 
 use crate::runtime::shared::Shared;
 
-pub use tenants::TenantView;
-
 /// How long in-flight admin requests get to finish once the proxy stopped.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
