@@ -3,7 +3,7 @@
 //! its own module; this one strings them together, enforces the login
 //! deadline, and ends every connection that does not become a session in
 //! one place ([`finish`]): the client's last word, the log line and the
-//! metric. The login phase is [`login`], the logged-in session [`session`].
+//! metric. The login phase is `login`, the logged-in session `session`.
 
 pub mod handshake;
 mod login;

@@ -10,8 +10,8 @@
 //! (`SCRAM-SHA-256-PLUS`).
 //!
 //! This module is the client-facing exchange and the hand-over; the
-//! cluster side of a fresh login is [`fresh`], learning which protocol
-//! version the cluster speaks is [`probe`].
+//! cluster side of a fresh login is `fresh`, learning which protocol
+//! version the cluster speaks is `probe`.
 
 mod fresh;
 mod probe;

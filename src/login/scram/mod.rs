@@ -18,8 +18,8 @@
 //!
 //! This module holds what both sides share: the [`Verifier`] and its
 //! keys, the small crypto helpers, the errors and the message parsing.
-//! [`server`] is the side facing the client, [`client`] the side facing
-//! the cluster, [`channel_binding`] the certificate hash PLUS binds to.
+//! `server` is the side facing the client, `client` the side facing
+//! the cluster, `channel_binding` the certificate hash PLUS binds to.
 
 mod channel_binding;
 mod client;
