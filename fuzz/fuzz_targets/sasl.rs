@@ -10,7 +10,7 @@
 //! session is dropped, never shows the client a `-PLUS` mechanism, and never
 //! hands the client the cluster's own cancel secret.
 //!
-//! The private SASL parsing itself is in `src/auth.rs`; this reaches it the
+//! The private SASL parsing itself is in `src/login/mod.rs`; this reaches it the
 //! way the cluster does.
 #![no_main]
 
