@@ -1014,6 +1014,24 @@ async fn accepted_again(clients: &[Session], which: &[&str]) {
     }
 }
 
+/// TRUNCATE through C (the third client) frees the space: every instance
+/// accepts growing statements again, and the store's figure is back under
+/// `limit`.
+async fn truncated_through_c(
+    clients: &[Session],
+    store: &mut redis::aio::MultiplexedConnection,
+    db: &str,
+    limit: u64,
+) {
+    clients[2].0.batch_execute("TRUNCATE big").await.unwrap();
+    accepted_again(clients, &["A", "B", "C"]).await;
+    let after = stored_bytes(store, db).await;
+    assert!(
+        after.is_some_and(|b| b <= limit),
+        "the store holds {after:?}"
+    );
+}
+
 /// Logs `t` in through each instance, waits until each has a size figure
 /// under the limit (measured at its login, or adopted) and no measurement
 /// runs; then fills the database past the limit through A. The sessions,
@@ -1102,13 +1120,7 @@ async fn a_tenant_over_its_storage_limit_is_refused_on_every_instance() {
         refused_for_storage(client, &t.db, limit_mb, which).await;
     }
     // TRUNCATE through C frees the space: all three accept again.
-    clients[2].0.batch_execute("TRUNCATE big").await.unwrap();
-    accepted_again(&clients, &["A", "B", "C"]).await;
-    let after = stored_bytes(&mut store, &t.db).await;
-    assert!(
-        after.is_some_and(|b| b <= limit),
-        "the store holds {after:?}"
-    );
+    truncated_through_c(&clients, &mut store, &t.db, limit).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1143,11 +1155,5 @@ async fn the_storage_limit_holds_across_a_store_restart() {
     }
     // The new store carries figures again: TRUNCATE through C, and all
     // three accept.
-    clients[2].0.batch_execute("TRUNCATE big").await.unwrap();
-    accepted_again(&clients, &["A", "B", "C"]).await;
-    let after = stored_bytes(&mut store, &t.db).await;
-    assert!(
-        after.is_some_and(|b| b <= limit),
-        "the store holds {after:?}"
-    );
+    truncated_through_c(&clients, &mut store, &t.db, limit).await;
 }
