@@ -48,21 +48,9 @@ impl Signals {
                 _ = term.recv() => {}
                 _ = hup.recv() => {
                     if reloadable {
-                        crate::runtime::notify::reloading();
-                        let shared = std::sync::Arc::clone(handle.shared());
-                        // Reading files is blocking work.
-                        let failed = match tokio::task::spawn_blocking(move || shared.reload()).await {
-                            Ok(Ok(_)) => false,
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
-                                true
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "reload task failed");
-                                true
-                            }
-                        };
-                        crate::runtime::notify::reloaded(failed);
+                        if let Err(e) = handle.shared().reload_announced().await {
+                            tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
+                        }
                     } else {
                         tracing::info!("SIGHUP ignored: no configuration file");
                     }

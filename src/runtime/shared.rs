@@ -268,6 +268,26 @@ impl Shared {
         }
     }
 
+    /// [`Shared::reload`] off the async workers, bracketed for the service
+    /// manager by `RELOADING=1` … `READY=1` whatever asked for it (SIGHUP
+    /// or `POST /reload`): with `Type=notify-reload`, systemd shows the
+    /// unit as reloading for exactly that long, and learns when a reload
+    /// failed.
+    pub async fn reload_announced(self: &Arc<Self>) -> Result<PathBuf, String> {
+        if self.config_path().is_none() {
+            // Nothing to read: fails at once, and was never a reload.
+            return self.reload();
+        }
+        crate::runtime::notify::reloading();
+        let shared = Arc::clone(self);
+        let result = match tokio::task::spawn_blocking(move || shared.reload()).await {
+            Ok(result) => result,
+            Err(e) => Err(format!("the reload task failed: {e}")),
+        };
+        crate::runtime::notify::reloaded(result.is_err());
+        result
+    }
+
     /// Re-reads the configuration file and puts it in force. On any error
     /// the old configuration stays, and the error says why. Blocking (it
     /// reads files): call it off the async workers.

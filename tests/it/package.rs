@@ -1,7 +1,7 @@
 //! Installing pgtier like the software operators already run: the built
 //! binary speaks systemd's readiness protocol on a datagram socket the test
 //! owns (`READY=1` only once the port accepts, `RELOADING=1` … `READY=1`
-//! around a SIGHUP, `STOPPING=1` on SIGTERM), `--version` names the commit,
+//! around a SIGHUP or `POST /reload`, `STOPPING=1` on SIGTERM), `--version` names the commit,
 //! and the Debian package built from the debug binary (scripts/package.sh;
 //! the release build is for a real release only) holds the right files,
 //! modes, conffiles, maintainer scripts, man pages and a unit that
@@ -279,6 +279,83 @@ fn sighup_is_bracketed_by_reloading_and_ready_and_sigterm_says_stopping() {
         Some("1"),
         "{stopping:?}"
     );
+    assert!(service.exited(Duration::from_secs(10)).success());
+}
+
+/// `POST /reload` (the admin API's status code; within 10 s for the API to
+/// come up).
+fn post_reload(admin: u16) -> u16 {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < end, "the admin API never came up: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    stream
+        .write_all(
+            b"POST /reload HTTP/1.1\r\nHost: pgtier\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"))
+}
+
+/// A reload through the operator API is a reload like SIGHUP's: the
+/// manager hears it bracketed by `RELOADING=1` … `READY=1` (systemd would
+/// otherwise never know the unit reloaded), and a failed one says so.
+#[test]
+fn an_api_reload_is_bracketed_like_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let path = config(dir.path(), port);
+    let with_admin = |rest: &str| format!("admin_listen = \"127.0.0.1:{admin}\"\n{rest}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, with_admin(&text)).unwrap();
+    let manager = Manager::at_path();
+    let mut service = Service::start(&path, &manager);
+    assert_eq!(manager.expect("READY=1").get("READY").unwrap(), "1");
+
+    assert_eq!(post_reload(admin), 200);
+    let reloading = manager.expect("RELOADING=1 for the API's reload");
+    assert_eq!(
+        reloading.get("RELOADING").map(String::as_str),
+        Some("1"),
+        "{reloading:?}"
+    );
+    assert!(reloading.contains_key("MONOTONIC_USEC"), "{reloading:?}");
+    let ready = manager.expect("READY=1 after the API's reload");
+    assert_eq!(
+        ready.get("STATUS").map(String::as_str),
+        Some("accepting connections"),
+        "{ready:?}"
+    );
+
+    std::fs::write(&path, with_admin("listen = 5\n")).unwrap();
+    assert_eq!(post_reload(admin), 400);
+    assert_eq!(manager.expect("RELOADING=1").get("RELOADING").unwrap(), "1");
+    let ready = manager.expect("READY=1 after a failed API reload");
+    assert!(
+        ready
+            .get("STATUS")
+            .is_some_and(|s| s.contains("reload failed")),
+        "{ready:?}"
+    );
+    service.signal("TERM");
+    assert_eq!(manager.expect("STOPPING=1").get("STOPPING").unwrap(), "1");
     assert!(service.exited(Duration::from_secs(10)).success());
 }
 

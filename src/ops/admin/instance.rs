@@ -56,20 +56,14 @@ pub(super) async fn fleet(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Re-reads the configuration file; on any error the old one stays.
 pub(super) async fn reload(State(shared): State<Arc<Shared>>) -> Response {
-    // Reading files and parsing certificates is blocking work.
-    let reloading = Arc::clone(&shared);
-    match tokio::task::spawn_blocking(move || reloading.reload()).await {
-        Ok(Ok(path)) => {
+    match shared.reload_announced().await {
+        Ok(path) => {
             Json(serde_json::json!({ "reloaded": path.display().to_string() })).into_response()
         }
-        Ok(Err(message)) => {
+        Err(message) => {
             tracing::error!(error = %message, "reload failed; the previous configuration stays in force");
             error(StatusCode::BAD_REQUEST, message)
         }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reload failed: {e}"),
-        ),
     }
 }
 
