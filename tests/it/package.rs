@@ -1,8 +1,9 @@
 //! Installing pgtier like the software operators already run: the built
 //! binary speaks systemd's readiness protocol on a datagram socket the test
 //! owns (`READY=1` only once the port accepts, `RELOADING=1` … `READY=1`
-//! around a SIGHUP or `POST /reload`, `STOPPING=1` on SIGTERM), `--version` names the commit,
-//! and the Debian package built from the debug binary (scripts/package.sh;
+//! around a SIGHUP or `POST /reload`, `STOPPING=1` on SIGTERM),
+//! `--version` names the commit, and the Debian package built from the
+//! debug binary (scripts/package.sh;
 //! the release build is for a real release only) holds the right files,
 //! modes, conffiles, maintainer scripts, man pages and a unit that
 //! `systemd-analyze verify` accepts.
