@@ -280,6 +280,14 @@ fn login_failed(client: Stream, e: LoginError) -> Exit {
             tracing::debug!(sqlstate = %code, "login refused by the cluster");
             TurnedAway::silent(RefusalReason::ClusterRefused)
         }
+        // The cluster went away mid-login (a restart, a crash, a network
+        // cut): the client is still there, between messages (the relay
+        // forwards only whole frames), and hears what a cluster it could
+        // not reach would have told it, instead of a bare close.
+        LoginError::ClusterIo(e) => {
+            tracing::warn!(error = %e, "cluster connection lost during login");
+            Refusal::ClusterUnreachable.into()
+        }
         e => return Exit::Lost(e.to_string()),
     };
     Exit::Refused {

@@ -666,6 +666,53 @@ async fn an_unreachable_cluster_gives_08006_without_its_address() {
     );
 }
 
+/// A cluster that goes away in the middle of a login (a restart, a crash):
+/// the client hears 08006 as for a cluster it could not reach, not a bare
+/// close, and no slot is left behind.
+#[tokio::test]
+async fn a_cluster_lost_during_login_gives_08006() {
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = fake.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = fake.accept().await {
+            tokio::spawn(async move {
+                // Reads the StartupMessage, then closes without a word.
+                let len = s.read_u32().await.unwrap_or(0) as usize;
+                let mut startup = vec![0; len.saturating_sub(4)];
+                let _ = s.read_exact(&mut startup).await;
+            });
+        }
+    });
+    // Pass-through whatever TEST_AUTH_MODE says: the fake answers no
+    // auth_query.
+    // The tenant is listed, so that "no slot held" reads a tenant the
+    // proxy knows (it registers others only once a login succeeds).
+    let db = unique("lostlogin");
+    let tables = format!("[auth]\nmode = \"passthrough\"\n[tenants.{db}]\ntier = \"free\"\n");
+    let text = common::config_text("", "prefer", &tables).replace(
+        &format!("port = {}", cluster().port()),
+        &format!("port = {port}"),
+    );
+    let proxy = common::start_proxy_from(&text).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&startup_packet(
+        3 << 16,
+        &[("user", "someone"), ("database", &db)],
+    ))
+    .await
+    .unwrap();
+    let text = expect_error(&mut s, "08006").await;
+    assert!(
+        text.contains("could not connect to the database cluster"),
+        "{text}"
+    );
+    let handle = proxy.handle.clone();
+    wait_until(Duration::from_secs(5), "no slot held", || {
+        common::slots(&handle, &db) == 0
+    })
+    .await;
+}
+
 /// A cluster (a fake one: no PostgreSQL does this) that answers a login
 /// with a BackendKeyData of a 2-byte secret. The login is refused with
 /// 08P01 before the client hears of the key, and the slot comes back.
