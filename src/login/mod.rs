@@ -10,6 +10,7 @@
 //! gets the proxy's own secret (see [`crate::backend::cancel`]).
 
 pub(crate) mod auth_query;
+pub(crate) mod frames;
 pub(crate) mod proxy;
 pub mod scram;
 pub(crate) mod verifiers;
@@ -21,7 +22,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use pgwire::messages::startup::NegotiateProtocolVersion;
 use pgwire::messages::Message;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::cancel::{CancelKeys, CancelRegistration, LONG_SECRET};
 use crate::limits::fleet::Fleet;
@@ -32,17 +33,10 @@ use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL
 use crate::protocol::ErrorFields;
 use crate::refusal::Refusal;
 use crate::stream::Stream;
-
-/// Larger authentication-phase messages than this are refused: real ones are
-/// a few hundred bytes.
-pub(crate) const MAX_LOGIN_FRAME: usize = 64 * 1024;
-
-const AUTH_OK: u32 = 0;
-const AUTH_CLEARTEXT: u32 = 3;
-const AUTH_MD5: u32 = 5;
-const AUTH_SASL: u32 = 10;
-const AUTH_SASL_CONTINUE: u32 = 11;
-const AUTH_SASL_FINAL: u32 = 12;
+use frames::{
+    flush_to, read_frame, ReadError, AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL,
+    AUTH_SASL_CONTINUE, AUTH_SASL_FINAL, MAX_LOGIN_FRAME,
+};
 
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
 
@@ -299,16 +293,6 @@ async fn answer_from_client(
         .map_err(LoginError::ClusterIo)
 }
 
-async fn flush_to(client: &mut Stream, pending: &mut BytesMut) -> Result<(), LoginError> {
-    client
-        .write_all(pending)
-        .await
-        .map_err(LoginError::ClientIo)?;
-    client.flush().await.map_err(LoginError::ClientIo)?;
-    pending.clear();
-    Ok(())
-}
-
 /// Reads the cluster's next login frame, noticing meanwhile a client that
 /// hangs up (a client that gives up mid-login must not keep its login
 /// counted until `login_timeout`). Bytes the client sends early are kept in
@@ -337,37 +321,6 @@ async fn cluster_frame(
                     Err(e) => return Err(LoginError::ClientIo(e)),
                 }
             }
-        }
-    }
-}
-
-pub(crate) enum ReadError {
-    Io(io::Error),
-    Protocol(String),
-}
-
-/// Reads until `buf` starts with one whole frame of at most
-/// [`MAX_LOGIN_FRAME`] bytes and returns its header.
-pub(crate) async fn read_frame(
-    stream: &mut (impl AsyncRead + Unpin),
-    buf: &mut BytesMut,
-) -> Result<FrameHeader, ReadError> {
-    loop {
-        match FrameHeader::parse(buf) {
-            Err(e) => return Err(ReadError::Protocol(e.to_string())),
-            Ok(Some(h)) if h.frame_len > MAX_LOGIN_FRAME => {
-                return Err(ReadError::Protocol(format!(
-                    "message type {:?} of {} bytes is too long for the login phase",
-                    h.tag as char, h.frame_len
-                )))
-            }
-            Ok(Some(h)) if buf.len() >= h.frame_len => return Ok(h),
-            _ => {}
-        }
-        buf.reserve(4096);
-        let n = stream.read_buf(buf).await.map_err(ReadError::Io)?;
-        if n == 0 {
-            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
     }
 }

@@ -8,11 +8,14 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::{AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
 use crate::backend::warm::Backend;
 use crate::config::Config;
+use crate::login::frames::{
+    read_frame, ReadError, AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE,
+    AUTH_SASL_FINAL,
+};
 use crate::login::scram::{self, ClientExchange, Verifier};
-use crate::login::{read_frame, LoginError, ReadError};
+use crate::login::LoginError;
 use crate::protocol::frame::put_frame;
 use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0};
 use crate::refusal::Refusal;

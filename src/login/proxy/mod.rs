@@ -30,9 +30,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::backend::cancel::LONG_SECRET;
 use crate::backend::warm::{Backend, PoolKey};
 use crate::config::{Config, Limits};
+use crate::login::frames::{
+    flush_to, read_frame, ReadError, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL,
+    MAX_LOGIN_FRAME,
+};
 use crate::login::scram::{self, ScramError, ServerExchange};
 use crate::login::verifiers::Lookup;
-use crate::login::{flush_to, read_frame, LoggedIn, LoginError, ReadError, MAX_LOGIN_FRAME};
+use crate::login::{LoggedIn, LoginError};
 use crate::protocol::error::sqlstate_of;
 use crate::protocol::frame::put_frame;
 use crate::protocol::startup::{CancelKey, StartupMessage, PROTOCOL_3_0, PROTOCOL_3_2};
@@ -41,13 +45,6 @@ use crate::refusal::Refusal;
 use crate::runtime::shared::Shared;
 use crate::stream::Stream;
 use fresh::{fresh_backend, FreshError};
-
-const AUTH_OK: u32 = 0;
-const AUTH_CLEARTEXT: u32 = 3;
-const AUTH_MD5: u32 = 5;
-const AUTH_SASL: u32 = 10;
-const AUTH_SASL_CONTINUE: u32 = 11;
-const AUTH_SASL_FINAL: u32 = 12;
 
 /// A login to authenticate in the proxy.
 pub struct Request<'a> {

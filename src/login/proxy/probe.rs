@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
-use crate::login::MAX_LOGIN_FRAME;
+use crate::login::frames::MAX_LOGIN_FRAME;
 use crate::protocol::startup::{StartupMessage, PROTOCOL_3_0, PROTOCOL_3_2};
 use crate::runtime::shared::Shared;
 
