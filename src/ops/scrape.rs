@@ -285,6 +285,34 @@ impl Collector for ProxyCollector {
                 .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
         }
 
+        if shared.config().registry.is_some() {
+            let registry = &shared.registry;
+            let mut m = encoder.encode_descriptor(
+                "pgtier_registry_listening",
+                "1 while the registry's LISTEN connection is up (its NOTIFYs are heard)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(registry.listening()))
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+            let mut m = encoder.encode_descriptor(
+                "pgtier_registry_cached_tenants",
+                "Databases whose registry answer (a row, or none) is cached",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(registry.len() as i64)
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+            let mut m = encoder.encode_descriptor(
+                "pgtier_registry_errors",
+                "Reads of the tenant registry that failed",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(registry.errors())
+                .encode(m.encode_family::<[(&str, &str); 0]>(&[])?)?;
+        }
+
         let mut m = encoder.encode_descriptor(
             "pgtier_warm_backends",
             "Proxy mode: warm cluster connections waiting for a login now",

@@ -110,7 +110,8 @@ impl Control {
 
 /// A proxy reading the registry, once its LISTEN connection is up.
 async fn registry_proxy(tables: &str) -> common::TestProxy {
-    let proxy = start_proxy_from(&config_text("", "require", tables)).await;
+    let top = "admin_listen = \"127.0.0.1:0\"\n";
+    let proxy = start_proxy_from(&config_text(top, "require", tables)).await;
     let shared = proxy.handle.shared().clone();
     wait_until(
         Duration::from_secs(5),
@@ -119,6 +120,20 @@ async fn registry_proxy(tables: &str) -> common::TestProxy {
     )
     .await;
     proxy
+}
+
+/// `GET /metrics` of `proxy` (its operator API).
+async fn metrics(proxy: &common::TestProxy) -> String {
+    let addr = proxy.handle.admin_addr().expect("admin_listen is set");
+    let reply = common::http::http(addr, "GET", "/metrics", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 type Held = (
@@ -348,6 +363,22 @@ async fn a_registry_that_is_down_keeps_cached_tenants_and_follows_on_error() {
     let mut sessions = Vec::new();
     for proxy in [&closed, &open] {
         sessions.push(log_in(proxy, &cached).await.expect("a known tenant"));
+        // The operator sees the registry heard and read, without errors.
+        let metrics = metrics(proxy).await;
+        assert_eq!(
+            metric(&metrics, "pgtier_registry_listening"),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert!(
+            metric(&metrics, "pgtier_registry_cached_tenants").is_some_and(|n| n >= 1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(&metrics, "pgtier_registry_errors_total"),
+            Some(0.0),
+            "{metrics}"
+        );
     }
     control
         .run("ALTER TABLE databases RENAME TO databases_gone; NOTIFY pgtier_tenants")
@@ -369,6 +400,11 @@ async fn a_registry_that_is_down_keeps_cached_tenants_and_follows_on_error() {
         assert_eq!(
             proxy.handle.shared().limits_for(&cached.db).tier,
             "standard"
+        );
+        let metrics = metrics(proxy).await;
+        assert!(
+            metric(&metrics, "pgtier_registry_errors_total").is_some_and(|n| n >= 1.0),
+            "the failed read is counted: {metrics}"
         );
     }
     for (client, _) in &sessions {

@@ -66,6 +66,8 @@ pub struct Registry {
     connections: AuthQueryConnections,
     /// The last thing that went wrong, for the operator (and tests).
     last_error: Mutex<Option<String>>,
+    /// Reads of the registry that failed (`pgtier_registry_errors_total`).
+    errors: AtomicU64,
     /// The LISTEN connection is up (NOTIFYs are being heard).
     listening: AtomicBool,
 }
@@ -136,6 +138,11 @@ impl Registry {
             .clone()
     }
 
+    /// Reads of the registry that failed since the proxy started.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
     /// Whether NOTIFYs on the channel are being heard right now.
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
@@ -196,6 +203,7 @@ impl Registry {
         let row = match looked_up {
             Ok(row) => row.map(Arc::new),
             Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.0.clone());
                 return Err(e);
             }
