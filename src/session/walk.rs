@@ -24,13 +24,13 @@ impl Splices {
         self.0.is_empty()
     }
 
-    /// `buf[..walked]` with the replacements applied.
     /// Replaces the frame at `buf[start..start + len]` with `bytes`
     /// (nothing, to drop it). Calls come in buffer order.
     pub(crate) fn push(&mut self, start: usize, len: usize, bytes: BytesMut) {
         self.0.push((start, len, bytes));
     }
 
+    /// `buf[..walked]` with the replacements applied.
     pub(crate) fn apply(&mut self, buf: &[u8], walked: usize) -> BytesMut {
         let extra: usize = self.0.iter().map(|(_, _, b)| b.len()).sum();
         let mut out = BytesMut::with_capacity(walked + extra);
