@@ -666,34 +666,47 @@ async fn an_unreachable_cluster_gives_08006_without_its_address() {
     );
 }
 
+/// A passthrough proxy (whatever TEST_AUTH_MODE says: a fake answers no
+/// auth_query) in front of a fake cluster that reads each StartupMessage,
+/// then sends `reply` and waits for the proxy to hang up, or with no
+/// `reply` closes at once. `tables` go into the configuration.
+async fn proxy_to_fake_cluster(reply: Option<bytes::BytesMut>, tables: &str) -> common::TestProxy {
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = fake.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = fake.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let len = s.read_u32().await.unwrap_or(0) as usize;
+                let mut startup = vec![0; len.saturating_sub(4)];
+                if s.read_exact(&mut startup).await.is_err() {
+                    return;
+                }
+                if let Some(reply) = reply {
+                    let _ = s.write_all(&reply).await;
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest).await;
+                }
+            });
+        }
+    });
+    let tables = format!("[auth]\nmode = \"passthrough\"\n{tables}");
+    let text = common::config_text("", "prefer", &tables).replace(
+        &format!("port = {}", cluster().port()),
+        &format!("port = {port}"),
+    );
+    common::start_proxy_from(&text).await
+}
+
 /// A cluster that goes away in the middle of a login (a restart, a crash):
 /// the client hears 08006 as for a cluster it could not reach, not a bare
 /// close, and no slot is left behind.
 #[tokio::test]
 async fn a_cluster_lost_during_login_gives_08006() {
-    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = fake.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = fake.accept().await {
-            tokio::spawn(async move {
-                // Reads the StartupMessage, then closes without a word.
-                let len = s.read_u32().await.unwrap_or(0) as usize;
-                let mut startup = vec![0; len.saturating_sub(4)];
-                let _ = s.read_exact(&mut startup).await;
-            });
-        }
-    });
-    // Pass-through whatever TEST_AUTH_MODE says: the fake answers no
-    // auth_query.
     // The tenant is listed, so that "no slot held" reads a tenant the
     // proxy knows (it registers others only once a login succeeds).
     let db = unique("lostlogin");
-    let tables = format!("[auth]\nmode = \"passthrough\"\n[tenants.{db}]\ntier = \"free\"\n");
-    let text = common::config_text("", "prefer", &tables).replace(
-        &format!("port = {}", cluster().port()),
-        &format!("port = {port}"),
-    );
-    let proxy = common::start_proxy_from(&text).await;
+    let proxy = proxy_to_fake_cluster(None, &format!("[tenants.{db}]\ntier = \"free\"\n")).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(&startup_packet(
         3 << 16,
@@ -718,33 +731,11 @@ async fn a_cluster_lost_during_login_gives_08006() {
 /// 08P01 before the client hears of the key, and the slot comes back.
 #[tokio::test]
 async fn a_malformed_backend_key_from_the_cluster_refuses_the_login_with_08p01() {
-    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = fake.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = fake.accept().await {
-            tokio::spawn(async move {
-                let len = s.read_u32().await.unwrap_or(0) as usize;
-                let mut startup = vec![0; len.saturating_sub(4)];
-                if s.read_exact(&mut startup).await.is_err() {
-                    return;
-                }
-                let mut out = bytes::BytesMut::new();
-                pgtier::protocol::frame::put_frame(&mut out, b'R', &0u32.to_be_bytes());
-                pgtier::protocol::frame::put_frame(&mut out, b'K', &[0, 0, 0, 42, 7, 7]);
-                pgtier::protocol::frame::put_frame(&mut out, b'Z', b"I");
-                let _ = s.write_all(&out).await;
-                let mut rest = Vec::new();
-                let _ = s.read_to_end(&mut rest).await;
-            });
-        }
-    });
-    // Pass-through whatever TEST_AUTH_MODE says: the fake answers no
-    // auth_query.
-    let text = common::config_text("", "prefer", "[auth]\nmode = \"passthrough\"\n").replace(
-        &format!("port = {}", cluster().port()),
-        &format!("port = {port}"),
-    );
-    let proxy = common::start_proxy_from(&text).await;
+    let mut reply = bytes::BytesMut::new();
+    pgtier::protocol::frame::put_frame(&mut reply, b'R', &0u32.to_be_bytes());
+    pgtier::protocol::frame::put_frame(&mut reply, b'K', &[0, 0, 0, 42, 7, 7]);
+    pgtier::protocol::frame::put_frame(&mut reply, b'Z', b"I");
+    let proxy = proxy_to_fake_cluster(Some(reply), "").await;
     let db = unique("badkey");
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(&startup_packet(
