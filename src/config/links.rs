@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::quota::default_quota_database;
+use super::quota::default_control_database;
 
 /// Client-side TLS policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -66,7 +66,7 @@ pub struct AuthConfig {
     /// Better given as `PGTIER_AUTH__PASSWORD`.
     pub password: Option<String>,
     /// The database auth_query runs in.
-    #[serde(default = "default_quota_database")]
+    #[serde(default = "default_control_database")]
     pub database: String,
     /// Returns the login role's `rolpassword` (one text column) for `$1`.
     #[serde(default = "default_auth_query")]

@@ -17,14 +17,17 @@ pub struct QuotaConfig {
     /// Better given as `PGTIER_QUOTA__PASSWORD` than written in the file.
     pub password: Option<String>,
     /// The database the auditor logs into first, to check its credentials.
-    #[serde(default = "default_quota_database")]
+    #[serde(default = "default_control_database")]
     pub database: String,
     /// How often a tenant that writes is measured again.
     #[serde(default = "default_quota_interval", with = "humantime_serde")]
     pub interval: Duration,
 }
 
-pub(super) fn default_quota_database() -> String {
+/// The database the proxy's own control connections log into when a
+/// section names none: `[quota]`'s auditor, `[auth]`'s auth_query and
+/// `[registry]`'s query alike.
+pub(super) fn default_control_database() -> String {
     "postgres".to_owned()
 }
 fn default_quota_interval() -> Duration {

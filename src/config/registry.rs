@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::quota::default_quota_database;
+use super::quota::default_control_database;
 
 /// `[registry] unknown`: what a database the registry has no row for gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -48,7 +48,7 @@ pub struct RegistryConfig {
     /// Better given as `PGTIER_REGISTRY__PASSWORD`.
     pub password: Option<String>,
     /// The database the table lives in (and NOTIFY is sent in).
-    #[serde(default = "default_quota_database")]
+    #[serde(default = "default_control_database")]
     pub database: String,
     /// How long a looked-up row is trusted when no NOTIFY says otherwise
     /// (and so the staleness bound while the LISTEN connection is down).
