@@ -4,19 +4,12 @@
 //! acted; otherwise a late signal cancels the client's *next* statement.
 
 use crate::common;
+use crate::common::frames::query;
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut out = vec![b'Q'];
-    out.extend(((sql.len() + 5) as u32).to_be_bytes());
-    out.extend(sql.as_bytes());
-    out.push(0);
-    out
-}
 
 /// Sends the statement and returns the SQLSTATE of its error, if any.
 async fn run(s: &mut TcpStream, sql: &str) -> Option<String> {
@@ -41,8 +34,7 @@ async fn a_cancel_is_processed_before_its_connection_closes() {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let msgs = common::raw_login_ok(&mut s, &t.user, &t.db, &t.password).await;
     let key = msgs.into_iter().find(|m| m.0 == b'K').map(|m| m.1);
-    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    cancel.extend(key.expect("BackendKeyData"));
+    let cancel = common::cancel_request(&key.expect("BackendKeyData"));
 
     // As libpq does: send the cancel, wait for the close, then go on with
     // the next statement at once. The cancel lands while the session is

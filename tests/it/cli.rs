@@ -494,15 +494,7 @@ async fn shared_threading_with_one_worker_serves_everything_on_one_thread() {
         .unwrap();
     let token = a.cancel_token();
     let sleeper = tokio::spawn(async move { a.simple_query("select pg_sleep(30)").await });
-    common::wait_for_cluster(
-        &format!(
-            "select count(*) from pg_stat_activity where datname = '{}' and query like 'select pg_sleep%' and state = 'active'",
-            t.db
-        ),
-        "1",
-        "pg_sleep to run",
-    )
-    .await;
+    common::wait_until_running(&t.db, "select pg_sleep", "pg_sleep to run").await;
     let row = b.query_one("select 1 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
     token.cancel_query(common::tls_connector()).await.unwrap();

@@ -12,6 +12,7 @@
 //! would convert the text itself.
 
 use crate::common;
+use crate::common::frames::{frame, sync};
 
 use std::time::Duration;
 
@@ -56,13 +57,6 @@ const WAYS: [Way; 8] = [
     Way::Pipelined,
 ];
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend(((body.len() + 4) as u32).to_be_bytes());
-    out.extend(body);
-    out
-}
-
 fn query(sql: &[u8]) -> Vec<u8> {
     let mut body = sql.to_vec();
     body.push(0);
@@ -78,10 +72,6 @@ fn extended(sql: &[u8]) -> Vec<u8> {
     out.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
     out.extend(frame(b'E', b"\0\0\0\0\0"));
     out
-}
-
-fn sync() -> Vec<u8> {
-    frame(b'S', b"")
 }
 
 /// What came back until `readies` ReadyForQuery: error SQLSTATEs and the

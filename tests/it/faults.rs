@@ -81,13 +81,7 @@ async fn a_cluster_stopped_mid_query_errors_every_client_frees_every_slot_and_co
             let sleeping = c
                 .lock()
                 .unwrap()
-                .psql(
-                    "postgres",
-                    &format!(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' \
-                         AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
-                    ),
-                )
+                .psql("postgres", &common::running_sql(&db, "SELECT pg_sleep"))
                 .unwrap();
             if sleeping == "10" {
                 return;
@@ -386,7 +380,7 @@ async fn a_client_that_stops_reading_a_100_mb_result_costs_bounded_memory_and_no
     // 100 MB: 100,000 rows of 1,000 bytes; the client reads its first
     // bytes and then nothing more.
     let mut s = harden::raw_login(proxy.addr, &slow).await;
-    s.write_all(&harden::frame(
+    s.write_all(&common::frames::frame(
         b'Q',
         b"SELECT repeat('x', 1000) FROM generate_series(1, 100000)\0",
     ))

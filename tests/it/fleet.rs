@@ -152,21 +152,12 @@ async fn a_cancel_sent_to_another_instance_cancels_the_query() {
     let [a, b, c] = three(&redis, &tables);
     joined(&[&a, &b, &c]).await;
     let (mut s, key) = raw_session(a.addr, &t).await;
-    s.write_all(&harden::frame(b'Q', b"SELECT pg_sleep(30)\0"))
+    s.write_all(&common::frames::frame(b'Q', b"SELECT pg_sleep(30)\0"))
         .await
         .unwrap();
-    common::wait_for_cluster(
-        &format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-            t.db
-        ),
-        "1",
-        "the query running",
-    )
-    .await;
+    common::wait_until_running(&t.db, "SELECT pg_sleep", "the query running").await;
     // The cancel goes to C, which never saw the session.
-    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    cancel.extend(&key);
+    let cancel = common::cancel_request(&key);
     let started = Instant::now();
     let mut to_c = tokio::net::TcpStream::connect(c.addr).await.unwrap();
     to_c.write_all(&cancel).await.unwrap();
@@ -184,7 +175,7 @@ async fn a_cancel_sent_to_another_instance_cancels_the_query() {
     while harden::read_message(&mut s).await.expect("ReadyForQuery").0 != b'Z' {}
     // A key nobody issued is still dropped silently, and cancels nothing:
     // sent while a statement runs, the statement runs to its end.
-    s.write_all(&harden::frame(b'Q', b"SELECT pg_sleep(2)\0"))
+    s.write_all(&common::frames::frame(b'Q', b"SELECT pg_sleep(2)\0"))
         .await
         .unwrap();
     common::wait_for_cluster(
@@ -765,10 +756,7 @@ async fn a_slow_store_neither_over_admits_nor_leaves_phantom_slots() {
 
 /// Whether `t`'s `pg_sleep` query still runs on the cluster.
 async fn sleeping(t: &common::Tenant) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-        t.db
-    );
+    let sql = common::running_sql(&t.db, "SELECT pg_sleep");
     let out = tokio::task::spawn_blocking(move || common::cluster().psql("postgres", &sql))
         .await
         .unwrap()
@@ -805,20 +793,11 @@ async fn a_cancel_reaches_another_instance_after_a_store_restart() {
     }
     redis.restart().unwrap();
     let restarted = Instant::now();
-    s.write_all(&harden::frame(b'Q', b"SELECT pg_sleep(30)\0"))
+    s.write_all(&common::frames::frame(b'Q', b"SELECT pg_sleep(30)\0"))
         .await
         .unwrap();
-    common::wait_for_cluster(
-        &format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-            t.db
-        ),
-        "1",
-        "the query running",
-    )
-    .await;
-    let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    cancel.extend(&key);
+    common::wait_until_running(&t.db, "SELECT pg_sleep", "the query running").await;
+    let cancel = common::cancel_request(&key);
     // Sent to C, which never saw the session, until it cancels.
     while sleeping(&t).await {
         assert!(

@@ -371,14 +371,6 @@ fn ping_frames(shape: &str) -> Vec<u8> {
     out.to_vec()
 }
 
-fn query_frame(sql: &str) -> Vec<u8> {
-    let mut out = bytes::BytesMut::new();
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    pgtier::protocol::frame::put_frame(&mut out, b'Q', &body);
-    out.to_vec()
-}
-
 /// Reads up to the next ReadyForQuery; `Err(sqlstate)` if the proxy ended
 /// the session with an error first.
 async fn answered(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<(), String> {
@@ -483,7 +475,9 @@ async fn a_session_that_only_pings_is_idle() {
             let mut last_work = start;
             while start.elapsed() < Duration::from_millis(2500) {
                 use tokio::io::AsyncWriteExt;
-                s.write_all(&query_frame("select 1")).await.unwrap();
+                s.write_all(&common::frames::query("select 1"))
+                    .await
+                    .unwrap();
                 s.flush().await.unwrap();
                 answered(&mut s).await.expect("real work keeps the session");
                 // The idle clock starts at the ReadyForQuery just read, not
@@ -554,7 +548,7 @@ async fn a_ping_with_work_behind_it_counts_as_work() {
     // not work, the session would have been idle for 1.3 s when it ends.
     s.write_all(&ping_frames("sync")).await.unwrap();
     s.flush().await.unwrap();
-    s.write_all(&query_frame("select pg_sleep(0.6)"))
+    s.write_all(&common::frames::query("select pg_sleep(0.6)"))
         .await
         .unwrap();
     s.flush().await.unwrap();
@@ -582,7 +576,7 @@ async fn pings_do_not_hold_a_transaction_open() {
     ))
     .await;
     let mut s = tls_session(proxy.addr, &t).await;
-    s.write_all(&query_frame("begin")).await.unwrap();
+    s.write_all(&common::frames::query("begin")).await.unwrap();
     s.flush().await.unwrap();
     answered(&mut s).await.unwrap();
     let began = Instant::now();

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::frames::frame;
 use common::{connect, wait_until};
 use futures_util::{SinkExt, StreamExt};
-use harden::{frame, read_message, startup_packet};
+use harden::{read_message, startup_packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -268,15 +268,7 @@ async fn cancel_with_libpq_18(url: &str, db: &str) -> CancelOutcome {
     assert_eq!(num / 10_000, 18, "{}", libpq.display());
     let running = script_out.next().await;
     assert!(running.starts_with("running "), "{running:?}");
-    common::wait_for_cluster(
-        &format!(
-            "select count(*) from pg_stat_activity where datname = '{db}' \
-             and query like 'select pg_sleep%' and state = 'active'"
-        ),
-        "1",
-        "pg_sleep to run",
-    )
-    .await;
+    common::wait_until_running(db, "select pg_sleep", "pg_sleep to run").await;
     let cancelled_at = Instant::now();
     stdin
         .write_all(b"cancel\n")
@@ -366,11 +358,7 @@ async fn libpq_18_cancel_api_reports_success_through_the_proxy() {
 }
 
 fn cancel_packet(pid: &[u8], secret: &[u8]) -> Vec<u8> {
-    let mut packet = ((12 + secret.len()) as u32).to_be_bytes().to_vec();
-    packet.extend([0x04, 0xd2, 0x16, 0x2e]);
-    packet.extend(pid);
-    packet.extend(secret);
-    packet
+    common::cancel_request(&[pid, secret].concat())
 }
 
 /// Sends a CancelRequest and waits until the proxy closes the connection,

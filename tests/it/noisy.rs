@@ -2,6 +2,7 @@
 //! with the cluster's own cancel, end to end on a real cluster.
 
 use crate::common;
+use crate::common::frames::frame;
 
 use std::time::{Duration, Instant};
 
@@ -190,13 +191,6 @@ async fn a_tier_without_a_limit_is_not_cancelled() {
         _ => None,
     });
     assert_eq!(done.as_deref(), Some("done"));
-}
-
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend(((body.len() + 4) as u32).to_be_bytes());
-    out.extend(body);
-    out
 }
 
 /// The extended protocol's Execute flushed without a Sync still runs on

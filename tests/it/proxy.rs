@@ -33,15 +33,7 @@ async fn cancel_a_running_sleep(client: tokio_postgres::Client, db: &str) -> Dur
     let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
     // Cancel only once the cluster runs the query (a cancel that arrives
     // earlier is ignored by PostgreSQL, as it should be).
-    common::wait_for_cluster(
-        &format!(
-            "select count(*) from pg_stat_activity where datname = '{db}' \
-             and query like 'select pg_sleep%' and state = 'active'"
-        ),
-        "1",
-        "pg_sleep to run",
-    )
-    .await;
+    common::wait_until_running(db, "select pg_sleep", "pg_sleep to run").await;
     let cancelled_at = Instant::now();
     token
         .cancel_query(common::tls_connector())

@@ -272,20 +272,9 @@ async fn rows_that_exist_before_the_proxy_starts_are_counted_at_first_login() {
     let (client, _conn) = connect(proxy.addr, &t.db, &t.user, &t.password)
         .await
         .unwrap();
-    let shared = proxy.handle.shared().clone();
-    let db = t.db.clone();
-    wait_until(
-        Duration::from_secs(3),
-        "measured at first login",
-        move || {
-            shared
-                .tenants
-                .get(&db)
-                .and_then(|t| t.rows.figure())
-                .map(|f| f.rows)
-                == Some(151)
-        },
-    )
+    wait_until(Duration::from_secs(3), "measured at first login", || {
+        rows(&proxy, &t.db) == Some(151)
+    })
     .await;
     // Measured exactly: under 1,000, writes go on.
     client
@@ -717,20 +706,9 @@ async fn pg_dump_and_restore_through_the_proxy_under_the_quota() {
             .get(0);
         assert_eq!(cheap, 9);
     }
-    let shared = proxy.handle.shared().clone();
-    let db = custom.db.clone();
-    wait_until(
-        Duration::from_secs(5),
-        "the restored rows counted",
-        move || {
-            shared
-                .tenants
-                .get(&db)
-                .and_then(|t| t.rows.figure())
-                .map(|f| f.rows)
-                == Some(1500)
-        },
-    )
+    wait_until(Duration::from_secs(5), "the restored rows counted", || {
+        rows(&proxy, &custom.db) == Some(1500)
+    })
     .await;
 }
 

@@ -130,12 +130,6 @@ async fn metrics(proxy: &common::TestProxy) -> String {
     reply.body
 }
 
-/// The value of the unlabelled sample `name` in a Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 type Held = (
     tokio_postgres::Client,
     tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
@@ -366,16 +360,17 @@ async fn a_registry_that_is_down_keeps_cached_tenants_and_follows_on_error() {
         // The operator sees the registry heard and read, without errors.
         let metrics = metrics(proxy).await;
         assert_eq!(
-            metric(&metrics, "pgtier_registry_listening"),
+            common::http::sample(&metrics, "pgtier_registry_listening", &[]),
             Some(1.0),
             "{metrics}"
         );
         assert!(
-            metric(&metrics, "pgtier_registry_cached_tenants").is_some_and(|n| n >= 1.0),
+            common::http::sample(&metrics, "pgtier_registry_cached_tenants", &[])
+                .is_some_and(|n| n >= 1.0),
             "{metrics}"
         );
         assert_eq!(
-            metric(&metrics, "pgtier_registry_errors_total"),
+            common::http::sample(&metrics, "pgtier_registry_errors_total", &[]),
             Some(0.0),
             "{metrics}"
         );
@@ -403,7 +398,8 @@ async fn a_registry_that_is_down_keeps_cached_tenants_and_follows_on_error() {
         );
         let metrics = metrics(proxy).await;
         assert!(
-            metric(&metrics, "pgtier_registry_errors_total").is_some_and(|n| n >= 1.0),
+            common::http::sample(&metrics, "pgtier_registry_errors_total", &[])
+                .is_some_and(|n| n >= 1.0),
             "the failed read is counted: {metrics}"
         );
     }

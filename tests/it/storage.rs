@@ -95,16 +95,6 @@ async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// The value of the metric sample `name` whose labels include every one
-/// of `labels` (`tenant="x"`).
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// A proxy from a configuration file at `path` (so that it can be
 /// reloaded), with the admin API and the auditor measuring every second.
 async fn proxy_at(path: &std::path::Path, tenants: &str) -> common::TestProxy {
@@ -237,11 +227,12 @@ async fn over_the_storage_limit_growth_is_refused_until_truncate_frees_space() {
     );
     let metrics = admin_text(admin, "/metrics").await;
     let tenant = format!("tenant=\"{}\"", t.db);
-    let bytes = sample(&metrics, "pgtier_tenant_storage_bytes", &[&tenant]);
+    let bytes = common::http::sample(&metrics, "pgtier_tenant_storage_bytes", &[&tenant]);
     assert!(bytes.is_some_and(|b| b > limit as f64), "{metrics}");
-    let configured = sample(&metrics, "pgtier_tenant_storage_limit_bytes", &[&tenant]);
+    let configured =
+        common::http::sample(&metrics, "pgtier_tenant_storage_limit_bytes", &[&tenant]);
     assert_eq!(configured, Some(limit as f64), "{metrics}");
-    let refusals = sample(
+    let refusals = common::http::sample(
         &metrics,
         "pgtier_statements_refused_total",
         &[&tenant, "reason=\"storage_limit\""],

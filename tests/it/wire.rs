@@ -3,6 +3,7 @@
 //! stray cancel keys, stalled logins and garbage mid-session.
 
 use crate::common;
+use crate::common::frames::query;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,21 +134,6 @@ fn backend_key(msgs: &[(u8, Vec<u8>)]) -> Vec<u8> {
         .find(|m| m.0 == b'K')
         .map(|m| m.1.clone())
         .expect("BackendKeyData")
-}
-
-/// A CancelRequest packet carrying `key` (8 bytes: PID, secret).
-fn cancel_packet(key: &[u8]) -> Vec<u8> {
-    let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
-    packet.extend_from_slice(key);
-    packet
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut out = vec![b'Q'];
-    out.extend(((sql.len() + 5) as u32).to_be_bytes());
-    out.extend(sql.as_bytes());
-    out.push(0);
-    out
 }
 
 #[tokio::test]
@@ -329,7 +315,7 @@ async fn backend_key_keeps_the_real_pid_and_unknown_cancels_are_dropped() {
         .into_iter()
         .chain(secret.wrapping_add(1).to_be_bytes())
         .collect();
-    c.write_all(&cancel_packet(&wrong)).await.unwrap();
+    c.write_all(&common::cancel_request(&wrong)).await.unwrap();
     expect_closed(&mut c, "the cancel connection").await;
     let msgs = read_until_ready(&mut s).await;
     assert!(
@@ -620,7 +606,7 @@ async fn a_plaintext_cancel_with_the_proxys_key_cancels_the_query() {
     )
     .await;
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-    c.write_all(&cancel_packet(&key)).await.unwrap();
+    c.write_all(&common::cancel_request(&key)).await.unwrap();
     expect_closed(&mut c, "the cancel connection").await;
     let msgs = read_until_ready(&mut s).await;
     let error = msgs.iter().find(|m| m.0 == b'E').expect("the query failed");

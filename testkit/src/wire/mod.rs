@@ -17,6 +17,16 @@ pub const PROTOCOL_3_0: u32 = 3 << 16;
 /// An SSLRequest: length 8, code 80877103.
 pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
+/// A CancelRequest (code 80877102) carrying `key`: BackendKeyData's
+/// process ID and secret as the server sent them (8 bytes under protocol
+/// 3.0; 3.2 secrets are longer).
+pub fn cancel_request(key: &[u8]) -> Vec<u8> {
+    let mut packet = ((8 + key.len()) as u32).to_be_bytes().to_vec();
+    packet.extend([0x04, 0xd2, 0x16, 0x2e]);
+    packet.extend(key);
+    packet
+}
+
 /// A StartupMessage (protocol 3.0) with `params`.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     startup_packet_of(PROTOCOL_3_0, params)

@@ -82,3 +82,17 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// The value of the sample of metric `name` (exactly that name) in a
+/// Prometheus text whose labels include every one of `labels`
+/// (`tenant="x"`; none for an unlabelled metric).
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

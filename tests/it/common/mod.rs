@@ -16,7 +16,7 @@
 pub mod http;
 pub use pgtier_testkit::wire::frames;
 pub use pgtier_testkit::wire::{
-    read_message, startup_packet, startup_packet_of, Message, PROTOCOL_3_0,
+    cancel_request, read_message, startup_packet, startup_packet_of, Message, PROTOCOL_3_0,
 };
 
 use std::net::SocketAddr;
@@ -508,6 +508,22 @@ pub fn encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// SQL counting the queries that start with `prefix` (case as sent) and
+/// are running now in database `db`, per the cluster's pg_stat_activity.
+pub fn running_sql(db: &str, prefix: &str) -> String {
+    format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' \
+         AND query LIKE '{prefix}%' AND state = 'active'"
+    )
+}
+
+/// Waits until one query starting with `prefix` runs in `db`: what a
+/// cancel test waits for first, since PostgreSQL ignores a cancel that
+/// arrives before the query runs.
+pub async fn wait_until_running(db: &str, prefix: &str, what: &str) {
+    wait_for_cluster(&running_sql(db, prefix), "1", what).await;
 }
 
 /// Polls `sql` (run as superuser in `postgres`) until it prints `expected`;

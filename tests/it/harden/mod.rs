@@ -227,14 +227,6 @@ pub fn startup_packet(user: &str, database: &str) -> Vec<u8> {
     )
 }
 
-/// A frame: tag, length, body.
-pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend(((body.len() + 4) as u32).to_be_bytes());
-    out.extend(body);
-    out
-}
-
 /// Reads one message: its tag and body.
 pub async fn read_message(
     s: &mut (impl tokio::io::AsyncRead + Unpin),
